@@ -1,0 +1,70 @@
+"""Input normalisation shared by the Python surface: dtype, shape and scalar checks that turn
+bad arguments into :class:`~nearq.errors.InvalidInputError` before they reach the native code."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+def as_matrix(x: Any, name: str, *, allow_1d: bool) -> np.ndarray:
+    """Returns `x` as a C-contiguous float32 matrix, converting at most once."""
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise InvalidInputError(f"{name} cannot be read as an array: {e}") from None
+    if a.dtype.kind != "f":
+        raise InvalidInputError(
+            f"{name} must hold floating-point values (float16/32/64), got dtype {a.dtype}"
+        )
+    if a.ndim == 1 and allow_1d:
+        a = a.reshape(1, -1)
+    if a.ndim != 2:
+        shape = "(dim,) or (n, dim)" if allow_1d else "(n, dim)"
+        raise InvalidInputError(f"{name} must have shape {shape}, got an array of shape {a.shape}")
+    if a.shape[0] == 0:
+        raise InvalidInputError(f"{name} is empty (0 rows)")
+    if a.shape[1] == 0:
+        raise InvalidInputError(f"{name} is empty (0 columns)")
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def as_int(name: str, v: Any, *, lo: int, hi: int = 2**63 - 1, optional: bool = False) -> Optional[int]:
+    """Checks that `v` is an integer in [lo, hi] (None allowed when `optional`)."""
+    if v is None and optional:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be an integer, got {v!r}")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise InvalidInputError(f"{name} must be an integer, got {type(v).__name__} {v!r}") from None
+    if i < lo or i > hi:
+        bound = f">= {lo}" if hi == 2**63 - 1 else f"in [{lo}, {hi}]"
+        raise InvalidInputError(f"{name} must be {bound}, got {i}")
+    return i
+
+
+def as_float(name: str, v: Any) -> float:
+    if isinstance(v, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be a number, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {v!r}") from None
+    if not np.isfinite(f):
+        raise InvalidInputError(f"{name} must be finite, got {f}")
+    return f
+
+
+def as_str(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise InvalidInputError(f"{name} must be a string, got {type(v).__name__} {v!r}")
+    return v

@@ -1,0 +1,203 @@
+"""The :class:`Index` and :class:`SearchResult` types."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, NamedTuple, Optional, Union
+
+import numpy as np
+
+from . import _nearq
+from ._validate import as_float, as_int, as_matrix, as_str
+from .errors import DimensionMismatchError, InvalidInputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_MAX_THREADS = 4096
+
+
+class SearchResult(NamedTuple):
+    """Search results: ``ids`` (int64, shape (n, k)) and ``distances`` (float32, shape (n, k)).
+
+    Rows are sorted nearest first; missing results are padded with id -1 and distance +inf.
+    Unpacks as ``ids, distances = result``.
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+
+
+def _threads(threads: Any) -> Optional[int]:
+    return as_int("threads", threads, lo=1, hi=_MAX_THREADS, optional=True)
+
+
+class Index:
+    """A graph index over encoded vectors.
+
+    Build one with :meth:`Index.build` or load one with :meth:`Index.load`.
+    Distances are squared L2 (``metric="l2"``), ``1 - cosine`` (``"cosine"``) or
+    ``-inner product`` (``"ip"``); smaller is always nearer.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, _inner: "_nearq.Index") -> None:
+        if not isinstance(_inner, _nearq.Index):
+            raise TypeError("use nearq.Index.build(...) or nearq.Index.load(...) to create an index")
+        self._inner = _inner
+
+    @classmethod
+    def build(
+        cls,
+        vectors: Any,
+        metric: str = "l2",
+        encoding: str = "flat",
+        bits: Optional[int] = None,
+        keep_vectors: bool = True,
+        degree: int = 32,
+        build_ef: int = 128,
+        alpha: float = 1.2,
+        threads: Optional[int] = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> "Index":
+        """Builds an index over ``vectors`` (array-like of shape (n, dim), float16/32/64).
+
+        Args:
+            metric: ``"l2"``, ``"ip"`` or ``"cosine"``.
+            encoding: ``"flat"`` (float32) or ``"sq8"`` (8-bit scalar quantisation).
+            bits: bits per dimension where the encoding offers a choice (``None``: default).
+            keep_vectors: keep full-precision vectors in RAM to re-rank the candidates of an
+                encoding that estimates distances (no effect for ``"flat"``).
+            degree: maximum out-degree of the graph.
+            build_ef: beam width of the searches that find each point's neighbours.
+            alpha: pruning factor (>= 1); larger keeps longer edges.
+            threads: worker threads (default: all cores). The graph does not depend on it.
+            seed: seed of the insertion order; the same seed gives the same index.
+            progress: show a progress bar on stderr for builds that take more than a moment.
+        """
+        x = as_matrix(vectors, "vectors", allow_1d=False)
+        metric = as_str("metric", metric)
+        encoding = as_str("encoding", encoding)
+        bits = as_int("bits", bits, lo=1, hi=64, optional=True)
+        degree = as_int("degree", degree, lo=2, hi=1024)
+        build_ef = as_int("build_ef", build_ef, lo=1, hi=100_000)
+        alpha = as_float("alpha", alpha)
+        seed = as_int("seed", seed, lo=0, hi=2**64 - 1)
+        inner = _nearq.Index.build(
+            x, metric, encoding, bits, bool(keep_vectors), degree, build_ef, alpha,
+            _threads(threads), seed, bool(progress),
+        )
+        return cls(inner)
+
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        ef: Optional[int] = None,
+        threads: Optional[int] = None,
+        rerank: Optional[int] = None,
+    ) -> SearchResult:
+        """Finds the ``k`` nearest neighbours of each query.
+
+        Args:
+            queries: array-like of shape (dim,) or (n, dim).
+            k: neighbours per query; more than ``len(index)`` is padded with id -1.
+            ef: beam width (default ``max(k, 64)``); larger is slower and more accurate.
+            threads: worker threads for a batch (default: all cores).
+            rerank: candidates re-ranked with exact distances, for encodings that estimate
+                distances and kept their vectors (default ``max(3k, 30)``).
+        """
+        q = as_matrix(queries, "queries", allow_1d=True)
+        k = as_int("k", k, lo=1, hi=1_000_000)
+        ef = as_int("ef", ef, lo=1, hi=1_000_000, optional=True)
+        rerank = as_int("rerank", rerank, lo=1, hi=1_000_000, optional=True)
+        if q.shape[1] != self.dim:
+            raise DimensionMismatchError(
+                f"dimension mismatch: the index has dimension {self.dim}, the queries have {q.shape[1]}"
+            )
+        ids, dists = self._inner.search(q, k, ef, rerank, _threads(threads))
+        return SearchResult(ids, dists)
+
+    def save(self, path: PathLike) -> None:
+        """Writes the index to ``path`` (atomically: a temporary file renamed into place)."""
+        self._inner.save(_fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Index":
+        """Loads an index written by :meth:`save`. Raises :class:`~nearq.IndexFormatError` for a
+        corrupt, truncated, foreign or too-new file and :class:`~nearq.NearqIOError` when the
+        file cannot be read. Loading never executes code."""
+        return cls(_nearq.Index.load(_fspath(path)))
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._inner.dim
+
+    @property
+    def metric(self) -> str:
+        """``"l2"``, ``"ip"`` or ``"cosine"``."""
+        return self._inner.metric
+
+    @property
+    def encoding(self) -> str:
+        """Name of the vector encoding."""
+        return self._inner.encoding
+
+    @property
+    def keep_vectors(self) -> bool:
+        return self._inner.keep_vectors
+
+    @property
+    def build_params(self) -> Dict[str, Any]:
+        """Graph parameters the index was built with."""
+        return dict(self._inner.build_params)
+
+    def memory_usage(self, detail: bool = False) -> Any:
+        """Bytes the index holds in RAM. With ``detail=True``, a dict by part
+        (``codes``, ``graph``, ``vectors``, ``params``, ``total``, and ``mmap``: bytes served
+        from a memory map, not counted in ``total``)."""
+        m = dict(self._inner.memory_usage())
+        return m if detail else int(m["total"])
+
+    def __repr__(self) -> str:
+        return (
+            f"nearq.Index(n={len(self)}, dim={self.dim}, metric={self.metric!r}, "
+            f"encoding={self.encoding!r}, degree={self._inner.degree})"
+        )
+
+    def __reduce__(self):
+        return (_from_bytes, (bytes(self._inner.to_bytes()),))
+
+
+def _from_bytes(data: bytes) -> Index:
+    return Index(_nearq.Index.from_bytes(data))
+
+
+def _fspath(path: Any) -> str:
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InvalidInputError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    return p
+
+
+def exact_search(
+    vectors: Any, queries: Any, k: int = 10, metric: str = "l2", threads: Optional[int] = None
+) -> SearchResult:
+    """Exact k-nearest-neighbour search by brute force (the ground truth for recall)."""
+    x = as_matrix(vectors, "vectors", allow_1d=False)
+    q = as_matrix(queries, "queries", allow_1d=True)
+    k = as_int("k", k, lo=1, hi=1_000_000)
+    if q.shape[1] != x.shape[1]:
+        raise DimensionMismatchError(
+            f"dimension mismatch: the vectors have dimension {x.shape[1]}, the queries have {q.shape[1]}"
+        )
+    ids, d = _nearq.exact_search(x, q, k, as_str("metric", metric), _threads(threads))
+    return SearchResult(ids, d)

@@ -1,0 +1,103 @@
+//! Vector encodings behind one trait.
+//!
+//! An encoding turns a full-precision vector into a fixed-size code and estimates the metric's
+//! distance from a query to a code. The graph knows encodings only through [`Encoding`]:
+//!
+//! 1. `train` (optional) learns parameters from a sample of the data;
+//! 2. `encode` writes one vector's code (`code_size()` bytes);
+//! 3. `prepare` builds a [`Encoding::Query`] once per query (rotations, look-up tables,
+//!    pre-scaled weights), so the per-code work is only the kernel;
+//! 4. `distance` / `distance_batch` estimate distances from a prepared query to codes;
+//! 5. `decode` reconstructs a vector where the encoding allows it.
+//!
+//! Inputs are already in the metric's space (normalised for cosine). A closed set of
+//! encodings lives in [`AnyEncoding`] so the hot loops are monomorphised.
+
+pub mod flat;
+pub mod sq8;
+
+use crate::error::{Error, Result};
+use crate::io::{Reader, Writer};
+use crate::metric::Metric;
+
+pub use flat::Flat;
+pub use sq8::Sq8;
+
+/// The shared encoding interface.
+pub trait Encoding: Send + Sync + Sized + 'static {
+    /// A query prepared once for scoring many codes.
+    type Query: Send;
+
+    /// Short stable name (`"flat"`, `"sq8"`, ...).
+    const NAME: &'static str;
+    /// Tag stored in the file format.
+    const TAG: u8;
+    /// Whether `distance` equals the exact metric distance (no re-ranking needed).
+    const EXACT: bool;
+
+    fn dim(&self) -> usize;
+    fn metric(&self) -> Metric;
+    /// Bytes per encoded vector.
+    fn code_size(&self) -> usize;
+    /// Writes the code of `v` (length `dim`) into `out` (length `code_size`).
+    fn encode(&self, v: &[f32], out: &mut [u8]);
+    /// Reconstructs a vector from its code; returns false if the encoding cannot.
+    fn decode(&self, _code: &[u8], _out: &mut [f32]) -> bool {
+        false
+    }
+    /// Prepares a query (already normalised for cosine).
+    fn prepare(&self, q: &[f32]) -> Self::Query;
+    /// Estimated distance from a prepared query to one code.
+    fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
+    /// Estimated distances to several codes (`out[i]` for `codes[i]`).
+    fn distance_batch(&self, q: &Self::Query, codes: &[&[u8]], out: &mut [f32]) {
+        for (o, c) in out.iter_mut().zip(codes) {
+            *o = self.distance(q, c);
+        }
+    }
+    /// Bytes of trained parameters held in memory.
+    fn params_bytes(&self) -> usize {
+        0
+    }
+    /// Serialises the trained parameters.
+    fn write_params(&self, w: &mut Writer);
+    /// Reads parameters written by `write_params`.
+    fn read_params(r: &mut Reader, dim: usize, metric: Metric) -> Result<Self>;
+}
+
+/// What the user asked for, before training.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EncodingSpec {
+    Flat,
+    Sq8,
+}
+
+impl EncodingSpec {
+    pub fn parse(name: &str, bits: Option<u32>) -> Result<Self> {
+        let spec = match name.to_ascii_lowercase().as_str() {
+            "flat" | "f32" | "float32" => EncodingSpec::Flat,
+            "sq8" => EncodingSpec::Sq8,
+            other => {
+                return Err(Error::param(
+                    "encoding",
+                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\""),
+                ))
+            }
+        };
+        match (&spec, bits) {
+            (_, None) => {}
+            (EncodingSpec::Flat, Some(32)) | (EncodingSpec::Sq8, Some(8)) => {}
+            (s, Some(b)) => {
+                return Err(Error::param("bits", format!("{b} bits is not available for encoding {:?}", s.name())))
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            EncodingSpec::Flat => Flat::NAME,
+            EncodingSpec::Sq8 => Sq8::NAME,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Deterministic parallel graph construction (batched Vamana insertion with prefix doubling).
+
+use super::prune::{robust_prune, sort_dedup};
+use super::search::{beam_search, Scorer, SearchScratch};
+use super::Graph;
+use crate::metric::Metric;
+use nearq_kernels::{kernels, Kernels};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Graph construction parameters.
+#[derive(Clone, Debug)]
+pub struct BuildParams {
+    /// Maximum out-degree R.
+    pub degree: usize,
+    /// Beam width of the searches that find each point's candidates.
+    pub build_ef: usize,
+    /// Pruning factor α (>= 1) on the metric's distance. Ignored (1.0) for inner product.
+    pub alpha: f32,
+    /// Seed of the insertion order.
+    pub seed: u64,
+}
+
+impl Default for BuildParams {
+    fn default() -> Self {
+        BuildParams { degree: 32, build_ef: 128, alpha: 1.2, seed: 0 }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::default());
+}
+
+struct PointScorer<'a> {
+    data: &'a [f32],
+    dim: usize,
+    q: &'a [f32],
+    metric: Metric,
+    k: &'static Kernels,
+}
+
+impl Scorer for PointScorer<'_> {
+    #[inline(always)]
+    fn dist(&self, id: u32) -> f32 {
+        let i = id as usize * self.dim;
+        self.metric.distance(self.k, self.q, &self.data[i..i + self.dim])
+    }
+    #[inline(always)]
+    fn prefetch(&self, id: u32) {
+        let p = self.data[id as usize * self.dim..].as_ptr() as *const u8;
+        super::search::prefetch_ptr(p);
+        super::search::prefetch_ptr(p.wrapping_add(64));
+    }
+}
+
+/// splitmix64: a small, well-mixed generator for the seeded insertion order.
+pub(crate) struct SplitMix(pub u64);
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Index of the point nearest to the centroid (the medoid used as entry point).
+pub fn medoid(data: &[f32], dim: usize, metric: Metric) -> u32 {
+    let n = data.len() / dim;
+    let mut c = vec![0f64; dim];
+    for row in data.chunks_exact(dim) {
+        for (a, &x) in c.iter_mut().zip(row) {
+            *a += x as f64;
+        }
+    }
+    let mut c: Vec<f32> = c.iter().map(|&x| (x / n as f64) as f32).collect();
+    if metric.normalizes() {
+        crate::metric::normalize(&mut c);
+    }
+    let k = kernels();
+    let dist = |i: usize| {
+        let row = &data[i * dim..(i + 1) * dim];
+        match metric {
+            // The geometric centre is what matters for an entry point, whatever the metric.
+            Metric::InnerProduct => (k.l2sq_f32)(&c, row),
+            m => m.distance(k, &c, row),
+        }
+    };
+    (0..n)
+        .into_par_iter()
+        .map(|i| (dist(i), i as u32))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|x| x.1)
+        .unwrap_or(0)
+}
+
+/// Builds the graph over `data` (row-major, normalised for cosine) in the current rayon pool.
+/// Returns the graph and its entry point. `progress(done, total)` is called between batches.
+pub fn build_graph(
+    data: &[f32],
+    dim: usize,
+    metric: Metric,
+    p: &BuildParams,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> (Graph, u32) {
+    let n = data.len() / dim;
+    let r = p.degree;
+    let alpha = if metric == Metric::InnerProduct { 1.0 } else { p.alpha };
+    let mut graph = Graph::new(r, n);
+    if n == 0 {
+        return (graph, 0);
+    }
+    let entry = medoid(data, dim, metric);
+    let k = kernels();
+    let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
+    let dist = |a: u32, b: u32| metric.distance(k, row(a), row(b));
+
+    let mut order: Vec<u32> = (0..n as u32).filter(|&i| i != entry).collect();
+    let mut rng = SplitMix(p.seed ^ 0x6E65_6172_715F_6772);
+    for i in (1..order.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+
+    let max_batch = (n / 50).max(1);
+    let mut start = 0usize;
+    let mut batch = 1usize;
+    while start < order.len() {
+        let end = (start + batch).min(order.len());
+        let pts = &order[start..end];
+        // 1. Every point of the batch searches the graph as it stands and prunes its candidates.
+        let out_edges: Vec<Vec<u32>> = pts
+            .par_iter()
+            .map(|&pt| {
+                SCRATCH.with(|s| {
+                    let s = &mut *s.borrow_mut();
+                    let scorer = PointScorer { data, dim, q: row(pt), metric, k };
+                    beam_search(&graph, &[entry], &scorer, p.build_ef, s);
+                    let mut cands: Vec<(f32, u32)> = s.pool.iter().collect();
+                    sort_dedup(&mut cands, pt);
+                    let mut out = Vec::with_capacity(r);
+                    robust_prune(&cands, alpha, r, dist, &mut out);
+                    out
+                })
+            })
+            .collect();
+        for (&pt, nb) in pts.iter().zip(&out_edges) {
+            graph.set_neighbors(pt, nb);
+        }
+        // 2. Reverse edges, grouped by target in a fixed order, pruned when a row overflows.
+        let mut rev: Vec<(u32, u32)> =
+            pts.iter().zip(&out_edges).flat_map(|(&pt, nb)| nb.iter().map(move |&j| (j, pt))).collect();
+        rev.sort_unstable();
+        let groups: Vec<&[(u32, u32)]> = rev.chunk_by(|a, b| a.0 == b.0).collect();
+        let updates: Vec<(u32, Vec<u32>)> = groups
+            .par_iter()
+            .map(|g| {
+                let j = g[0].0;
+                let cur = graph.neighbors(j);
+                let mut ids: Vec<u32> = cur.to_vec();
+                for &(_, src) in g.iter() {
+                    if !ids.contains(&src) {
+                        ids.push(src);
+                    }
+                }
+                if ids.len() <= r {
+                    return (j, ids);
+                }
+                let mut cands: Vec<(f32, u32)> = ids.iter().map(|&i| (dist(j, i), i)).collect();
+                sort_dedup(&mut cands, j);
+                let mut out = Vec::with_capacity(r);
+                robust_prune(&cands, alpha, r, dist, &mut out);
+                (j, out)
+            })
+            .collect();
+        for (j, nb) in updates {
+            graph.set_neighbors(j, &nb);
+        }
+        start = end;
+        batch = (batch * 2).min(max_batch);
+        progress(start + 1, n);
+    }
+    (graph, entry)
+}

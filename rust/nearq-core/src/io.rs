@@ -1,0 +1,197 @@
+//! The index file format and its bounds-checked reader.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic  b"NEARQIX\0"
+//! 8       4     format version (u32 LE); readers refuse versions newer than FORMAT_VERSION
+//! 12      4     flags (u32 LE, 0)
+//! 16      8     payload length P (u64 LE); must equal file length - 28
+//! 24      P     payload (little-endian fields, see index.rs)
+//! 24+P    4     CRC-32 (IEEE) of the payload
+//! ```
+//! The whole file is checked (length, version, checksum) before any field is parsed, and every
+//! length read from the payload is checked against the bytes that remain before anything is
+//! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
+//! allocation sized by an unchecked field. Files are written to a temporary name in the same
+//! directory and renamed into place, so a crash never leaves a half-written index.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::path::Path;
+
+pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER: usize = 24;
+
+/// Appends little-endian fields to a payload buffer.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn f32(&mut self, v: f32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(v);
+    }
+    pub fn f32s(&mut self, v: &[f32]) {
+        for x in v {
+            self.f32(*x);
+        }
+    }
+    pub fn u32s(&mut self, v: &[u32]) {
+        for x in v {
+            self.u32(*x);
+        }
+    }
+}
+
+/// Reads little-endian fields from a payload, failing with [`Error::Format`] past its end.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(Error::Format(format!(
+                "truncated payload: a field needs {n} bytes at offset {} but only {} remain",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    /// Bytes for `count` items of `size` bytes, with overflow and bounds checked first.
+    pub fn take_array(&mut self, count: usize, size: usize) -> Result<&'a [u8]> {
+        let n = count
+            .checked_mul(size)
+            .ok_or_else(|| Error::Format(format!("array of {count} items overflows")))?;
+        self.take(n)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    pub fn f32(&mut self) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn f32s(&mut self, count: usize) -> Result<Vec<f32>> {
+        let b = self.take_array(count, 4)?;
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+    pub fn u32s(&mut self, count: usize) -> Result<Vec<u32>> {
+        let b = self.take_array(count, 4)?;
+        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+    /// A count field that must not exceed `max`.
+    pub fn count(&mut self, what: &str, max: u64) -> Result<usize> {
+        let v = self.u64()?;
+        if v > max {
+            return Err(Error::Format(format!("{what} = {v} exceeds the limit {max}")));
+        }
+        Ok(v as usize)
+    }
+    pub fn finish(&self) -> Result<()> {
+        if self.remaining() != 0 {
+            return Err(Error::Format(format!("{} unexpected trailing bytes in payload", self.remaining())));
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source }
+}
+
+/// Writes `payload` inside the container, atomically (temporary file, then rename).
+pub fn write_file(path: &Path, payload: &[u8]) -> Result<()> {
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = crc32fast::hash(payload);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io_err(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&header)?;
+        f.write_all(payload)?;
+        f.write_all(&crc.to_le_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path, e));
+    }
+    Ok(())
+}
+
+/// Reads a file and returns its verified payload.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let data = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    verify(data)
+}
+
+/// Checks the container (magic, version, length, checksum) and returns the payload.
+pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
+    if data.len() < HEADER + 4 {
+        return Err(Error::Format(format!("file is {} bytes, too short to be a nearq index", data.len())));
+    }
+    if &data[..8] != MAGIC {
+        return Err(Error::Format("not a nearq index file (bad magic bytes)".into()));
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(Error::Format(format!(
+            "format version {version} is not supported: this nearq reads versions 1..={FORMAT_VERSION} (written by a newer nearq?)"
+        )));
+    }
+    let plen = u64::from_le_bytes(data[16..24].try_into().unwrap());
+    let expected = (data.len() - HEADER - 4) as u64;
+    if plen != expected {
+        return Err(Error::Format(format!(
+            "payload length field says {plen} bytes but the file holds {expected} (truncated or corrupt)"
+        )));
+    }
+    let crc = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
+    if crc32fast::hash(&data[HEADER..data.len() - 4]) != crc {
+        return Err(Error::Format("checksum mismatch: the file is corrupt".into()));
+    }
+    let mut data = data;
+    data.truncate(data.len() - 4);
+    data.drain(..HEADER);
+    Ok(data)
+}
