@@ -10,7 +10,7 @@
 //! ```
 //! use nearq_core::{Index, IndexParams, SearchParams, Metric};
 //! let dim = 8;
-//! let data: Vec<f32> = (0..200 * dim).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
+//! let data: Vec<f32> = (0..200 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let params = IndexParams { metric: Metric::L2, ..Default::default() };
 //! let index = Index::build(&data, dim, &params, Some(1), &|_, _| {}).unwrap();
 //! let (ids, dists) = index.search(&data[..dim], &SearchParams::new(3), None).unwrap();

@@ -15,7 +15,7 @@ pub struct BuildParams {
     pub degree: usize,
     /// Beam width of the searches that find each point's candidates.
     pub build_ef: usize,
-    /// Pruning factor α (>= 1) on the metric's distance. Ignored (1.0) for inner product.
+    /// Pruning factor α (>= 1) on the build distance (squared L2, see [`build_graph`]).
     pub alpha: f32,
     /// Seed of the insertion order.
     pub seed: u64,
@@ -31,23 +31,51 @@ thread_local! {
     static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::default());
 }
 
-struct PointScorer<'a> {
+/// The distance the graph is built with. For L2 and cosine it is the metric's own distance
+/// (1 - cos is half the squared L2 of unit vectors). For inner product, each vector `x` gets
+/// an extra coordinate `e(x) = sqrt(M^2 - ||x||^2)` (M the largest norm), so that squared L2
+/// between augmented vectors is a true metric whose nearest neighbours of a query `[q, 0]` are
+/// exactly the maximum-inner-product neighbours of `q` (Bachrach et al., 2014). The graph is
+/// then a proper α-pruned graph, and searching it with `-<q, x>` follows the same order.
+struct BuildSpace<'a> {
     data: &'a [f32],
     dim: usize,
-    q: &'a [f32],
     metric: Metric,
+    /// `e(x)` per vector, for inner product only.
+    extra: Option<Vec<f32>>,
     k: &'static Kernels,
 }
 
-impl Scorer for PointScorer<'_> {
+impl BuildSpace<'_> {
+    #[inline(always)]
+    fn row(&self, i: u32) -> &[f32] {
+        &self.data[i as usize * self.dim..(i as usize + 1) * self.dim]
+    }
+    #[inline(always)]
+    fn dist(&self, a: u32, b: u32) -> f32 {
+        match &self.extra {
+            Some(e) => {
+                let t = e[a as usize] - e[b as usize];
+                (self.k.l2sq_f32)(self.row(a), self.row(b)) + t * t
+            }
+            None => self.metric.distance(self.k, self.row(a), self.row(b)),
+        }
+    }
+}
+
+struct PointScorer<'a, 'b> {
+    space: &'b BuildSpace<'a>,
+    p: u32,
+}
+
+impl Scorer for PointScorer<'_, '_> {
     #[inline(always)]
     fn dist(&self, id: u32) -> f32 {
-        let i = id as usize * self.dim;
-        self.metric.distance(self.k, self.q, &self.data[i..i + self.dim])
+        self.space.dist(self.p, id)
     }
     #[inline(always)]
     fn prefetch(&self, id: u32) {
-        let p = self.data[id as usize * self.dim..].as_ptr() as *const u8;
+        let p = self.space.row(id).as_ptr() as *const u8;
         super::search::prefetch_ptr(p);
         super::search::prefetch_ptr(p.wrapping_add(64));
     }
@@ -106,15 +134,20 @@ pub fn build_graph(
 ) -> (Graph, u32) {
     let n = data.len() / dim;
     let r = p.degree;
-    let alpha = if metric == Metric::InnerProduct { 1.0 } else { p.alpha };
+    let alpha = p.alpha;
     let mut graph = Graph::new(r, n);
     if n == 0 {
         return (graph, 0);
     }
     let entry = medoid(data, dim, metric);
     let k = kernels();
-    let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
-    let dist = |a: u32, b: u32| metric.distance(k, row(a), row(b));
+    let extra = (metric == Metric::InnerProduct).then(|| {
+        let norms: Vec<f32> = data.par_chunks(dim).map(|x| (k.dot_f32)(x, x)).collect();
+        let m = norms.iter().copied().fold(0.0f32, f32::max);
+        norms.iter().map(|&n2| (m - n2).max(0.0).sqrt()).collect()
+    });
+    let space = BuildSpace { data, dim, metric, extra, k };
+    let dist = |a: u32, b: u32| space.dist(a, b);
 
     let mut order: Vec<u32> = (0..n as u32).filter(|&i| i != entry).collect();
     let mut rng = SplitMix(p.seed ^ 0x6E65_6172_715F_6772);
@@ -135,7 +168,7 @@ pub fn build_graph(
             .map(|&pt| {
                 SCRATCH.with(|s| {
                     let s = &mut *s.borrow_mut();
-                    let scorer = PointScorer { data, dim, q: row(pt), metric, k };
+                    let scorer = PointScorer { space: &space, p: pt };
                     beam_search(&graph, &[entry], &scorer, p.build_ef, s);
                     let mut cands: Vec<(f32, u32)> = s.pool.iter().collect();
                     sort_dedup(&mut cands, pt);
