@@ -100,7 +100,7 @@ fn graph_invariants_and_connectivity() {
         }
     }
     let reached = seen.iter().filter(|&&s| s).count();
-    assert!(reached as f64 >= 0.999 * n as f64, "only {reached} of {n} nodes reachable");
+    assert_eq!(reached, n, "only {reached} of {n} nodes reachable");
 }
 
 #[test]

@@ -135,9 +135,12 @@ pub fn build_graph(
     let n = data.len() / dim;
     let r = p.degree;
     let alpha = p.alpha;
-    let mut graph = Graph::new(r, n);
+    // Rows may hold up to `cap` edges during the build and are pruned back to `r` only when
+    // they overflow (DiskANN's graph slack), which makes reverse-edge prunes rare.
+    let cap = r + (r * 3).div_ceil(10);
+    let mut graph = Graph::new(cap, n);
     if n == 0 {
-        return (graph, 0);
+        return (Graph::new(r, 0), 0);
     }
     let entry = medoid(data, dim, metric);
     let k = kernels();
@@ -197,7 +200,7 @@ pub fn build_graph(
                         ids.push(src);
                     }
                 }
-                if ids.len() <= r {
+                if ids.len() <= cap {
                     return (j, ids);
                 }
                 let mut cands: Vec<(f32, u32)> = ids.iter().map(|&i| (dist(j, i), i)).collect();
@@ -214,5 +217,75 @@ pub fn build_graph(
         batch = (batch * 2).min(max_batch);
         progress(start + 1, n);
     }
-    (graph, entry)
+    // Final pass: prune the rows that used the slack back to the target degree.
+    let rows: Vec<Vec<u32>> = (0..n as u32)
+        .into_par_iter()
+        .map(|j| {
+            let nb = graph.neighbors(j);
+            if nb.len() <= r {
+                return nb.to_vec();
+            }
+            let mut cands: Vec<(f32, u32)> = nb.iter().map(|&i| (dist(j, i), i)).collect();
+            sort_dedup(&mut cands, j);
+            let mut out = Vec::with_capacity(r);
+            robust_prune(&cands, alpha, r, dist, &mut out);
+            out
+        })
+        .collect();
+    let mut fin = Graph::new(r, n);
+    for (j, nb) in rows.iter().enumerate() {
+        fin.set_neighbors(j as u32, nb);
+    }
+    ensure_reachable(&mut fin, entry, &space, p.build_ef);
+    (fin, entry)
+}
+
+/// Nodes reachable from `entry`.
+fn reachable(g: &Graph, entry: u32) -> Vec<bool> {
+    let mut seen = vec![false; g.len()];
+    let mut stack = vec![entry];
+    seen[entry as usize] = true;
+    while let Some(v) = stack.pop() {
+        for &u in g.neighbors(v) {
+            if !seen[u as usize] {
+                seen[u as usize] = true;
+                stack.push(u);
+            }
+        }
+    }
+    seen
+}
+
+/// Pruning can remove every in-edge of a node, which then can never be found. Each such node
+/// gets an in-edge from its nearest reachable node with a free slot (or, if the nearest ones
+/// are all full, replaces the farthest edge of the nearest), until everything is reachable.
+fn ensure_reachable(g: &mut Graph, entry: u32, space: &BuildSpace<'_>, ef: usize) {
+    for _round in 0..8 {
+        let seen = reachable(g, entry);
+        let orphans: Vec<u32> = (0..g.len() as u32).filter(|&i| !seen[i as usize]).collect();
+        if orphans.is_empty() {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            for &u in &orphans {
+                beam_search(g, &[entry], &PointScorer { space, p: u }, ef, s);
+                let cands: Vec<u32> = s.pool.iter().map(|(_, id)| id).filter(|&v| v != u).collect();
+                let Some(&nearest) = cands.first() else { continue };
+                let host = cands.iter().copied().find(|&v| g.neighbors(v).len() < g.degree());
+                match host {
+                    Some(v) => {
+                        let mut nb = g.neighbors(v).to_vec();
+                        nb.push(u);
+                        g.set_neighbors(v, &nb);
+                    }
+                    None => {
+                        let mut nb = g.neighbors(nearest).to_vec();
+                        *nb.last_mut().expect("a full row is not empty") = u;
+                        g.set_neighbors(nearest, &nb);
+                    }
+                }
+            }
+        });
+    }
 }

@@ -1,0 +1,606 @@
+//! AVX-512 kernels for x86_64: F + BW + VL, plus VNNI and VPOPCNTDQ where present.
+//!
+//! There are four tables, one per combination of the optional VNNI and VPOPCNTDQ
+//! extensions; [`best_table`] picks the richest one this CPU runs, and [`all_tables`] lists all
+//! that it runs (so tests on a VNNI machine also cover the F/BW/VL fallbacks). The
+//! `#[target_feature]` functions are reachable only through those tables, which are handed out
+//! only after detecting every feature their functions enable.
+//!
+//! - f32 kernels: four 16-lane FMA accumulators (64 elements per iteration); the tail is one
+//!   masked load, so there is no scalar loop.
+//! - `dot_u8_i8`: VNNI `vpdpbusd` (u8 x i8, non-saturating) or, without VNNI, widening to i16
+//!   and `vpmaddwd`. `dot_u8` with VNNI uses `a . b = a . (b - 128) + 128 * sum(a)`, where
+//!   `b - 128` is `b ^ 0x80` read as i8 and `sum(a)` comes from `vpsadbw`.
+//! - Popcount: `vpopcntq`, or the `vpshufb` nibble look-up with `vpsadbw`.
+//! - FastScan: `vpshufb` looks up four sub-quantizers per 512-bit op (one per 128-bit lane);
+//!   the last 1-3 sub-quantizers use zero-masked loads, and a zero table looks up zeros.
+
+use std::sync::OnceLock;
+
+use crate::{Kernels, SimdLevel};
+
+fn has_base() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+}
+
+/// The richest AVX-512 table this CPU runs, or `None` without AVX-512 F/BW/VL.
+pub(crate) fn best_table() -> Option<&'static Kernels> {
+    table(
+        is_x86_feature_detected!("avx512vnni"),
+        is_x86_feature_detected!("avx512vpopcntdq"),
+    )
+}
+
+/// Every AVX-512 table this CPU runs, plainest first.
+pub(crate) fn all_tables() -> Vec<&'static Kernels> {
+    [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .filter_map(|(vnni, popcnt)| table(vnni, popcnt))
+        .collect()
+}
+
+/// The table using VNNI and VPOPCNTDQ kernels as asked, if this CPU has every feature it uses.
+fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
+    if !has_base()
+        || (vnni && !is_x86_feature_detected!("avx512vnni"))
+        || (vpopcntdq && !is_x86_feature_detected!("avx512vpopcntdq"))
+    {
+        return None;
+    }
+    static TABLES: [OnceLock<Kernels>; 4] = [const { OnceLock::new() }; 4];
+    let slot = &TABLES[usize::from(vnni) * 2 + usize::from(vpopcntdq)];
+    Some(slot.get_or_init(|| Kernels {
+        level: SimdLevel::Avx512,
+        isa: match (vnni, vpopcntdq) {
+            (false, false) => "avx512f+bw+vl",
+            (false, true) => "avx512f+bw+vl+vpopcntdq",
+            (true, false) => "avx512f+bw+vl+vnni",
+            (true, true) => "avx512f+bw+vl+vnni+vpopcntdq",
+        },
+        l2sq_f32,
+        dot_f32,
+        dot_f32_u8,
+        dot_u8_i8: if vnni { dot_u8_i8_vnni } else { dot_u8_i8 },
+        dot_u8: if vnni { dot_u8_vnni } else { dot_u8 },
+        and_popcount_u64: if vpopcntdq {
+            and_popcount_u64_vpopcntdq
+        } else {
+            and_popcount_u64
+        },
+        fastscan_u16,
+    }))
+}
+
+// Safe entry points. Each is only reachable through a table built by `table()`, which checks
+// AVX-512 F/BW/VL first, and VNNI / VPOPCNTDQ before placing the functions that need them.
+
+fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::l2sq_f32(a, b) }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_f32(a, b) }
+}
+
+fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_f32_u8(a, b) }
+}
+
+fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u8_i8(a, b) }
+}
+
+fn dot_u8_i8_vnni(a: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u8_i8_vnni(a, b) }
+}
+
+fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u8(a, b) }
+}
+
+fn dot_u8_vnni(a: &[u8], b: &[u8]) -> u32 {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u8_vnni(a, b) }
+}
+
+fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::and_popcount_u64(a, b) }
+}
+
+fn and_popcount_u64_vpopcntdq(a: &[u64], b: &[u64]) -> u32 {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vpopcntdq.
+    unsafe { imp::and_popcount_u64_vpopcntdq(a, b) }
+}
+
+fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::fastscan_u16(codes, luts, out) }
+}
+
+mod imp {
+    use core::arch::x86_64::*;
+
+    /// Mask with the low `r` bits set, `r < 16`.
+    fn mask16(r: usize) -> __mmask16 {
+        debug_assert!(r < 16);
+        ((1u32 << r) - 1) as __mmask16
+    }
+
+    /// Mask with the low `r` bits set, `r < 64`.
+    fn mask64(r: usize) -> __mmask64 {
+        debug_assert!(r < 64);
+        (1u64 << r) - 1
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 16k + 16 <= i + 64 <= n = a.len() = b.len().
+                let d = unsafe {
+                    _mm512_sub_ps(
+                        _mm512_loadu_ps(pa.add(i + 16 * k)),
+                        _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    )
+                };
+                *acc = _mm512_fmadd_ps(d, d, *acc);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n = a.len() = b.len().
+            let d =
+                unsafe { _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))) };
+            acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = mask16(n - i);
+            // SAFETY: the mask enables only lanes i..n, inside both slices; masked-off lanes
+            // are not read and cannot fault.
+            let d = unsafe {
+                _mm512_sub_ps(
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                )
+            };
+            acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 16k + 16 <= i + 64 <= n = a.len() = b.len().
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_ps(pa.add(i + 16 * k)),
+                        _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    )
+                };
+                *acc = _mm512_fmadd_ps(x, y, *acc);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n = a.len() = b.len().
+            let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))) };
+            acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = mask16(n - i);
+            // SAFETY: the mask enables only lanes i..n, inside both slices; masked-off lanes
+            // are not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                )
+            };
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let widen = |c: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: elements i + 16k .. i + 16k + 16 <= n of both slices.
+                let (x, c) = unsafe {
+                    (
+                        _mm512_loadu_ps(pa.add(i + 16 * k)),
+                        _mm_loadu_si128(pb.add(i + 16 * k).cast()),
+                    )
+                };
+                *acc = _mm512_fmadd_ps(x, widen(c), *acc);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            // SAFETY: elements i .. i + 16 <= n of both slices.
+            let (x, c) = unsafe {
+                (
+                    _mm512_loadu_ps(pa.add(i)),
+                    _mm_loadu_si128(pb.add(i).cast()),
+                )
+            };
+            acc[0] = _mm512_fmadd_ps(x, widen(c), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = mask16(n - i);
+            // SAFETY: the mask enables only elements i..n of both slices; masked-off lanes are
+            // not read and cannot fault.
+            let (x, c) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm_maskz_loadu_epi8(m, pb.add(i).cast()),
+                )
+            };
+            acc[1] = _mm512_fmadd_ps(x, widen(c), acc[1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // u8 -> i16 and i8 -> i16, then vpmaddwd: exact (|255 * -128 * 2| < 2^31).
+        let madd = |x: __m256i, y: __m256i| {
+            _mm512_madd_epi16(_mm512_cvtepu8_epi16(x), _mm512_cvtepi8_epi16(y))
+        };
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: bytes i + 32k .. i + 32k + 32 <= n of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_si256(pa.add(i + 32 * k).cast()),
+                        _mm256_loadu_si256(pb.add(i + 32 * k).cast()),
+                    )
+                };
+                *acc = _mm512_add_epi32(*acc, madd(x, y));
+            }
+            i += 64;
+        }
+        while i < n {
+            let r = (n - i).min(32);
+            let m = if r == 32 { u32::MAX } else { (1u32 << r) - 1 };
+            // SAFETY: the mask enables only bytes i .. i + r <= n of both slices; masked-off
+            // bytes are not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm256_maskz_loadu_epi8(m, pa.add(i).cast()),
+                    _mm256_maskz_loadu_epi8(m, pb.add(i).cast()),
+                )
+            };
+            acc[1] = _mm512_add_epi32(acc[1], madd(x, y));
+            i += r;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_u8_i8_vnni(a: &[u8], b: &[i8]) -> i32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        while i + 128 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: bytes i + 64k .. i + 64k + 64 <= n of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_si512(pa.add(i + 64 * k).cast()),
+                        _mm512_loadu_si512(pb.add(i + 64 * k).cast()),
+                    )
+                };
+                *acc = _mm512_dpbusd_epi32(*acc, x, y);
+            }
+            i += 128;
+        }
+        if i + 64 <= n {
+            // SAFETY: bytes i .. i + 64 <= n of both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_si512(pa.add(i).cast()),
+                    _mm512_loadu_si512(pb.add(i).cast()),
+                )
+            };
+            acc[0] = _mm512_dpbusd_epi32(acc[0], x, y);
+            i += 64;
+        }
+        if i < n {
+            let m = mask64(n - i);
+            // SAFETY: the mask enables only bytes i..n of both slices; masked-off bytes are
+            // not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(m, pa.add(i).cast()),
+                    _mm512_maskz_loadu_epi8(m, pb.add(i).cast()),
+                )
+            };
+            acc[1] = _mm512_dpbusd_epi32(acc[1], x, y);
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // Zero-extended bytes are non-negative i16, so vpmaddwd is exact (2 * 255^2 < 2^31).
+        let madd = |x: __m256i, y: __m256i| {
+            _mm512_madd_epi16(_mm512_cvtepu8_epi16(x), _mm512_cvtepu8_epi16(y))
+        };
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: bytes i + 32k .. i + 32k + 32 <= n of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_si256(pa.add(i + 32 * k).cast()),
+                        _mm256_loadu_si256(pb.add(i + 32 * k).cast()),
+                    )
+                };
+                *acc = _mm512_add_epi32(*acc, madd(x, y));
+            }
+            i += 64;
+        }
+        while i < n {
+            let r = (n - i).min(32);
+            let m = if r == 32 { u32::MAX } else { (1u32 << r) - 1 };
+            // SAFETY: the mask enables only bytes i .. i + r <= n of both slices; masked-off
+            // bytes are not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm256_maskz_loadu_epi8(m, pa.add(i).cast()),
+                    _mm256_maskz_loadu_epi8(m, pb.add(i).cast()),
+                )
+            };
+            acc[1] = _mm512_add_epi32(acc[1], madd(x, y));
+            i += r;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1])) as u32
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_u8_vnni(a: &[u8], b: &[u8]) -> u32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // a . b = a . (b - 128) + 128 * sum(a); b ^ 0x80 read as i8 is b - 128.
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let zero = _mm512_setzero_si512();
+        let mut dot = _mm512_setzero_si512();
+        let mut sum = _mm512_setzero_si512();
+        let mut step = |x: __m512i, y: __m512i| {
+            dot = _mm512_dpbusd_epi32(dot, x, _mm512_xor_si512(y, flip));
+            sum = _mm512_add_epi64(sum, _mm512_sad_epu8(x, zero));
+        };
+        let mut i = 0;
+        while i + 64 <= n {
+            // SAFETY: bytes i .. i + 64 <= n of both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_si512(pa.add(i).cast()),
+                    _mm512_loadu_si512(pb.add(i).cast()),
+                )
+            };
+            step(x, y);
+            i += 64;
+        }
+        if i < n {
+            let m = mask64(n - i);
+            // SAFETY: the mask enables only bytes i..n of both slices; masked-off bytes are
+            // not read and cannot fault. Masked-off a bytes are 0, so they add nothing.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(m, pa.add(i).cast()),
+                    _mm512_maskz_loadu_epi8(m, pb.add(i).cast()),
+                )
+            };
+            step(x, y);
+        }
+        let d = _mm512_reduce_add_epi32(dot) as u32;
+        let s = _mm512_reduce_add_epi64(sum) as u32;
+        d.wrapping_add(s.wrapping_mul(128))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        #[rustfmt::skip]
+        let lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+        let nib = _mm512_set1_epi8(0x0f);
+        let zero = _mm512_setzero_si512();
+        let mut acc = _mm512_setzero_si512();
+        let mut step = |x: __m512i, y: __m512i| {
+            let v = _mm512_and_si512(x, y);
+            let lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
+            let hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+            acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_add_epi8(lo, hi), zero));
+        };
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: words i .. i + 8 <= n of both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_si512(pa.add(i).cast()),
+                    _mm512_loadu_si512(pb.add(i).cast()),
+                )
+            };
+            step(x, y);
+            i += 8;
+        }
+        if i < n {
+            let m = ((1u32 << (n - i)) - 1) as __mmask8;
+            // SAFETY: the mask enables only words i..n of both slices; masked-off words are
+            // not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi64(m, pa.add(i).cast()),
+                    _mm512_maskz_loadu_epi64(m, pb.add(i).cast()),
+                )
+            };
+            step(x, y);
+        }
+        _mm512_reduce_add_epi64(acc) as u32
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq")]
+    pub(super) fn and_popcount_u64_vpopcntdq(a: &[u64], b: &[u64]) -> u32 {
+        assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: words i + 8k .. i + 8k + 8 <= n of both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_si512(pa.add(i + 8 * k).cast()),
+                        _mm512_loadu_si512(pb.add(i + 8 * k).cast()),
+                    )
+                };
+                *acc = _mm512_add_epi64(*acc, _mm512_popcnt_epi64(_mm512_and_si512(x, y)));
+            }
+            i += 16;
+        }
+        while i < n {
+            let r = (n - i).min(8);
+            let m = ((1u32 << r) - 1) as __mmask8;
+            // SAFETY: the mask enables only words i .. i + r <= n of both slices; masked-off
+            // words are not read and cannot fault.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi64(m, pa.add(i).cast()),
+                    _mm512_maskz_loadu_epi64(m, pb.add(i).cast()),
+                )
+            };
+            acc[1] = _mm512_add_epi64(acc[1], _mm512_popcnt_epi64(_mm512_and_si512(x, y)));
+            i += r;
+        }
+        _mm512_reduce_add_epi64(_mm512_add_epi64(acc[0], acc[1])) as u32
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
+        let m = crate::scalar::fastscan_m(codes, luts);
+        let (pc, pl) = (codes.as_ptr(), luts.as_ptr());
+        let nib = _mm512_set1_epi8(0x0f);
+        // As in the AVX2 kernel: u16 lanes of `*_a` sum (even byte + 256 * odd byte), `*_b`
+        // the odd bytes; even sums = a - (b << 8), exact modulo 2^16. Four sub-quantizers per
+        // step, one per 128-bit lane.
+        let (mut lo_a, mut lo_b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let (mut hi_a, mut hi_b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let mut step = |c: __m512i, t: __m512i| {
+            let rl = _mm512_shuffle_epi8(t, _mm512_and_si512(c, nib));
+            let rh = _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16::<4>(c), nib));
+            lo_a = _mm512_add_epi16(lo_a, rl);
+            lo_b = _mm512_add_epi16(lo_b, _mm512_srli_epi16::<8>(rl));
+            hi_a = _mm512_add_epi16(hi_a, rh);
+            hi_b = _mm512_add_epi16(hi_b, _mm512_srli_epi16::<8>(rh));
+        };
+        let mut j = 0;
+        while j + 4 <= m {
+            // SAFETY: bytes 16j .. 16j + 64 <= 16m = codes.len() = luts.len().
+            let (c, t) = unsafe {
+                (
+                    _mm512_loadu_si512(pc.add(16 * j).cast()),
+                    _mm512_loadu_si512(pl.add(16 * j).cast()),
+                )
+            };
+            step(c, t);
+            j += 4;
+        }
+        if j < m {
+            let k = mask64(16 * (m - j));
+            // SAFETY: the mask enables only bytes 16j .. 16m of both slices; masked-off bytes
+            // are not read, and their zero table entries look up zeros.
+            let (c, t) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(k, pc.add(16 * j).cast()),
+                    _mm512_maskz_loadu_epi8(k, pl.add(16 * j).cast()),
+                )
+            };
+            step(c, t);
+        }
+        let (v0, v1) = finish(lo_a, lo_b);
+        let (v2, v3) = finish(hi_a, hi_b);
+        let po = out.as_mut_ptr();
+        // SAFETY: `out` holds 32 u16 = four 16-byte stores at offsets 0, 8, 16, 24.
+        unsafe {
+            _mm_storeu_si128(po.cast(), v0);
+            _mm_storeu_si128(po.add(8).cast(), v1);
+            _mm_storeu_si128(po.add(16).cast(), v2);
+            _mm_storeu_si128(po.add(24).cast(), v3);
+        }
+    }
+
+    /// Turns the (a, b) accumulators of 16 vectors into their sums, in vector order.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn finish(a: __m512i, b: __m512i) -> (__m128i, __m128i) {
+        let even = _mm512_sub_epi16(a, _mm512_slli_epi16::<8>(b));
+        let fold = |v: __m512i| {
+            let s01 = _mm_add_epi16(
+                _mm512_extracti32x4_epi32::<0>(v),
+                _mm512_extracti32x4_epi32::<1>(v),
+            );
+            let s23 = _mm_add_epi16(
+                _mm512_extracti32x4_epi32::<2>(v),
+                _mm512_extracti32x4_epi32::<3>(v),
+            );
+            _mm_add_epi16(s01, s23)
+        };
+        let (e, o) = (fold(even), fold(b));
+        (_mm_unpacklo_epi16(e, o), _mm_unpackhi_epi16(e, o))
+    }
+}
