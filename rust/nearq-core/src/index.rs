@@ -133,17 +133,21 @@ impl<E: Encoding> GraphIndex<E> {
             return;
         }
         let k = p.k;
-        let rerank = match (&self.vectors, E::EXACT) {
-            (Some(_), false) => p.rerank.unwrap_or((3 * k).max(30)).max(k),
-            _ => 0,
+        // Re-ranking source: kept float vectors (exact), else the code's finer estimate.
+        let rerank_src = match (&self.vectors, E::EXACT, E::HAS_FINE) {
+            (_, true, _) => None,
+            (Some(v), false, _) => Some(Some(v)),
+            (None, false, true) => Some(None),
+            (None, false, false) => None,
         };
+        let rerank = if rerank_src.is_some() { p.rerank.unwrap_or((3 * k).max(30)).max(k) } else { 0 };
         let ef = p.ef.unwrap_or(64).max(k).max(rerank);
         let pq = self.enc.prepare(q);
         let lines = self.enc.code_size().div_ceil(64).min(8);
         let scorer = CodeScorer { enc: &self.enc, q: &pq, codes: &self.codes, lines };
         beam_search(&self.graph, &[self.entry], &scorer, ef, s);
-        match &self.vectors {
-            Some(v) if rerank > 0 => {
+        match rerank_src {
+            Some(src) => {
                 let dim = self.enc.dim();
                 let kern = kernels();
                 let metric = self.enc.metric();
@@ -152,8 +156,14 @@ impl<E: Encoding> GraphIndex<E> {
                     .iter()
                     .take(rerank)
                     .map(|(_, id)| {
-                        let i = id as usize * dim;
-                        (metric.distance(kern, q, &v[i..i + dim]), id)
+                        let d = match src {
+                            Some(v) => {
+                                let i = id as usize * dim;
+                                metric.distance(kern, q, &v[i..i + dim])
+                            }
+                            None => self.enc.distance_fine(&pq, self.codes.get(id as usize)),
+                        };
+                        (d, id)
                     })
                     .collect();
                 cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -162,7 +172,7 @@ impl<E: Encoding> GraphIndex<E> {
                     dists[j] = d;
                 }
             }
-            _ => {
+            None => {
                 for (j, (d, id)) in s.pool.iter().take(k).enumerate() {
                     ids[j] = id as i64;
                     dists[j] = d;

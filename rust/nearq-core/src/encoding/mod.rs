@@ -49,6 +49,13 @@ pub trait Encoding: Send + Sync + Sized + 'static {
     fn prepare(&self, q: &[f32]) -> Self::Query;
     /// Estimated distance from a prepared query to one code.
     fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
+    /// Whether [`Encoding::distance_fine`] is more accurate than [`Encoding::distance`] (a code
+    /// with a coarse traversal part and a finer re-ranking part, e.g. RaBitQ's extra bits).
+    const HAS_FINE: bool = false;
+    /// A finer distance estimate used to re-rank candidates when no float vectors are kept.
+    fn distance_fine(&self, q: &Self::Query, code: &[u8]) -> f32 {
+        self.distance(q, code)
+    }
     /// Estimated distances to several codes (`out[i]` for `codes[i]`).
     fn distance_batch(&self, q: &Self::Query, codes: &[&[u8]], out: &mut [f32]) {
         for (o, c) in out.iter_mut().zip(codes) {
