@@ -11,7 +11,11 @@ pub enum Error {
     DimensionMismatch { expected: usize, got: usize },
     /// An input value is NaN or infinite.
     #[error("{what} contains a non-finite value (NaN or inf) at row {row}, column {col}")]
-    NonFinite { what: &'static str, row: usize, col: usize },
+    NonFinite {
+        what: &'static str,
+        row: usize,
+        col: usize,
+    },
     /// An input has no rows or no columns.
     #[error("{0} is empty")]
     Empty(&'static str),
@@ -37,6 +41,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn param(name: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidParameter { name, reason: reason.into() }
+        Error::InvalidParameter {
+            name,
+            reason: reason.into(),
+        }
     }
 }

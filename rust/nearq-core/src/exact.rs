@@ -6,7 +6,13 @@ use rayon::prelude::*;
 
 /// For each of the `queries` (row-major, `dim` columns) finds the `k` nearest rows of `data`.
 /// Returns (ids, distances), `k` per query, nearest first, padded with (-1, +inf).
-pub fn exact_search(data: &[f32], queries: &[f32], dim: usize, k: usize, metric: Metric) -> (Vec<i64>, Vec<f32>) {
+pub fn exact_search(
+    data: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    metric: Metric,
+) -> (Vec<i64>, Vec<f32>) {
     let kern = kernels();
     let norm_copy = |x: &[f32]| -> Vec<f32> {
         let mut v = x.to_vec();
@@ -20,27 +26,31 @@ pub fn exact_search(data: &[f32], queries: &[f32], dim: usize, k: usize, metric:
     let nq = queries.len() / dim;
     let mut ids = vec![-1i64; nq * k];
     let mut dists = vec![f32::INFINITY; nq * k];
-    ids.par_chunks_mut(k.max(1)).zip(dists.par_chunks_mut(k.max(1))).enumerate().for_each(|(qi, (oi, od))| {
-        if k == 0 {
-            return;
-        }
-        let q = &queries[qi * dim..(qi + 1) * dim];
-        let mut heap: std::collections::BinaryHeap<(OrdF32, u32)> = std::collections::BinaryHeap::with_capacity(k + 1);
-        for (i, row) in data.chunks_exact(dim).enumerate() {
-            let d = metric.distance(kern, q, row);
-            if heap.len() < k {
-                heap.push((OrdF32(d), i as u32));
-            } else if d < heap.peek().unwrap().0 .0 {
-                heap.pop();
-                heap.push((OrdF32(d), i as u32));
+    ids.par_chunks_mut(k.max(1))
+        .zip(dists.par_chunks_mut(k.max(1)))
+        .enumerate()
+        .for_each(|(qi, (oi, od))| {
+            if k == 0 {
+                return;
             }
-        }
-        let sorted = heap.into_sorted_vec();
-        for (j, (d, i)) in sorted.into_iter().enumerate() {
-            oi[j] = i as i64;
-            od[j] = d.0;
-        }
-    });
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let mut heap: std::collections::BinaryHeap<(OrdF32, u32)> =
+                std::collections::BinaryHeap::with_capacity(k + 1);
+            for (i, row) in data.chunks_exact(dim).enumerate() {
+                let d = metric.distance(kern, q, row);
+                if heap.len() < k {
+                    heap.push((OrdF32(d), i as u32));
+                } else if d < heap.peek().unwrap().0 .0 {
+                    heap.pop();
+                    heap.push((OrdF32(d), i as u32));
+                }
+            }
+            let sorted = heap.into_sorted_vec();
+            for (j, (d, i)) in sorted.into_iter().enumerate() {
+                oi[j] = i as i64;
+                od[j] = d.0;
+            }
+        });
     (ids, dists)
 }
 

@@ -30,7 +30,12 @@ pub struct IndexParams {
 
 impl Default for IndexParams {
     fn default() -> Self {
-        IndexParams { metric: Metric::L2, encoding: EncodingSpec::Flat, keep_vectors: true, build: BuildParams::default() }
+        IndexParams {
+            metric: Metric::L2,
+            encoding: EncodingSpec::Flat,
+            keep_vectors: true,
+            build: BuildParams::default(),
+        }
     }
 }
 
@@ -47,7 +52,11 @@ pub struct SearchParams {
 
 impl SearchParams {
     pub fn new(k: usize) -> Self {
-        SearchParams { k, ef: None, rerank: None }
+        SearchParams {
+            k,
+            ef: None,
+            rerank: None,
+        }
     }
 }
 
@@ -115,10 +124,26 @@ impl<E: Encoding> GraphIndex<E> {
         let mut codes = CodeStore::with_len(enc.code_size(), n);
         let cs = enc.code_size();
         let stride = codes.stride();
-        codes.bytes_mut().par_chunks_exact_mut(stride).zip(data.par_chunks(dim)).for_each(|(c, v)| enc.encode(v, &mut c[..cs]));
+        codes
+            .bytes_mut()
+            .par_chunks_exact_mut(stride)
+            .zip(data.par_chunks(dim))
+            .for_each(|(c, v)| enc.encode(v, &mut c[..cs]));
         let (graph, entry) = build_graph(&data, dim, enc.metric(), &build, progress);
-        let vectors = if keep_vectors && !E::EXACT { Some(data) } else { None };
-        GraphIndex { enc, codes, graph, entry, vectors, keep_vectors, build }
+        let vectors = if keep_vectors && !E::EXACT {
+            Some(data)
+        } else {
+            None
+        };
+        GraphIndex {
+            enc,
+            codes,
+            graph,
+            entry,
+            vectors,
+            keep_vectors,
+            build,
+        }
     }
 
     fn len(&self) -> usize {
@@ -126,7 +151,14 @@ impl<E: Encoding> GraphIndex<E> {
     }
 
     /// Searches one query (already normalised for cosine); writes k results.
-    fn search_one(&self, q: &[f32], p: &SearchParams, s: &mut SearchScratch, ids: &mut [i64], dists: &mut [f32]) {
+    fn search_one(
+        &self,
+        q: &[f32],
+        p: &SearchParams,
+        s: &mut SearchScratch,
+        ids: &mut [i64],
+        dists: &mut [f32],
+    ) {
         ids.fill(-1);
         dists.fill(f32::INFINITY);
         if self.len() == 0 {
@@ -140,11 +172,20 @@ impl<E: Encoding> GraphIndex<E> {
             (None, false, true) => Some(None),
             (None, false, false) => None,
         };
-        let rerank = if rerank_src.is_some() { p.rerank.unwrap_or((3 * k).max(30)).max(k) } else { 0 };
+        let rerank = if rerank_src.is_some() {
+            p.rerank.unwrap_or((3 * k).max(30)).max(k)
+        } else {
+            0
+        };
         let ef = p.ef.unwrap_or(64).max(k).max(rerank);
         let pq = self.enc.prepare(q);
         let lines = self.enc.code_size().div_ceil(64).min(8);
-        let scorer = CodeScorer { enc: &self.enc, q: &pq, codes: &self.codes, lines };
+        let scorer = CodeScorer {
+            enc: &self.enc,
+            q: &pq,
+            codes: &self.codes,
+            lines,
+        };
         beam_search(&self.graph, &[self.entry], &scorer, ef, s);
         match rerank_src {
             Some(src) => {
@@ -228,24 +269,42 @@ impl<E: Encoding> GraphIndex<E> {
         for (i, c) in raw.chunks_exact(h.code_size.max(1)).enumerate().take(h.n) {
             codes.get_mut(i).copy_from_slice(c);
         }
-        let adj_len = h.n.checked_mul(h.degree + 1).ok_or_else(|| Error::Format("graph size overflows".into()))?;
+        let adj_len =
+            h.n.checked_mul(h.degree + 1)
+                .ok_or_else(|| Error::Format("graph size overflows".into()))?;
         let adj = r.u32s(adj_len)?;
         let graph = Graph::from_raw(h.degree, adj);
         graph.validate().map_err(Error::Format)?;
         if h.n > 0 && h.entry as usize >= h.n {
-            return Err(Error::Format(format!("entry point {} out of range", h.entry)));
+            return Err(Error::Format(format!(
+                "entry point {} out of range",
+                h.entry
+            )));
         }
         let vectors = if h.has_vectors {
-            let v = r.f32s(h.n.checked_mul(h.dim).ok_or_else(|| Error::Format("vector block overflows".into()))?)?;
+            let v = r.f32s(
+                h.n.checked_mul(h.dim)
+                    .ok_or_else(|| Error::Format("vector block overflows".into()))?,
+            )?;
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Format("stored vectors contain non-finite values".into()));
+                return Err(Error::Format(
+                    "stored vectors contain non-finite values".into(),
+                ));
             }
             Some(v)
         } else {
             None
         };
         r.finish()?;
-        Ok(GraphIndex { enc, codes, graph, entry: h.entry, vectors, keep_vectors: h.keep_vectors, build: h.build.clone() })
+        Ok(GraphIndex {
+            enc,
+            codes,
+            graph,
+            entry: h.entry,
+            vectors,
+            keep_vectors: h.keep_vectors,
+            build: h.build.clone(),
+        })
     }
 }
 
@@ -263,7 +322,8 @@ struct Header {
 }
 
 fn read_header(r: &mut Reader) -> Result<Header> {
-    let metric = Metric::from_tag(r.u8()?).ok_or_else(|| Error::Format("unknown metric tag".into()))?;
+    let metric =
+        Metric::from_tag(r.u8()?).ok_or_else(|| Error::Format("unknown metric tag".into()))?;
     let tag = r.u8()?;
     let keep_vectors = r.u8()? != 0;
     let has_vectors = r.u8()? != 0;
@@ -290,7 +350,12 @@ fn read_header(r: &mut Reader) -> Result<Header> {
         n,
         degree,
         entry,
-        build: BuildParams { degree, build_ef, alpha, seed },
+        build: BuildParams {
+            degree,
+            build_ef,
+            alpha,
+            seed,
+        },
         code_size,
     })
 }
@@ -316,13 +381,23 @@ pub struct Index {
 
 fn check_matrix(what: &'static str, data: &[f32], dim: usize) -> Result<usize> {
     if dim == 0 {
-        return Err(Error::Empty(if what == "vectors" { "vectors (0 columns)" } else { "queries (0 columns)" }));
+        return Err(Error::Empty(if what == "vectors" {
+            "vectors (0 columns)"
+        } else {
+            "queries (0 columns)"
+        }));
     }
     if dim > MAX_DIM {
-        return Err(Error::param("dim", format!("{dim} exceeds the maximum {MAX_DIM}")));
+        return Err(Error::param(
+            "dim",
+            format!("{dim} exceeds the maximum {MAX_DIM}"),
+        ));
     }
-    if data.len() % dim != 0 {
-        return Err(Error::InvalidInput(format!("{what}: length {} is not a multiple of dimension {dim}", data.len())));
+    if !data.len().is_multiple_of(dim) {
+        return Err(Error::InvalidInput(format!(
+            "{what}: length {} is not a multiple of dimension {dim}",
+            data.len()
+        )));
     }
     check_finite(what, data, dim)?;
     Ok(data.len() / dim)
@@ -350,17 +425,28 @@ impl Index {
             return Err(Error::Empty("vectors (0 rows)"));
         }
         if n >= u32::MAX as usize {
-            return Err(Error::InvalidInput(format!("{n} vectors is more than this index supports")));
+            return Err(Error::InvalidInput(format!(
+                "{n} vectors is more than this index supports"
+            )));
         }
         let b = &params.build;
         if b.degree < 2 || b.degree > MAX_DEGREE {
-            return Err(Error::param("degree", format!("must be in 2..={MAX_DEGREE}, got {}", b.degree)));
+            return Err(Error::param(
+                "degree",
+                format!("must be in 2..={MAX_DEGREE}, got {}", b.degree),
+            ));
         }
         if b.build_ef == 0 || b.build_ef > 100_000 {
-            return Err(Error::param("build_ef", format!("must be in 1..=100000, got {}", b.build_ef)));
+            return Err(Error::param(
+                "build_ef",
+                format!("must be in 1..=100000, got {}", b.build_ef),
+            ));
         }
         if !(b.alpha.is_finite() && (1.0..=4.0).contains(&b.alpha)) {
-            return Err(Error::param("alpha", format!("must be in [1, 4], got {}", b.alpha)));
+            return Err(Error::param(
+                "alpha",
+                format!("must be in [1, 4], got {}", b.alpha),
+            ));
         }
         let metric = params.metric;
         with_threads(threads, || {
@@ -375,7 +461,13 @@ impl Index {
                 )),
                 EncodingSpec::Sq8 => {
                     let enc = Sq8::train(&data, dim, metric);
-                    Inner::Sq8(GraphIndex::build(enc, data, params.keep_vectors, b.clone(), progress))
+                    Inner::Sq8(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
                 }
             };
             Ok(Index { inner })
@@ -419,7 +511,12 @@ impl Index {
 
     /// Searches `queries` (row-major, `dim` columns). Returns `k` (id, distance) pairs per
     /// query, nearest first, padded with (-1, +inf) when fewer exist.
-    pub fn search(&self, queries: &[f32], p: &SearchParams, threads: Option<usize>) -> Result<(Vec<i64>, Vec<f32>)> {
+    pub fn search(
+        &self,
+        queries: &[f32],
+        p: &SearchParams,
+        threads: Option<usize>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
         let dim = self.dim();
         if p.k == 0 {
             return Err(Error::param("k", "must be at least 1"));
@@ -429,12 +526,18 @@ impl Index {
         }
         if let Some(ef) = p.ef {
             if ef == 0 || ef > 1_000_000 {
-                return Err(Error::param("ef", format!("must be in 1..=1000000, got {ef}")));
+                return Err(Error::param(
+                    "ef",
+                    format!("must be in 1..=1000000, got {ef}"),
+                ));
             }
         }
         if let Some(r) = p.rerank {
             if r == 0 || r > 1_000_000 {
-                return Err(Error::param("rerank", format!("must be in 1..=1000000, got {r}")));
+                return Err(Error::param(
+                    "rerank",
+                    format!("must be in 1..=1000000, got {r}"),
+                ));
             }
         }
         let nq = check_matrix("queries", queries, dim)?;

@@ -103,30 +103,42 @@ impl<'a> Reader<'a> {
     }
     pub fn f32s(&mut self, count: usize) -> Result<Vec<f32>> {
         let b = self.take_array(count, 4)?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
     }
     pub fn u32s(&mut self, count: usize) -> Result<Vec<u32>> {
         let b = self.take_array(count, 4)?;
-        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())
+        Ok(b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
     }
     /// A count field that must not exceed `max`.
     pub fn count(&mut self, what: &str, max: u64) -> Result<usize> {
         let v = self.u64()?;
         if v > max {
-            return Err(Error::Format(format!("{what} = {v} exceeds the limit {max}")));
+            return Err(Error::Format(format!(
+                "{what} = {v} exceeds the limit {max}"
+            )));
         }
         Ok(v as usize)
     }
     pub fn finish(&self) -> Result<()> {
         if self.remaining() != 0 {
-            return Err(Error::Format(format!("{} unexpected trailing bytes in payload", self.remaining())));
+            return Err(Error::Format(format!(
+                "{} unexpected trailing bytes in payload",
+                self.remaining()
+            )));
         }
         Ok(())
     }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Writes `payload` inside the container, atomically (temporary file, then rename).
@@ -137,9 +149,12 @@ pub fn write_file(path: &Path, payload: &[u8]) -> Result<()> {
     header.extend_from_slice(&0u32.to_le_bytes());
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = crc32fast::hash(payload);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io_err(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        io_err(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        )
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -168,10 +183,15 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// Checks the container (magic, version, length, checksum) and returns the payload.
 pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
     if data.len() < HEADER + 4 {
-        return Err(Error::Format(format!("file is {} bytes, too short to be a nearq index", data.len())));
+        return Err(Error::Format(format!(
+            "file is {} bytes, too short to be a nearq index",
+            data.len()
+        )));
     }
     if &data[..8] != MAGIC {
-        return Err(Error::Format("not a nearq index file (bad magic bytes)".into()));
+        return Err(Error::Format(
+            "not a nearq index file (bad magic bytes)".into(),
+        ));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
     if version == 0 || version > FORMAT_VERSION {
@@ -188,7 +208,9 @@ pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
     }
     let crc = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
     if crc32fast::hash(&data[HEADER..data.len() - 4]) != crc {
-        return Err(Error::Format("checksum mismatch: the file is corrupt".into()));
+        return Err(Error::Format(
+            "checksum mismatch: the file is corrupt".into(),
+        ));
     }
     let mut data = data;
     data.truncate(data.len() - 4);

@@ -22,7 +22,10 @@ impl Metric {
             "l2" | "euclidean" | "sqeuclidean" => Ok(Metric::L2),
             "ip" | "inner_product" | "dot" => Ok(Metric::InnerProduct),
             "cosine" | "angular" => Ok(Metric::Cosine),
-            _ => Err(Error::param("metric", format!("unknown metric {s:?}; expected \"l2\", \"ip\" or \"cosine\""))),
+            _ => Err(Error::param(
+                "metric",
+                format!("unknown metric {s:?}; expected \"l2\", \"ip\" or \"cosine\""),
+            )),
         }
     }
 
@@ -88,7 +91,11 @@ pub fn normalize(v: &mut [f32]) {
 /// Checks that a row-major matrix of `n` rows has only finite values.
 pub fn check_finite(what: &'static str, data: &[f32], dim: usize) -> Result<()> {
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite { what, row: pos / dim.max(1), col: pos % dim.max(1) });
+        return Err(Error::NonFinite {
+            what,
+            row: pos / dim.max(1),
+            col: pos % dim.max(1),
+        });
     }
     Ok(())
 }

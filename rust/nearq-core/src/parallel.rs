@@ -19,7 +19,12 @@ pub fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Sen
                 let mut map = pools().lock().unwrap_or_else(|e| e.into_inner());
                 map.entry(t)
                     .or_insert_with(|| {
-                        Arc::new(ThreadPoolBuilder::new().num_threads(t).build().expect("cannot start threads"))
+                        Arc::new(
+                            ThreadPoolBuilder::new()
+                                .num_threads(t)
+                                .build()
+                                .expect("cannot start threads"),
+                        )
                     })
                     .clone()
             };

@@ -20,7 +20,12 @@ pub struct CodeStore {
 impl CodeStore {
     pub fn new(code_size: usize) -> Self {
         let stride = code_size.div_ceil(4).max(1) * 4;
-        CodeStore { lines: Vec::new(), code_size, stride, len: 0 }
+        CodeStore {
+            lines: Vec::new(),
+            code_size,
+            stride,
+            len: 0,
+        }
     }
 
     pub fn with_len(code_size: usize, len: usize) -> Self {

@@ -1,12 +1,16 @@
 //! Index-level tests: recall against exact search, graph invariants, determinism, persistence.
 
 use nearq_core::encoding::{Encoding, Sq8};
-use nearq_core::{exact_search, BuildParams, EncodingSpec, Error, Index, IndexParams, Metric, SearchParams};
+use nearq_core::{
+    exact_search, BuildParams, EncodingSpec, Error, Index, IndexParams, Metric, SearchParams,
+};
 use proptest::prelude::*;
 
 /// Clustered synthetic data (a mixture of Gaussians), harder than uniform noise.
 fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
         s ^= s << 13;
         s ^= s >> 7;
@@ -33,13 +37,21 @@ fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
     let mut hit = 0usize;
     for q in 0..nq {
         let t = &truth[q * k..(q + 1) * k];
-        hit += found[q * k..(q + 1) * k].iter().filter(|i| t.contains(i)).count();
+        hit += found[q * k..(q + 1) * k]
+            .iter()
+            .filter(|i| t.contains(i))
+            .count();
     }
     hit as f64 / (nq * k) as f64
 }
 
 fn build(data: &[f32], dim: usize, metric: Metric, enc: EncodingSpec, threads: usize) -> Index {
-    let p = IndexParams { metric, encoding: enc, keep_vectors: true, build: BuildParams::default() };
+    let p = IndexParams {
+        metric,
+        encoding: enc,
+        keep_vectors: true,
+        build: BuildParams::default(),
+    };
     Index::build(data, dim, &p, Some(threads), &|_, _| {}).unwrap()
 }
 
@@ -52,7 +64,11 @@ fn recall_against_exact_search() {
         let (truth, _) = exact_search(&data, &queries, dim, k, metric);
         for enc in [EncodingSpec::Flat, EncodingSpec::Sq8] {
             let index = build(&data, dim, metric, enc.clone(), 2);
-            let p = SearchParams { k, ef: Some(96), rerank: None };
+            let p = SearchParams {
+                k,
+                ef: Some(96),
+                rerank: None,
+            };
             let (ids, _) = index.search(&queries, &p, None).unwrap();
             let r = recall(&ids, &truth, k);
             assert!(r >= 0.95, "{metric:?} {enc:?}: recall {r}");
@@ -67,7 +83,17 @@ fn search_with_ef_n_is_exact_for_flat() {
     let queries = clustered(50, dim, 4);
     let (truth, tdist) = exact_search(&data, &queries, dim, k, Metric::L2);
     let index = build(&data, dim, Metric::L2, EncodingSpec::Flat, 2);
-    let (ids, dist) = index.search(&queries, &SearchParams { k, ef: Some(n), rerank: None }, None).unwrap();
+    let (ids, dist) = index
+        .search(
+            &queries,
+            &SearchParams {
+                k,
+                ef: Some(n),
+                rerank: None,
+            },
+            None,
+        )
+        .unwrap();
     assert!(recall(&ids, &truth, k) >= 0.999);
     for (a, b) in dist.iter().zip(&tdist) {
         assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0));
@@ -116,10 +142,17 @@ fn build_is_deterministic_across_thread_counts() {
         metric: Metric::Cosine,
         encoding: EncodingSpec::Sq8,
         keep_vectors: true,
-        build: BuildParams { seed: 7, ..Default::default() },
+        build: BuildParams {
+            seed: 7,
+            ..Default::default()
+        },
     };
     let d = Index::build(&data, dim, &p, Some(1), &|_, _| {}).unwrap();
-    assert_ne!(a.graph(), d.graph(), "a different seed should give a different graph");
+    assert_ne!(
+        a.graph(),
+        d.graph(),
+        "a different seed should give a different graph"
+    );
 }
 
 #[test]
@@ -127,7 +160,9 @@ fn k_larger_than_index_is_padded() {
     let dim = 8;
     let data = clustered(5, dim, 7);
     let index = build(&data, dim, Metric::L2, EncodingSpec::Flat, 1);
-    let (ids, d) = index.search(&data[..dim], &SearchParams::new(8), None).unwrap();
+    let (ids, d) = index
+        .search(&data[..dim], &SearchParams::new(8), None)
+        .unwrap();
     assert_eq!(&ids[5..], &[-1, -1, -1]);
     assert!(d[5..].iter().all(|x| x.is_infinite()));
     let mut got: Vec<i64> = ids[..5].to_vec();
@@ -140,15 +175,36 @@ fn bad_input_is_rejected() {
     let dim = 4;
     let mut data = clustered(10, dim, 8);
     let p = IndexParams::default();
-    assert!(matches!(Index::build(&[], dim, &p, None, &|_, _| {}), Err(Error::Empty(_))));
-    assert!(matches!(Index::build(&data[..7], dim, &p, None, &|_, _| {}), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        Index::build(&[], dim, &p, None, &|_, _| {}),
+        Err(Error::Empty(_))
+    ));
+    assert!(matches!(
+        Index::build(&data[..7], dim, &p, None, &|_, _| {}),
+        Err(Error::InvalidInput(_))
+    ));
     data[13] = f32::NAN;
-    assert!(matches!(Index::build(&data, dim, &p, None, &|_, _| {}), Err(Error::NonFinite { row: 3, col: 1, .. })));
+    assert!(matches!(
+        Index::build(&data, dim, &p, None, &|_, _| {}),
+        Err(Error::NonFinite { row: 3, col: 1, .. })
+    ));
     data[13] = 0.0;
     let index = Index::build(&data, dim, &p, None, &|_, _| {}).unwrap();
-    assert!(matches!(index.search(&data[..dim], &SearchParams::new(0), None), Err(Error::InvalidParameter { .. })));
-    let bad = IndexParams { build: BuildParams { degree: 1, ..Default::default() }, ..Default::default() };
-    assert!(matches!(Index::build(&data, dim, &bad, None, &|_, _| {}), Err(Error::InvalidParameter { name: "degree", .. })));
+    assert!(matches!(
+        index.search(&data[..dim], &SearchParams::new(0), None),
+        Err(Error::InvalidParameter { .. })
+    ));
+    let bad = IndexParams {
+        build: BuildParams {
+            degree: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        Index::build(&data, dim, &bad, None, &|_, _| {}),
+        Err(Error::InvalidParameter { name: "degree", .. })
+    ));
 }
 
 #[test]
@@ -166,11 +222,17 @@ fn sq8_distance_equals_distance_to_decoded_vector() {
             enc.encode(v, &mut code);
             assert!(enc.decode(&code, &mut dec));
             for (x, y) in v.iter().zip(&dec) {
-                assert!((x - y).abs() <= 0.5 * 1.0001 * (enc_step(&data, dim) + 1e-6), "{x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 0.5 * 1.0001 * (enc_step(&data, dim) + 1e-6),
+                    "{x} vs {y}"
+                );
             }
             let want = metric.distance(k, q, &dec);
             let got = enc.distance(&pq, &code);
-            assert!((want - got).abs() <= 1e-3 * want.abs().max(1.0), "{metric:?}: {got} vs {want}");
+            assert!(
+                (want - got).abs() <= 1e-3 * want.abs().max(1.0),
+                "{metric:?}: {got} vs {want}"
+            );
         }
     }
 }
@@ -199,9 +261,15 @@ fn save_load_round_trip() {
         let back = Index::load(&path).unwrap();
         assert_eq!(back.to_payload(), index.to_payload());
         let p = SearchParams::new(5);
-        assert_eq!(back.search(&data[..4 * dim], &p, None).unwrap(), index.search(&data[..4 * dim], &p, None).unwrap());
+        assert_eq!(
+            back.search(&data[..4 * dim], &p, None).unwrap(),
+            index.search(&data[..4 * dim], &p, None).unwrap()
+        );
     }
-    assert!(matches!(Index::load(&dir.join("missing")), Err(Error::Io { .. })));
+    assert!(matches!(
+        Index::load(&dir.join("missing")),
+        Err(Error::Io { .. })
+    ));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -245,10 +313,17 @@ fn hostile_payload_fields_are_refused() {
     let data = clustered(40, dim, 13);
     let payload = build(&data, dim, Metric::L2, EncodingSpec::Flat, 1).to_payload();
     // n (offset 8..16) claims a huge count; degree (16..20) zero; entry (20..24) out of range.
-    for (off, val) in [(8usize, u64::MAX.to_le_bytes().to_vec()), (16, vec![0, 0, 0, 0]), (20, vec![255, 255, 0, 0])] {
+    for (off, val) in [
+        (8usize, u64::MAX.to_le_bytes().to_vec()),
+        (16, vec![0, 0, 0, 0]),
+        (20, vec![255, 255, 0, 0]),
+    ] {
         let mut p = payload.clone();
         p[off..off + val.len()].copy_from_slice(&val);
-        assert!(matches!(Index::from_payload(&p), Err(Error::Format(_))), "field at {off}");
+        assert!(
+            matches!(Index::from_payload(&p), Err(Error::Format(_))),
+            "field at {off}"
+        );
     }
 }
 

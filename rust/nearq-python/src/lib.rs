@@ -10,18 +10,25 @@ use pyo3::types::{PyDict, PyType};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// (ids, distances) as numpy arrays of shape (n, k).
+type Neighbors<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
 /// Maps a core error to the matching class of `nearq.errors`.
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let class = match &e {
         Error::DimensionMismatch { .. } => "DimensionMismatchError",
-        Error::NonFinite { .. } | Error::Empty(_) | Error::InvalidParameter { .. } | Error::InvalidInput(_) => {
-            "InvalidInputError"
-        }
+        Error::NonFinite { .. }
+        | Error::Empty(_)
+        | Error::InvalidParameter { .. }
+        | Error::InvalidInput(_) => "InvalidInputError",
         Error::Format(_) => "IndexFormatError",
         Error::Io { .. } => "NearqIOError",
     };
     let msg = e.to_string();
-    let cls = py.import("nearq.errors").and_then(|m| m.getattr(class)).and_then(|c| Ok(c.cast_into::<PyType>()?));
+    let cls = py
+        .import("nearq.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| Ok(c.cast_into::<PyType>()?));
     match cls {
         Ok(cls) => {
             if let Error::Io { source, .. } = &e {
@@ -36,10 +43,17 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
 }
 
 fn slice<'a>(a: &'a PyReadonlyArray2<'_, f32>, what: &str) -> PyResult<&'a [f32]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
 }
 
-fn to_numpy<'py>(py: Python<'py>, ids: Vec<i64>, d: Vec<f32>, nq: usize, k: usize) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+fn to_numpy<'py>(
+    py: Python<'py>,
+    ids: Vec<i64>,
+    d: Vec<f32>,
+    nq: usize,
+    k: usize,
+) -> PyResult<Neighbors<'py>> {
     let shape_err = |_| PyValueError::new_err("internal shape error");
     let ids = Array2::from_shape_vec((nq, k), ids).map_err(shape_err)?;
     let d = Array2::from_shape_vec((nq, k), d).map_err(shape_err)?;
@@ -78,7 +92,12 @@ impl Index {
                 metric: Metric::parse(metric)?,
                 encoding: EncodingSpec::parse(encoding, bits)?,
                 keep_vectors,
-                build: core::BuildParams { degree, build_ef, alpha, seed },
+                build: core::BuildParams {
+                    degree,
+                    build_ef,
+                    alpha,
+                    seed,
+                },
             })
         })()
         .map_err(|e| to_py(py, e))?;
@@ -115,25 +134,36 @@ impl Index {
         ef: Option<usize>,
         rerank: Option<usize>,
         threads: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<Neighbors<'py>> {
         let dim = queries.shape()[1];
         let nq = queries.shape()[0];
         if dim != self.inner.dim() {
-            return Err(to_py(py, Error::DimensionMismatch { expected: self.inner.dim(), got: dim }));
+            return Err(to_py(
+                py,
+                Error::DimensionMismatch {
+                    expected: self.inner.dim(),
+                    got: dim,
+                },
+            ));
         }
         let q = slice(&queries, "queries")?;
         let p = core::SearchParams { k, ef, rerank };
-        let (ids, d) = py.detach(|| self.inner.search(q, &p, threads)).map_err(|e| to_py(py, e))?;
+        let (ids, d) = py
+            .detach(|| self.inner.search(q, &p, threads))
+            .map_err(|e| to_py(py, e))?;
         to_numpy(py, ids, d, nq, k)
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.inner.save(&path)).map_err(|e| to_py(py, e))
+        py.detach(|| self.inner.save(&path))
+            .map_err(|e| to_py(py, e))
     }
 
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Index> {
-        py.detach(|| core::Index::load(&path)).map(|inner| Index { inner }).map_err(|e| to_py(py, e))
+        py.detach(|| core::Index::load(&path))
+            .map(|inner| Index { inner })
+            .map_err(|e| to_py(py, e))
     }
 
     /// The index as bytes in the file format (used for pickling).
@@ -144,7 +174,9 @@ impl Index {
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Index> {
-        py.detach(|| core::Index::from_payload(&data)).map(|inner| Index { inner }).map_err(|e| to_py(py, e))
+        py.detach(|| core::Index::from_payload(&data))
+            .map(|inner| Index { inner })
+            .map_err(|e| to_py(py, e))
     }
 
     fn __len__(&self) -> usize {
@@ -203,11 +235,17 @@ fn exact_search<'py>(
     k: usize,
     metric: &str,
     threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+) -> PyResult<Neighbors<'py>> {
     let metric = Metric::parse(metric).map_err(|e| to_py(py, e))?;
     let dim = data.shape()[1];
     if queries.shape()[1] != dim {
-        return Err(to_py(py, Error::DimensionMismatch { expected: dim, got: queries.shape()[1] }));
+        return Err(to_py(
+            py,
+            Error::DimensionMismatch {
+                expected: dim,
+                got: queries.shape()[1],
+            },
+        ));
     }
     let nq = queries.shape()[0];
     let x = slice(&data, "vectors")?;
@@ -215,8 +253,9 @@ fn exact_search<'py>(
     for (what, m) in [("vectors", x), ("queries", q)] {
         core::metric::check_finite(what, m, dim).map_err(|e| to_py(py, e))?;
     }
-    let (ids, d) =
-        py.detach(|| core::parallel::with_threads(threads, || core::exact_search(x, q, dim, k, metric)));
+    let (ids, d) = py.detach(|| {
+        core::parallel::with_threads(threads, || core::exact_search(x, q, dim, k, metric))
+    });
     to_numpy(py, ids, d, nq, k)
 }
 
@@ -226,7 +265,10 @@ fn simd_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let k = core::kernels::kernels();
     let d = PyDict::new(py);
     d.set_item("level", k.level.name())?;
-    let supported: Vec<&str> = core::kernels::supported_levels().into_iter().map(|l| l.name()).collect();
+    let supported: Vec<&str> = core::kernels::supported_levels()
+        .into_iter()
+        .map(|l| l.name())
+        .collect();
     d.set_item("supported", supported)?;
     d.set_item("forced", std::env::var("NEARQ_SIMD").ok())?;
     Ok(d)

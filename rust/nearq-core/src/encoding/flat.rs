@@ -14,7 +14,11 @@ pub struct Flat {
 
 impl Flat {
     pub fn new(dim: usize, metric: Metric) -> Self {
-        Flat { dim, metric, k: kernels() }
+        Flat {
+            dim,
+            metric,
+            k: kernels(),
+        }
     }
 }
 

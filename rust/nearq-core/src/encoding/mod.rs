@@ -95,7 +95,10 @@ impl EncodingSpec {
             (_, None) => {}
             (EncodingSpec::Flat, Some(32)) | (EncodingSpec::Sq8, Some(8)) => {}
             (s, Some(b)) => {
-                return Err(Error::param("bits", format!("{b} bits is not available for encoding {:?}", s.name())))
+                return Err(Error::param(
+                    "bits",
+                    format!("{b} bits is not available for encoding {:?}", s.name()),
+                ))
             }
         }
         Ok(spec)

@@ -45,8 +45,17 @@ impl Sq8 {
             .zip(&hi)
             .map(|(&l, &h)| if h > l { (h - l) / 255.0 } else { 1.0 })
             .collect();
-        let lo = lo.into_iter().map(|l| if l.is_finite() { l } else { 0.0 }).collect();
-        Sq8 { dim, metric, lo, step, k: kernels() }
+        let lo = lo
+            .into_iter()
+            .map(|l| if l.is_finite() { l } else { 0.0 })
+            .collect();
+        Sq8 {
+            dim,
+            metric,
+            lo,
+            step,
+            k: kernels(),
+        }
     }
 
     #[inline]
@@ -74,7 +83,9 @@ impl Encoding for Sq8 {
         let d = self.dim;
         let mut n2 = 0.0f32;
         for i in 0..d {
-            let c = ((v[i] - self.lo[i]) / self.step[i]).round().clamp(0.0, 255.0);
+            let c = ((v[i] - self.lo[i]) / self.step[i])
+                .round()
+                .clamp(0.0, 255.0);
             out[i] = c as u8;
             let x = self.lo[i] + self.step[i] * c;
             n2 += x * x;
@@ -113,8 +124,16 @@ impl Encoding for Sq8 {
         let lo = r.f32s(dim)?;
         let step = r.f32s(dim)?;
         if lo.iter().chain(&step).any(|x| !x.is_finite()) || step.iter().any(|&s| s <= 0.0) {
-            return Err(Error::Format("sq8 parameters are not finite and positive".into()));
+            return Err(Error::Format(
+                "sq8 parameters are not finite and positive".into(),
+            ));
         }
-        Ok(Sq8 { dim, metric, lo, step, k: kernels() })
+        Ok(Sq8 {
+            dim,
+            metric,
+            lo,
+            step,
+            k: kernels(),
+        })
     }
 }

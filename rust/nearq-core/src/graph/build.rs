@@ -23,7 +23,12 @@ pub struct BuildParams {
 
 impl Default for BuildParams {
     fn default() -> Self {
-        BuildParams { degree: 32, build_ef: 128, alpha: 1.2, seed: 0 }
+        BuildParams {
+            degree: 32,
+            build_ef: 128,
+            alpha: 1.2,
+            seed: 0,
+        }
     }
 }
 
@@ -149,7 +154,13 @@ pub fn build_graph(
         let m = norms.iter().copied().fold(0.0f32, f32::max);
         norms.iter().map(|&n2| (m - n2).max(0.0).sqrt()).collect()
     });
-    let space = BuildSpace { data, dim, metric, extra, k };
+    let space = BuildSpace {
+        data,
+        dim,
+        metric,
+        extra,
+        k,
+    };
     let dist = |a: u32, b: u32| space.dist(a, b);
 
     let mut order: Vec<u32> = (0..n as u32).filter(|&i| i != entry).collect();
@@ -171,7 +182,10 @@ pub fn build_graph(
             .map(|&pt| {
                 SCRATCH.with(|s| {
                     let s = &mut *s.borrow_mut();
-                    let scorer = PointScorer { space: &space, p: pt };
+                    let scorer = PointScorer {
+                        space: &space,
+                        p: pt,
+                    };
                     beam_search(&graph, &[entry], &scorer, p.build_ef, s);
                     let mut cands: Vec<(f32, u32)> = s.pool.iter().collect();
                     sort_dedup(&mut cands, pt);
@@ -185,8 +199,11 @@ pub fn build_graph(
             graph.set_neighbors(pt, nb);
         }
         // 2. Reverse edges, grouped by target in a fixed order, pruned when a row overflows.
-        let mut rev: Vec<(u32, u32)> =
-            pts.iter().zip(&out_edges).flat_map(|(&pt, nb)| nb.iter().map(move |&j| (j, pt))).collect();
+        let mut rev: Vec<(u32, u32)> = pts
+            .iter()
+            .zip(&out_edges)
+            .flat_map(|(&pt, nb)| nb.iter().map(move |&j| (j, pt)))
+            .collect();
         rev.sort_unstable();
         let groups: Vec<&[(u32, u32)]> = rev.chunk_by(|a, b| a.0 == b.0).collect();
         let updates: Vec<(u32, Vec<u32>)> = groups
@@ -270,9 +287,19 @@ fn ensure_reachable(g: &mut Graph, entry: u32, space: &BuildSpace<'_>, ef: usize
             let s = &mut *s.borrow_mut();
             for &u in &orphans {
                 beam_search(g, &[entry], &PointScorer { space, p: u }, ef, s);
-                let cands: Vec<u32> = s.pool.iter().map(|(_, id)| id).filter(|&v| v != u).collect();
-                let Some(&nearest) = cands.first() else { continue };
-                let host = cands.iter().copied().find(|&v| g.neighbors(v).len() < g.degree());
+                let cands: Vec<u32> = s
+                    .pool
+                    .iter()
+                    .map(|(_, id)| id)
+                    .filter(|&v| v != u)
+                    .collect();
+                let Some(&nearest) = cands.first() else {
+                    continue;
+                };
+                let host = cands
+                    .iter()
+                    .copied()
+                    .find(|&v| g.neighbors(v).len() < g.degree());
                 match host {
                     Some(v) => {
                         let mut nb = g.neighbors(v).to_vec();

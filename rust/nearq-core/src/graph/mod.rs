@@ -30,7 +30,10 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(degree: usize, n: usize) -> Self {
-        Graph { degree, adj: vec![0; n * (degree + 1)] }
+        Graph {
+            degree,
+            adj: vec![0; n * (degree + 1)],
+        }
     }
 
     pub fn from_raw(degree: usize, adj: Vec<u32>) -> Self {
@@ -81,9 +84,15 @@ impl Graph {
             let row = &self.adj[i * (self.degree + 1)..(i + 1) * (self.degree + 1)];
             let c = row[0] as usize;
             if c > self.degree {
-                return Err(format!("node {i} has {c} neighbours, more than the degree {}", self.degree));
+                return Err(format!(
+                    "node {i} has {c} neighbours, more than the degree {}",
+                    self.degree
+                ));
             }
-            if let Some(&bad) = row[1..1 + c].iter().find(|&&j| j as usize >= n || j as usize == i) {
+            if let Some(&bad) = row[1..1 + c]
+                .iter()
+                .find(|&&j| j as usize >= n || j as usize == i)
+            {
                 return Err(format!("node {i} has an invalid neighbour id {bad}"));
             }
         }

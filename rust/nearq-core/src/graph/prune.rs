@@ -73,7 +73,9 @@ mod tests {
             // every dropped candidate is blocked by a kept one that precedes it
             for &(dp, c) in &cands {
                 if !out.contains(&c) {
-                    assert!(out.iter().any(|&r| cands.iter().position(|x| x.1 == r) < cands.iter().position(|x| x.1 == c) && alpha * d(r, c) <= dp));
+                    assert!(out.iter().any(|&r| cands.iter().position(|x| x.1 == r)
+                        < cands.iter().position(|x| x.1 == c)
+                        && alpha * d(r, c) <= dp));
                 }
             }
         }

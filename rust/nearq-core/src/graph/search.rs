@@ -24,7 +24,10 @@ impl Default for Visited {
 
 impl Visited {
     pub fn new() -> Self {
-        Visited { marks: Vec::new(), gen: 0 }
+        Visited {
+            marks: Vec::new(),
+            gen: 0,
+        }
     }
 
     /// Starts a new query over `n` nodes.
@@ -129,7 +132,10 @@ impl Pool {
 
     /// The entries nearest first as (distance, id).
     pub fn iter(&self) -> impl Iterator<Item = (f32, u32)> + '_ {
-        self.dist.iter().copied().zip(self.ids.iter().map(|&i| i & !EXPANDED))
+        self.dist
+            .iter()
+            .copied()
+            .zip(self.ids.iter().map(|&i| i & !EXPANDED))
     }
 }
 
@@ -153,7 +159,13 @@ pub struct SearchScratch {
 }
 
 /// Beam search from `entry` with a pool of `ef` candidates; results are left in `s.pool`.
-pub fn beam_search<S: Scorer>(graph: &Graph, entries: &[u32], scorer: &S, ef: usize, s: &mut SearchScratch) {
+pub fn beam_search<S: Scorer>(
+    graph: &Graph,
+    entries: &[u32],
+    scorer: &S,
+    ef: usize,
+    s: &mut SearchScratch,
+) {
     const LOOKAHEAD: usize = 3;
     s.visited.reset(graph.len());
     s.pool.reset(ef);
