@@ -29,6 +29,8 @@ __all__ = [
     "SearchResult",
     "exact_search",
     "simd_info",
+    "set_num_threads",
+    "get_num_threads",
     "NearqError",
     "InvalidInputError",
     "DimensionMismatchError",
@@ -36,6 +38,19 @@ __all__ = [
     "NearqIOError",
     "__version__",
 ]
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of worker threads used when a call passes ``threads=None``
+    (``0`` restores the default: all cores)."""
+    from ._validate import as_int
+
+    _nearq.set_num_threads(as_int("n", n, lo=0, hi=4096))
+
+
+def get_num_threads() -> int:
+    """The number of worker threads used when a call passes ``threads=None``."""
+    return int(_nearq.get_num_threads())
 
 
 def simd_info() -> Dict[str, Any]:

@@ -1,7 +1,7 @@
 //! The index: an encoding's codes, the graph over them, and optional full-precision vectors
 //! for re-ranking.
 
-use crate::encoding::{Encoding, EncodingSpec, Flat, Sq8};
+use crate::encoding::{Encoding, EncodingSpec, Flat, RaBitQ, RaBitQConfig, Sq8};
 use crate::error::{Error, Result};
 use crate::graph::search::SearchScratch;
 use crate::graph::{beam_search, build_graph, BuildParams, Graph, Scorer};
@@ -363,6 +363,7 @@ fn read_header(r: &mut Reader) -> Result<Header> {
 enum Inner {
     Flat(GraphIndex<Flat>),
     Sq8(GraphIndex<Sq8>),
+    RaBitQ(GraphIndex<RaBitQ>),
 }
 
 macro_rules! dispatch {
@@ -370,6 +371,7 @@ macro_rules! dispatch {
         match &$self.inner {
             Inner::Flat($g) => $e,
             Inner::Sq8($g) => $e,
+            Inner::RaBitQ($g) => $e,
         }
     };
 }
@@ -490,6 +492,7 @@ impl Index {
         match &self.inner {
             Inner::Flat(_) => Flat::NAME,
             Inner::Sq8(_) => Sq8::NAME,
+            Inner::RaBitQ(_) => RaBitQ::NAME,
         }
     }
     pub fn keep_vectors(&self) -> bool {
@@ -586,6 +589,7 @@ impl Index {
         let inner = match h.tag {
             Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h)?),
             Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h)?),
+            RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h)?),
             t => return Err(Error::Format(format!("unknown encoding tag {t}"))),
         };
         Ok(Index { inner })

@@ -4,7 +4,7 @@
 //! offset  size  field
 //! 0       8     magic  b"NEARQIX\0"
 //! 8       4     format version (u32 LE); readers refuse versions newer than FORMAT_VERSION
-//! 12      4     flags (u32 LE, 0)
+//! 12      4     flags (u32 LE); no flag is defined yet, so readers refuse any non-zero value
 //! 16      8     payload length P (u64 LE); must equal file length - 28
 //! 24      P     payload (little-endian fields, see index.rs)
 //! 24+P    4     CRC-32 (IEEE) of the payload
@@ -197,6 +197,12 @@ pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
     if version == 0 || version > FORMAT_VERSION {
         return Err(Error::Format(format!(
             "format version {version} is not supported: this nearq reads versions 1..={FORMAT_VERSION} (written by a newer nearq?)"
+        )));
+    }
+    let flags = u32::from_le_bytes(data[12..16].try_into().unwrap());
+    if flags != 0 {
+        return Err(Error::Format(format!(
+            "unknown format flags {flags:#x} (written by a newer nearq?)"
         )));
     }
     let plen = u64::from_le_bytes(data[16..24].try_into().unwrap());

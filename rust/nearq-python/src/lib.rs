@@ -259,6 +259,18 @@ fn exact_search<'py>(
     to_numpy(py, ids, d, nq, k)
 }
 
+/// Sets the default number of worker threads (0: all cores).
+#[pyfunction]
+fn set_num_threads(n: usize) {
+    core::parallel::set_num_threads(n);
+}
+
+/// The default number of worker threads.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    core::parallel::num_threads()
+}
+
 /// The SIMD level in use and the levels this CPU supports.
 #[pyfunction]
 fn simd_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -279,6 +291,8 @@ fn _nearq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Index>()?;
     m.add_function(wrap_pyfunction!(exact_search, m)?)?;
     m.add_function(wrap_pyfunction!(simd_info, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

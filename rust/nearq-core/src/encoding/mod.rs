@@ -14,6 +14,8 @@
 //! encodings lives in [`AnyEncoding`] so the hot loops are monomorphised.
 
 pub mod flat;
+pub mod rabitq;
+pub mod rotation;
 pub mod sq8;
 
 use crate::error::{Error, Result};
@@ -21,6 +23,7 @@ use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 
 pub use flat::Flat;
+pub use rabitq::{RaBitQ, RaBitQConfig};
 pub use sq8::Sq8;
 
 /// The shared encoding interface.
@@ -77,6 +80,9 @@ pub trait Encoding: Send + Sync + Sized + 'static {
 pub enum EncodingSpec {
     Flat,
     Sq8,
+    /// RaBitQ with `bits` (1..=8) per dimension: 1-bit traversal code plus `bits - 1` extra
+    /// bits for re-ranking.
+    RaBitQ { bits: u32 },
 }
 
 impl EncodingSpec {
@@ -84,16 +90,18 @@ impl EncodingSpec {
         let spec = match name.to_ascii_lowercase().as_str() {
             "flat" | "f32" | "float32" => EncodingSpec::Flat,
             "sq8" => EncodingSpec::Sq8,
+            "rabitq" => EncodingSpec::RaBitQ { bits: bits.unwrap_or(rabitq::DEFAULT_BITS) },
             other => {
                 return Err(Error::param(
                     "encoding",
-                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\""),
+                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\", \"rabitq\""),
                 ))
             }
         };
         match (&spec, bits) {
             (_, None) => {}
             (EncodingSpec::Flat, Some(32)) | (EncodingSpec::Sq8, Some(8)) => {}
+            (EncodingSpec::RaBitQ { .. }, Some(1..=8)) => {}
             (s, Some(b)) => {
                 return Err(Error::param(
                     "bits",
@@ -108,6 +116,7 @@ impl EncodingSpec {
         match self {
             EncodingSpec::Flat => Flat::NAME,
             EncodingSpec::Sq8 => Sq8::NAME,
+            EncodingSpec::RaBitQ { .. } => RaBitQ::NAME,
         }
     }
 }

@@ -1,0 +1,67 @@
+"""Type stubs of the native module (rust/nearq-python). Use the documented wrappers in
+:mod:`nearq` (``nearq.Index``, ``nearq.exact_search``) rather than these directly."""
+
+from os import PathLike
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+_Neighbors = Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
+
+class Index:
+    @staticmethod
+    def build(
+        data: npt.NDArray[np.float32],
+        metric: str,
+        encoding: str,
+        bits: Optional[int],
+        keep_vectors: bool,
+        degree: int,
+        build_ef: int,
+        alpha: float,
+        threads: Optional[int],
+        seed: int,
+        progress: bool,
+    ) -> Index: ...
+    def search(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        ef: Optional[int] = None,
+        rerank: Optional[int] = None,
+        threads: Optional[int] = None,
+    ) -> _Neighbors: ...
+    def save(self, path: Union[str, PathLike[str]]) -> None: ...
+    @staticmethod
+    def load(path: Union[str, PathLike[str]]) -> Index: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> Index: ...
+    def __len__(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def keep_vectors(self) -> bool: ...
+    @property
+    def degree(self) -> int: ...
+    @property
+    def build_params(self) -> Dict[str, Any]: ...
+    def memory_usage(self) -> Dict[str, int]: ...
+
+def exact_search(
+    data: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    metric: str,
+    threads: Optional[int] = None,
+) -> _Neighbors: ...
+def simd_info() -> Dict[str, Union[str, List[str], None]]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
