@@ -347,3 +347,30 @@ proptest! {
         let _ = Index::from_payload(&bytes);
     }
 }
+
+/// Data with one dimension of a much larger range than the others: the 8-bit build distances
+/// are refused (their step would swamp the small dimensions) and floats are used instead.
+#[test]
+fn recall_with_badly_scaled_dimensions() {
+    let (n, dim, k) = (2000, 16, 10);
+    let mut data = clustered(n, dim, 21);
+    for (i, row) in data.chunks_exact_mut(dim).enumerate() {
+        row[0] = if i % 97 == 0 { 5000.0 } else { 0.0 };
+    }
+    let queries: Vec<f32> = data[..50 * dim].iter().map(|x| x + 0.01).collect();
+    let (truth, _) = exact_search(&data, &queries, dim, k, Metric::L2);
+    let index = build(&data, dim, Metric::L2, EncodingSpec::Flat, 2);
+    let (ids, _) = index
+        .search(
+            &queries,
+            &SearchParams {
+                k,
+                ef: Some(64),
+                rerank: None,
+            },
+            None,
+        )
+        .unwrap();
+    let r = recall(&ids, &truth, k);
+    assert!(r >= 0.95, "recall {r}");
+}

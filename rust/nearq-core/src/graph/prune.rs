@@ -27,6 +27,7 @@ pub fn robust_prune(
 }
 
 /// Sorts candidates by distance (ties by id) and removes duplicate ids and `exclude`.
+/// Distances are computed deterministically, so copies of one id sort next to each other.
 pub fn sort_dedup(cands: &mut Vec<(f32, u32)>, exclude: u32) {
     cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut seen_last: Option<u32> = None;
@@ -36,16 +37,6 @@ pub fn sort_dedup(cands: &mut Vec<(f32, u32)>, exclude: u32) {
         }
         seen_last = Some(id);
         true
-    });
-    // Equal ids are adjacent only if their distances are equal; remove any remaining repeats.
-    let mut ids: Vec<u32> = Vec::with_capacity(cands.len());
-    cands.retain(|&(_, id)| {
-        if ids.contains(&id) {
-            false
-        } else {
-            ids.push(id);
-            true
-        }
     });
 }
 
