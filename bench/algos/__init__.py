@@ -1,0 +1,95 @@
+"""Registry of benchmark configurations.
+
+Each entry: name -> dict(module, cls, params, query_args, family).  ``--algos`` accepts
+entry names or family names (e.g. 'nearq' selects every nearq-* entry, 'faiss-hnsw'
+selects faiss-hnsw-M32 and faiss-hnsw-M16).
+"""
+
+EF = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768]
+EF_QUICK = [16, 32, 64, 128, 256, 512]
+NPROBE = [(1, 4), (2, 4), (4, 4), (8, 4), (12, 6), (16, 8), (24, 8), (32, 10), (48, 10), (64, 16), (128, 16),
+          (192, 16), (256, 20), (384, 20)]
+NPROBE_PLAIN = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+
+
+def _e(family, module, cls, params, query_args=EF, quick_args=EF_QUICK):
+    return dict(family=family, module=module, cls=cls, params=params, query_args=query_args,
+                quick_args=quick_args)
+
+
+CONFIGS = {
+    # --- nearq ---------------------------------------------------------------
+    "nearq-flat-R32": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=32, build_ef=128)),
+    "nearq-flat-R32-bef200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=32, build_ef=200)),
+    "nearq-sq8-R32": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", degree=32, build_ef=128)),
+    "nearq-flat-R48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=48, build_ef=200)),
+    "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
+    # --- faiss -----------------------------------------------------------------
+    "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),
+    "faiss-hnsw-M16": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=16, efConstruction=200)),
+    "faiss-hnswpq-M32-refine": _e("faiss-hnswpq", "faiss_adapters", "FaissHNSWPQ",
+                                  dict(M=32, efConstruction=200, pq_m=96, k_factor=4)),
+    "faiss-ivfpq-fs-refine": _e("faiss-ivfpqfs", "faiss_adapters", "FaissIVFFactory",
+                                dict(factory="IVF{nlist},PQ{m4}x4fs,RFlat"), NPROBE, NPROBE[::2]),
+    "faiss-ivf-rabitq-refine": _e("faiss-rabitq", "faiss_adapters", "FaissIVFFactory",
+                                  dict(factory="IVF{nlist},RaBitQ,RFlat", qb=8), NPROBE, NPROBE[::2]),
+    "faiss-ivf-rabitq4": _e("faiss-rabitq", "faiss_adapters", "FaissIVFFactory",
+                            dict(factory="IVF{nlist},RaBitQ4", qb=8), NPROBE_PLAIN, NPROBE_PLAIN[::2]),
+    "faiss-rabitq-refine": _e("faiss-rabitq", "faiss_adapters", "FaissRaBitQFlat", dict(),
+                              [2, 4, 8, 16, 32, 64], [4, 16, 64]),
+    # --- hnswlib / usearch / svs ------------------------------------------------
+    "hnswlib-M16": _e("hnswlib", "hnswlib_adapter", "Hnswlib", dict(M=16, efConstruction=200)),
+    "hnswlib-M32": _e("hnswlib", "hnswlib_adapter", "Hnswlib", dict(M=32, efConstruction=200)),
+    "usearch-f32-M32": _e("usearch", "usearch_adapter", "USearch", dict(M=32, efConstruction=200, dtype="f32")),
+    "usearch-f16-M32": _e("usearch", "usearch_adapter", "USearch", dict(M=32, efConstruction=200, dtype="f16")),
+    "usearch-i8-M32": _e("usearch", "usearch_adapter", "USearch", dict(M=32, efConstruction=200, dtype="i8")),
+    "svs-vamana-f32-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="f32")),
+    "svs-vamana-f16-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="f16")),
+    # --- RaBitQ library -----------------------------------------------------------
+    "rabitqlib-symqg-R32": _e("rabitqlib", "rabitqlib_adapter", "RQSymqg", dict(degree=32, efConstruction=200)),
+    "rabitqlib-hnsw-4bit": _e("rabitqlib", "rabitqlib_adapter", "RQHnsw", dict(M=16, efConstruction=200, bits=4)),
+    "rabitqlib-hnsw-8bit": _e("rabitqlib", "rabitqlib_adapter", "RQHnsw", dict(M=16, efConstruction=200, bits=8)),
+    "rabitqlib-ivf-4bit": _e("rabitqlib", "rabitqlib_adapter", "RQIvf", dict(bits=4), NPROBE_PLAIN, NPROBE_PLAIN[::2]),
+    "rabitqlib-ivf-8bit": _e("rabitqlib", "rabitqlib_adapter", "RQIvf", dict(bits=8), NPROBE_PLAIN, NPROBE_PLAIN[::2]),
+    # --- turbovec (flat quantised scan: one point per config) -----------------------
+    "turbovec-4bit": _e("turbovec", "turbovec_adapter", "TurboVec", dict(bits=4), [None], [None]),
+    "turbovec-2bit": _e("turbovec", "turbovec_adapter", "TurboVec", dict(bits=2), [None], [None]),
+    # --- exact ---------------------------------------------------------------------
+    "exact-numpy": _e("exact", "exact_adapter", "NumpyExact", dict(), [None], [None]),
+    "exact-faiss-flat": _e("exact", "faiss_adapters", "FaissFlat", dict(), [None], [None]),
+}
+
+DEFAULT = [
+    "nearq-flat-R32", "nearq-sq8-R32", "nearq-flat-R48",
+    "faiss-hnsw-M32", "faiss-hnsw-M16", "faiss-hnswpq-M32-refine", "faiss-ivfpq-fs-refine",
+    "faiss-ivf-rabitq-refine",
+    "hnswlib-M16", "usearch-f32-M32", "usearch-i8-M32", "svs-vamana-f32-R32", "svs-vamana-f16-R32",
+    "rabitqlib-symqg-R32", "rabitqlib-hnsw-4bit", "rabitqlib-hnsw-8bit", "rabitqlib-ivf-4bit",
+    "turbovec-4bit", "exact-numpy",
+]
+
+
+def select(spec):
+    if not spec:
+        return list(DEFAULT)
+    if spec == "all":
+        return list(CONFIGS)
+    out = []
+    for tok in [t.strip() for t in spec.split(",") if t.strip()]:
+        if tok in CONFIGS:
+            out.append(tok)
+            continue
+        fam = [n for n, c in CONFIGS.items() if c["family"] == tok or n.startswith(tok + "-")]
+        fam = [n for n in fam if n in DEFAULT] or fam
+        if not fam:
+            raise SystemExit(f"unknown algorithm '{tok}'; known: {', '.join(CONFIGS)}")
+        out.extend(fam)
+    return list(dict.fromkeys(out))
+
+
+def load(name):
+    import importlib
+
+    c = CONFIGS[name]
+    mod = importlib.import_module(f"algos.{c['module']}")
+    return getattr(mod, c["cls"]), c

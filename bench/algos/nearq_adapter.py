@@ -1,0 +1,41 @@
+"""nearq (this project): graph index with flat or sq8 encoding."""
+import numpy as np
+
+from .base import Algo, import_or_skip
+
+
+class NearQ(Algo):
+    def fit(self, X, build_threads):
+        nearq = import_or_skip("nearq")
+        if not hasattr(nearq, "Index"):
+            from .base import Skip
+
+            raise Skip("nearq imported but has no Index (extension not built?)")
+        metric = {"euclidean": "l2", "angular": "cosine", "ip": "ip"}[self.metric]
+        p = self.params
+        self.index = nearq.Index.build(
+            X,
+            metric=metric,
+            encoding=p.get("encoding", "flat"),
+            bits=p.get("bits"),
+            keep_vectors=p.get("keep_vectors", True),
+            degree=p.get("degree", 32),
+            build_ef=p.get("build_ef", 128),
+            alpha=p.get("alpha", 1.2),
+            threads=build_threads,
+            seed=0,
+        )
+
+    def set_query_arg(self, ef):
+        self.query_arg = ef
+
+    def query(self, q, k):
+        res = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads)
+        ids = np.asarray(res.ids)[0]
+        return ids[ids >= 0]
+
+    def batch_query(self, Q, k):
+        return np.asarray(self.index.search(Q, k=k, ef=self.query_arg, threads=self.threads).ids)
+
+    def memory_bytes(self):
+        return int(self.index.memory_usage()), "nearq.memory_usage()"
