@@ -105,8 +105,9 @@ class Index:
             k: neighbours per query; more than ``len(index)`` is padded with id -1.
             ef: beam width (default ``max(k, 64)``); larger is slower and more accurate.
             threads: worker threads for a batch (default: all cores).
-            rerank: candidates re-ranked with exact distances, for encodings that estimate
-                distances and kept their vectors (default ``max(3k, 30)``).
+            rerank: candidates re-ranked with exact distances (or a finer code), for
+                encodings that estimate distances (default ``max(3k, 30)``, at most ``ef``;
+                a larger value widens the beam).
         """
         q = as_matrix(queries, "queries", allow_1d=True)
         k = as_int("k", k, lo=1, hi=1_000_000)

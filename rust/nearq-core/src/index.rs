@@ -45,8 +45,8 @@ pub struct SearchParams {
     pub k: usize,
     /// Beam width; defaults to `max(k, 64)`.
     pub ef: Option<usize>,
-    /// How many traversal candidates are re-ranked with exact distances (encodings that
-    /// estimate distances, with vectors kept); defaults to `max(3k, 30)`.
+    /// How many traversal candidates are re-ranked (encodings that estimate distances):
+    /// defaults to `max(3k, 30)` capped at the beam width; a larger value widens the beam.
     pub rerank: Option<usize>,
 }
 
@@ -172,12 +172,15 @@ impl<E: Encoding> GraphIndex<E> {
             (None, false, true) => Some(None),
             (None, false, false) => None,
         };
+        // The beam width is the user's (default 64, at least k); by default the re-ranked
+        // candidates are the best max(3k, 30) of the beam, never more than the beam holds.
+        let beam = p.ef.unwrap_or(64).max(k);
         let rerank = if rerank_src.is_some() {
-            p.rerank.unwrap_or((3 * k).max(30)).max(k)
+            p.rerank.unwrap_or((3 * k).max(30).min(beam)).max(k)
         } else {
             0
         };
-        let ef = p.ef.unwrap_or(64).max(k).max(rerank);
+        let ef = beam.max(rerank);
         let pq = self.enc.prepare(q);
         let lines = self.enc.code_size().div_ceil(64).min(8);
         let scorer = CodeScorer {
@@ -464,6 +467,16 @@ impl Index {
                 EncodingSpec::Sq8 => {
                     let enc = Sq8::train(&data, dim, metric);
                     Inner::Sq8(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
+                }
+                EncodingSpec::RaBitQ { bits } => {
+                    let enc = RaBitQ::train(&data, dim, metric, &RaBitQConfig::new(bits, b.seed));
+                    Inner::RaBitQ(GraphIndex::build(
                         enc,
                         data,
                         params.keep_vectors,

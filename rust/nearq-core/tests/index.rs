@@ -6,44 +6,8 @@ use nearq_core::{
 };
 use proptest::prelude::*;
 
-/// Clustered synthetic data (a mixture of Gaussians), harder than uniform noise.
-fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut gauss = move || {
-        let (u, v) = (next().max(1e-12), next());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    };
-    let centers: Vec<f32> = (0..20 * dim).map(|_| 3.0 * gauss()).collect();
-    let mut out = Vec::with_capacity(n * dim);
-    for i in 0..n {
-        let c = (i * 7) % 20;
-        for j in 0..dim {
-            out.push(centers[c * dim + j] + gauss());
-        }
-    }
-    out
-}
-
-fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
-    let nq = truth.len() / k;
-    let mut hit = 0usize;
-    for q in 0..nq {
-        let t = &truth[q * k..(q + 1) * k];
-        hit += found[q * k..(q + 1) * k]
-            .iter()
-            .filter(|i| t.contains(i))
-            .count();
-    }
-    hit as f64 / (nq * k) as f64
-}
+mod common;
+use common::{clustered, recall};
 
 fn build(data: &[f32], dim: usize, metric: Metric, enc: EncodingSpec, threads: usize) -> Index {
     let p = IndexParams {
@@ -228,10 +192,17 @@ fn sq8_distance_equals_distance_to_decoded_vector() {
                 );
             }
             let want = metric.distance(k, q, &dec);
-            let got = enc.distance(&pq, &code);
+            let got = enc.distance_fine(&pq, &code);
             assert!(
                 (want - got).abs() <= 1e-3 * want.abs().max(1.0),
                 "{metric:?}: {got} vs {want}"
+            );
+            // The traversal estimate (8-bit query weights) stays within 2% of the scale.
+            let fast = enc.distance(&pq, &code);
+            let scale = (k.dot_f32)(q, q).sqrt() * (k.dot_f32)(&dec, &dec).sqrt();
+            assert!(
+                (fast - got).abs() <= 0.02 * scale.max(1.0),
+                "{metric:?}: {fast} vs {got}"
             );
         }
     }

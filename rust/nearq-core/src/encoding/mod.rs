@@ -82,7 +82,9 @@ pub enum EncodingSpec {
     Sq8,
     /// RaBitQ with `bits` (1..=8) per dimension: 1-bit traversal code plus `bits - 1` extra
     /// bits for re-ranking.
-    RaBitQ { bits: u32 },
+    RaBitQ {
+        bits: u32,
+    },
 }
 
 impl EncodingSpec {
@@ -90,7 +92,9 @@ impl EncodingSpec {
         let spec = match name.to_ascii_lowercase().as_str() {
             "flat" | "f32" | "float32" => EncodingSpec::Flat,
             "sq8" => EncodingSpec::Sq8,
-            "rabitq" => EncodingSpec::RaBitQ { bits: bits.unwrap_or(rabitq::DEFAULT_BITS) },
+            "rabitq" => EncodingSpec::RaBitQ {
+                bits: bits.unwrap_or(rabitq::DEFAULT_BITS),
+            },
             other => {
                 return Err(Error::param(
                     "encoding",

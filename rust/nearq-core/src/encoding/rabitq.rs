@@ -2,10 +2,14 @@
 //!
 //! # Encoding
 //!
-//! Training takes the data mean as the centre `c` (for every metric) and draws a seeded
+//! Training learns `K` centres (k-means, [`DEFAULT_CENTRES`] = 16 for an index, at most one
+//! per 64 vectors; `K = 1` is the data mean, the setting of ALGORITHMS.md) and draws a seeded
 //! structured rotation `P` of `R^D`, `D = d` rounded up to a multiple of 64 (see
-//! [`super::rotation`]). A vector `o` becomes the rotated residual `y = P·[o - c, 0...]`,
-//! `||y|| = ||r||`, `r = o - c`.
+//! [`super::rotation`]). A vector `o` is assigned its nearest centre `c` and becomes the rotated
+//! residual `y = P·[o - c, 0...]`, `||y|| = ||r||`, `r = o - c`. Several centres, as in
+//! RaBitQ-Library's HNSW index, matter because the estimator's error is proportional to
+//! `||r||·||q - c||`: on clustered data one global mean leaves residuals as long as the
+//! cluster offsets and the 1-bit traversal estimate cannot rank a cluster's members.
 //!
 //! - 1-bit code: `b_i = [y_i > 0]`, i.e. the quantised unit vector `x̄ = (2b - 1)/√D`, whose
 //!   self inner product is `<x̄, ŷ> = Σ|y_i| / (√D·||y||)`.
@@ -14,8 +18,10 @@
 //!   sweep of Extended RaBitQ ([`ex_levels_exact`]): with `a = |ŷ|`, `m_i(t) = min(⌊t·a_i⌋, L)`
 //!   only changes at `t = k/a_i`; a min-heap of the next critical value of every coordinate
 //!   visits them in order, updating `Σ(m_i+½)a_i` and `Σ(m_i+½)^2` in O(1) per step. The sweep
-//!   runs over RaBitQ-Library's window `t ∈ [s_B·t_end, t_end]`, `t_end = (L + 10)/max a_i`,
-//!   widened to include the fast encoder's `t`, so it is never worse than the fast encoder.
+//!   runs over the window `t ∈ [s_B·t_end, t_end]`, `t_end = (L + 10)/max a_i` of
+//!   RaBitQ-Library with `s_B` lowered where its values were seen to miss the optimum (see
+//!   `WINDOW_START`), widened to include the fast encoder's `t`, so it is never worse than the
+//!   fast encoder. (A sweep from `t = 0` is exact but ~3-5× slower at `B = 8`.)
 //!   The fast encoder ([`RaBitQConfig::fast_encode`]) uses one `t` per `(D, B)`, the mean
 //!   optimal `t` over 100 seeded random unit vectors: O(D) per vector, about 4% more error
 //!   at `B = 4` but up to 2.5× more at `B = 8`.
@@ -26,7 +32,7 @@
 //! word `i / 64`; the size is a multiple of 8 so stored sign planes are u64-aligned):
 //!
 //! ```text
-//! [sign plane D/8][f_add f32][f_rescale f32][f_err f32][popcount(b) u32]   1-bit part
+//! [sign plane D/8][f_add f32][f_rescale f32][f_err f32][popcount(b) u32][centre u32][0u32]
 //! [B-1 ex planes, bit j of u (j = 0..B-2)][f_rescale_ex f32][f_err_ex f32]  only for B >= 2
 //! ```
 //!
@@ -36,7 +42,8 @@
 //! # Estimator
 //!
 //! For any vector `z` with `z' = P z`, `<r, z> ≈ ||r||·<x̄, z'>/<x̄, ŷ>` is unbiased over the
-//! random rotation (RaBitQ, Theorem 3.2). With `z = q - c` (the rotated centred query) this is
+//! random rotation (RaBitQ, Theorem 3.2). With `z = q - c` (the query centred on the code's
+//! centre; the prepared query holds `P q - P c_j` for every centre `j`) this is
 //!
 //! ```text
 //! 1 bit:  e = f_rescale    · (2<b, z'> - Σz'),            f_rescale    = ||r||^2 / Σ|y_i|
@@ -50,8 +57,8 @@
 //!
 //! `distance` (traversal) computes `<b, z'>` with the query quantised to `Bq = 4` bits by
 //! deterministic rounding on `[min z', max z']`: `z' ≈ v_l + Δ·q_u`, so
-//! `<b, z'> ≈ Δ·Σ_j 2^j·popcount(b AND plane_j(q_u)) + v_l·popcount(b)` (4 AND-popcounts of
-//! `D/64` words). `distance_fine` (re-ranking without float vectors) uses the full `B`-bit code
+//! `<b, z'> ≈ Δ·Σ_j 2^j·popcount(b AND plane_j(q_u)) + v_l·popcount(b)` (4 calls of the
+//! `and_popcount_u64` kernel on `D/64` words; a fused multi-plane kernel would save the calls). `distance_fine` (re-ranking without float vectors) uses the full `B`-bit code
 //! against the float query (`<u, z'>` with the f32×u8 kernel after unpacking the planes); for
 //! `B = 1` it is the 1-bit estimate without query quantisation.
 //!
@@ -78,14 +85,23 @@ pub const QUERY_BITS: u32 = 4;
 /// Default confidence constant of the error bound.
 pub const DEFAULT_EPS0: f32 = 1.9;
 /// Default bits per dimension: 4 bits keep recall@10 around 0.9+ even without float vectors
-/// for re-ranking (the 1-bit code alone needs them), at `D/2 + 24` bytes per vector.
+/// for re-ranking (the 1-bit code alone needs them), at `D/2 + 32` bytes per vector.
 pub const DEFAULT_BITS: u32 = 4;
+/// Default number of k-means centres an index trains (fewer for small data sets).
+pub const DEFAULT_CENTRES: usize = 16;
+/// Largest number of centres (the id is stored as a u32, the query keeps one block each).
+pub const MAX_CENTRES: usize = 256;
 
-/// Lower end of the sweep window as a fraction of its upper end, indexed by ex-bits
-/// (RaBitQ-Library `best_rescale_factor`).
-const WINDOW_START: [f64; 9] = [0.0, 0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77, 0.81];
+/// Lower end of the sweep window as a fraction of its upper end `t_end = (L + 10)/max a_i`,
+/// indexed by ex-bits. RaBitQ-Library uses (0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77); on
+/// random unit vectors with D = 64..768 the optimum was seen as low as (0.18, 0.26, 0.39,
+/// 0.53, 0.68, 0.75, 0.76)·t_end, so these are lowered with a margin.
+const WINDOW_START: [f64; 8] = [0.0, 0.12, 0.18, 0.30, 0.45, 0.60, 0.66, 0.68];
 
-const F1_BYTES: usize = 16;
+/// 1-bit factor block: f_add, f_rescale, f_err (f32), popcount(b) (u32), centre id (u32),
+/// 4 bytes reserved (keeps the code a multiple of 8 bytes).
+const F1_BYTES: usize = 24;
+/// Ex factor block: f_rescale_ex, f_err_ex (f32).
 const FEX_BYTES: usize = 8;
 
 /// Build-time options.
@@ -93,8 +109,11 @@ const FEX_BYTES: usize = 8;
 pub struct RaBitQConfig {
     /// Bits per dimension, 1..=8.
     pub bits: u32,
-    /// Seed of the rotation.
+    /// Seed of the rotation and of the k-means initialisation.
     pub seed: u64,
+    /// Number of k-means centres [`RaBitQ::train`] learns (at most one per 64 vectors;
+    /// 1 = the data mean).
+    pub centres: usize,
     /// Use the constant-`t` ex-code encoder instead of the critical-value search.
     pub fast_encode: bool,
     /// Confidence constant of [`RaBitQ::bound`].
@@ -103,7 +122,13 @@ pub struct RaBitQConfig {
 
 impl RaBitQConfig {
     pub fn new(bits: u32, seed: u64) -> Self {
-        RaBitQConfig { bits, seed, fast_encode: false, eps0: DEFAULT_EPS0 }
+        RaBitQConfig {
+            bits,
+            seed,
+            centres: DEFAULT_CENTRES,
+            fast_encode: false,
+            eps0: DEFAULT_EPS0,
+        }
     }
 }
 
@@ -112,7 +137,10 @@ pub struct RaBitQ {
     metric: Metric,
     bits: u32,
     pad: usize,
-    centre: Vec<f32>,
+    /// `K × dim` centres.
+    centres: Vec<f32>,
+    /// `K × pad` rotated centres `P c_j`.
+    rot_centres: Vec<f32>,
     rot: Rotation,
     seed: u64,
     /// Rescaling factor of the fast ex-code encoder for this `(pad, bits)` (0 for 1 bit).
@@ -122,28 +150,27 @@ pub struct RaBitQ {
     k: &'static Kernels,
 }
 
-/// A query prepared for scoring many codes.
-pub struct RaBitQQuery {
-    /// Rotated centred query `z' = P (q - c)`, padded.
-    z: Vec<f32>,
-    /// `QUERY_BITS` bit planes of the quantised `z'`, `pad/64` words each.
-    planes: Vec<u64>,
+/// Per-centre part of a prepared query.
+struct CentreQuery {
     delta: f32,
     vl: f32,
     sum_z: f32,
-    /// `||q - c||`.
+    /// `||q - c_j||`.
     zn: f32,
-    /// `||q - c||^2` (L2) or `<c, q>` (IP, cosine).
+    /// `||q - c_j||^2` (L2) or `<c_j, q>` (IP, cosine).
     g_add: f32,
-    /// Unpacked `B`-bit code for `distance_fine`.
-    scratch: RefCell<Vec<u8>>,
 }
 
-impl RaBitQQuery {
-    /// The rotated centred query.
-    pub fn rotated(&self) -> &[f32] {
-        &self.z
-    }
+/// A query prepared for scoring many codes: for every centre `c_j`, the rotated centred query
+/// `z'_j = P q - P c_j`, its 4-bit bit planes and scalars.
+pub struct RaBitQQuery {
+    /// `K × pad` rotated centred queries.
+    z: Vec<f32>,
+    /// `K × QUERY_BITS × pad/64` words.
+    planes: Vec<u64>,
+    per: Vec<CentreQuery>,
+    /// Unpacked `B`-bit code for `distance_fine`.
+    scratch: RefCell<Vec<u8>>,
 }
 
 #[inline(always)]
@@ -159,7 +186,11 @@ fn wr_f32(code: &mut [u8], at: usize, v: f32) {
 /// `2^j`-weighted bit-plane popcount `Σ_j 2^j·popcount(code AND plane_j)`.
 #[inline(always)]
 fn bitplane_dot(k: &Kernels, code: &[u8], planes: &[u64], words: usize) -> u32 {
-    let aligned = if cfg!(target_endian = "little") { bytemuck::try_cast_slice::<u8, u64>(code).ok() } else { None };
+    let aligned = if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice::<u8, u64>(code).ok()
+    } else {
+        None
+    };
     let mut acc = 0u32;
     match aligned {
         Some(w) => {
@@ -235,7 +266,7 @@ pub fn ex_levels_sweep(a: &[f32], ex_bits: u32, t_lo: f64, t_hi: f64, m: &mut [u
         num += (l as f64 + 0.5) * x;
         den += (l as f64 + 0.5) * (l as f64 + 0.5);
         if l < lmax && x > 0.0 {
-            heap.push((l as f64 + 1.0) / x, i as u32);
+            heap.push(((l as f64 + 1.0) / x, i as u32));
         }
     }
     let mut best = num / den.sqrt();
@@ -257,7 +288,7 @@ pub fn ex_levels_sweep(a: &[f32], ex_bits: u32, t_lo: f64, t_hi: f64, m: &mut [u
             num += x;
             den += 2.0 * l as f64;
             if l < lmax {
-                heap.push((l as f64 + 1.0) / x, i as u32);
+                heap.push(((l as f64 + 1.0) / x, i as u32));
             }
         }
         let cos = num / den.sqrt();
@@ -301,7 +332,9 @@ struct MinHeap {
 
 impl MinHeap {
     fn with_capacity(n: usize) -> Self {
-        MinHeap { v: Vec::with_capacity(n) }
+        MinHeap {
+            v: Vec::with_capacity(n),
+        }
     }
     #[inline]
     fn peek(&self) -> Option<(f64, u32)> {
@@ -336,7 +369,11 @@ impl MinHeap {
             if l >= n {
                 break;
             }
-            let c = if l + 1 < n && Self::less(self.v[l + 1], self.v[l]) { l + 1 } else { l };
+            let c = if l + 1 < n && Self::less(self.v[l + 1], self.v[l]) {
+                l + 1
+            } else {
+                l
+            };
             if Self::less(self.v[c], last) {
                 self.v[i] = self.v[c];
                 i = c;
@@ -353,7 +390,7 @@ impl MinHeap {
 fn fast_t(pad: usize, ex_bits: u32) -> f64 {
     static CACHE: OnceLock<Mutex<HashMap<(usize, u32), f64>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(&t) = cache.lock().unwrap().get(&(pad, ex_bits)) {
+    if let Some(&t) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&(pad, ex_bits)) {
         return t;
     }
     let mut rng = SplitMix::new(0xFA57 ^ ((pad as u64) << 8) ^ ex_bits as u64);
@@ -370,43 +407,173 @@ fn fast_t(pad: usize, ex_bits: u32) -> f64 {
         sum += ex_levels_exact(&a, ex_bits, None, &mut m).1;
     }
     let t = sum / SAMPLES as f64;
-    cache.lock().unwrap().insert((pad, ex_bits), t);
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert((pad, ex_bits), t);
     t
 }
 
-impl RaBitQ {
-    /// Trains on `data` (row-major, `dim` columns, normalised for cosine): the centre is the
-    /// data mean.
-    pub fn train(data: &[f32], dim: usize, metric: Metric, cfg: &RaBitQConfig) -> Self {
-        let n = data.len() / dim.max(1);
-        let mut acc = vec![0.0f64; dim];
-        for row in data.chunks_exact(dim) {
-            for (a, &x) in acc.iter_mut().zip(row) {
-                *a += x as f64;
+/// `(Σ x, min x, max x)` with eight independent lanes so the loop vectorises.
+fn sum_min_max(x: &[f32]) -> (f32, f32, f32) {
+    let (mut s, mut lo, mut hi) = ([0.0f32; 8], [f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            s[l] += c[l];
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+        }
+    }
+    let (mut s1, mut lo1, mut hi1) = (s.iter().sum::<f32>(), f32::INFINITY, f32::NEG_INFINITY);
+    for l in 0..8 {
+        lo1 = lo1.min(lo[l]);
+        hi1 = hi1.max(hi[l]);
+    }
+    for &v in tail {
+        s1 += v;
+        lo1 = lo1.min(v);
+        hi1 = hi1.max(v);
+    }
+    (s1, lo1, hi1)
+}
+
+/// Index of the nearest centre (ties to the lower id).
+fn nearest(k: &Kernels, v: &[f32], centres: &[f32], dim: usize) -> usize {
+    let mut best = (f32::INFINITY, 0);
+    for (j, c) in centres.chunks_exact(dim).enumerate() {
+        let d = (k.l2sq_f32)(v, c);
+        if d < best.0 {
+            best = (d, j);
+        }
+    }
+    best.1
+}
+
+/// Seeded k-means (Lloyd, 10 rounds) on an evenly strided sample of at most `256·k` rows.
+fn kmeans(data: &[f32], dim: usize, k: usize, seed: u64, kern: &Kernels) -> Vec<f32> {
+    let n = data.len() / dim;
+    let sample_n = n.min(256 * k);
+    let sample: Vec<&[f32]> = (0..sample_n)
+        .map(|i| &data[(i * n / sample_n) * dim..][..dim])
+        .collect();
+    // Initial centres: k distinct sample rows picked by a seeded shuffle.
+    let mut idx: Vec<usize> = (0..sample_n).collect();
+    let mut rng = SplitMix::new(seed ^ 0x0C3A_72E5);
+    for i in (1..idx.len()).rev() {
+        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let mut centres: Vec<f32> = idx[..k]
+        .iter()
+        .flat_map(|&i| sample[i].iter().copied())
+        .collect();
+    let mut sums = vec![0.0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for _ in 0..10 {
+        sums.fill(0.0);
+        counts.fill(0);
+        for v in &sample {
+            let j = nearest(kern, v, &centres, dim);
+            counts[j] += 1;
+            for (s, &x) in sums[j * dim..(j + 1) * dim].iter_mut().zip(v.iter()) {
+                *s += x as f64;
             }
         }
-        let centre = acc.iter().map(|&s| if n > 0 { (s / n as f64) as f32 } else { 0.0 }).collect();
-        Self::with_centre(dim, metric, centre, cfg)
+        for j in 0..k {
+            if counts[j] > 0 {
+                for (c, s) in centres[j * dim..(j + 1) * dim]
+                    .iter_mut()
+                    .zip(&sums[j * dim..(j + 1) * dim])
+                {
+                    *c = (s / counts[j] as f64) as f32;
+                }
+            }
+        }
+    }
+    centres
+}
+
+impl RaBitQ {
+    /// Trains on `data` (row-major, `dim` columns, normalised for cosine): `cfg.centres`
+    /// k-means centres (at most one per 64 vectors; a single centre is the data mean).
+    pub fn train(data: &[f32], dim: usize, metric: Metric, cfg: &RaBitQConfig) -> Self {
+        let n = data.len() / dim.max(1);
+        let k = cfg.centres.clamp(1, MAX_CENTRES).min((n / 64).max(1));
+        let centres = if k == 1 {
+            let mut acc = vec![0.0f64; dim];
+            for row in data.chunks_exact(dim) {
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += x as f64;
+                }
+            }
+            acc.iter()
+                .map(|&s| if n > 0 { (s / n as f64) as f32 } else { 0.0 })
+                .collect()
+        } else {
+            kmeans(data, dim, k, cfg.seed, kernels())
+        };
+        Self::with_centres(dim, metric, centres, cfg)
     }
 
-    /// An encoder with a given centre (length `dim`). `cfg.bits` must be in 1..=8.
-    pub fn with_centre(dim: usize, metric: Metric, centre: Vec<f32>, cfg: &RaBitQConfig) -> Self {
+    /// An encoder with given centres (`K × dim`, `1 <= K <= MAX_CENTRES`); `cfg.bits` must be
+    /// in 1..=8.
+    pub fn with_centres(dim: usize, metric: Metric, centres: Vec<f32>, cfg: &RaBitQConfig) -> Self {
         assert!((1..=8).contains(&cfg.bits), "RaBitQ bits must be in 1..=8");
-        assert_eq!(centre.len(), dim);
-        let pad = dim.div_ceil(64).max(1) * 64;
+        assert!(
+            dim > 0
+                && centres.len().is_multiple_of(dim)
+                && (1..=MAX_CENTRES).contains(&(centres.len() / dim))
+        );
+        let pad = dim.div_ceil(64) * 64;
         let rot = Rotation::new(pad, cfg.seed);
-        let t_fast = if cfg.bits > 1 { fast_t(pad, cfg.bits - 1) } else { 0.0 };
+        let t_fast = if cfg.bits > 1 {
+            fast_t(pad, cfg.bits - 1)
+        } else {
+            0.0
+        };
+        Self::assemble(
+            dim,
+            metric,
+            cfg.bits,
+            centres,
+            rot,
+            cfg.seed,
+            t_fast,
+            cfg.fast_encode,
+            cfg.eps0,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dim: usize,
+        metric: Metric,
+        bits: u32,
+        centres: Vec<f32>,
+        rot: Rotation,
+        seed: u64,
+        t_fast: f64,
+        fast_encode: bool,
+        eps0: f32,
+    ) -> Self {
+        let pad = rot.pad();
+        let mut rot_centres = vec![0.0f32; centres.len() / dim * pad];
+        for (c, out) in centres
+            .chunks_exact(dim)
+            .zip(rot_centres.chunks_exact_mut(pad))
+        {
+            rot.apply(c, out);
+        }
         RaBitQ {
             dim,
             metric,
-            bits: cfg.bits,
+            bits,
             pad,
-            centre,
+            centres,
+            rot_centres,
             rot,
-            seed: cfg.seed,
+            seed,
             t_fast,
-            fast_encode: cfg.fast_encode,
-            eps0: cfg.eps0,
+            fast_encode,
+            eps0,
             k: kernels(),
         }
     }
@@ -418,8 +585,12 @@ impl RaBitQ {
     pub fn padded_dim(&self) -> usize {
         self.pad
     }
-    pub fn centre(&self) -> &[f32] {
-        &self.centre
+    /// The centres, `K × dim`.
+    pub fn centres(&self) -> &[f32] {
+        &self.centres
+    }
+    pub fn num_centres(&self) -> usize {
+        self.centres.len() / self.dim
     }
     pub fn seed(&self) -> u64 {
         self.seed
@@ -451,12 +622,21 @@ impl RaBitQ {
     fn ex_factor_offset(&self) -> usize {
         self.ex_offset() + (self.bits as usize - 1) * self.plane_bytes()
     }
+    #[inline(always)]
+    fn centre_id(&self, q: &RaBitQQuery, code: &[u8]) -> usize {
+        let at = self.plane_bytes() + 16;
+        let j = u32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]]) as usize;
+        // Codes read from a file are not validated one by one: never index past the centres.
+        j.min(q.per.len() - 1)
+    }
 
-    /// Rotated residual `P·(v - c)` into `y` (length `pad`); returns `<v - c, c>`.
-    fn rotate_residual(&self, v: &[f32], y: &mut [f32]) -> f32 {
-        let r: Vec<f32> = v.iter().zip(&self.centre).map(|(a, b)| a - b).collect();
+    /// Nearest centre `j` of `v`, `y = P·(v - c_j)` (length `pad`); returns `(j, <v - c_j, c_j>)`.
+    fn rotate_residual(&self, v: &[f32], y: &mut [f32]) -> (usize, f32) {
+        let j = nearest(self.k, v, &self.centres, self.dim);
+        let c = &self.centres[j * self.dim..(j + 1) * self.dim];
+        let r: Vec<f32> = v.iter().zip(c).map(|(a, b)| a - b).collect();
         self.rot.apply(&r, y);
-        (self.k.dot_f32)(&r, &self.centre)
+        (j, (self.k.dot_f32)(&r, c))
     }
 
     /// Cosine `<x̄, ŷ>` of the 1-bit and of the full `B`-bit code of `v` (for tests and
@@ -464,7 +644,11 @@ impl RaBitQ {
     pub fn code_cosines(&self, code: &[u8], v: &[f32]) -> (f64, f64) {
         let mut y = vec![0.0f32; self.pad];
         self.rotate_residual(v, &mut y);
-        let n = y.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        let n = y
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
         let mut u = vec![0u8; self.pad];
         self.unpack(code, &mut u);
         let cb = -(((1u32 << self.bits) - 1) as f64) / 2.0;
@@ -477,7 +661,10 @@ impl RaBitQ {
             cb_num += w * x as f64;
             cb_den += w * w;
         }
-        (c1 / ((self.pad as f64).sqrt() * n), cb_num / (cb_den.sqrt() * n))
+        (
+            c1 / ((self.pad as f64).sqrt() * n),
+            cb_num / (cb_den.sqrt() * n),
+        )
     }
 
     /// Unpacks the full `B`-bit code values `u_i` into `out` (length `pad`).
@@ -496,40 +683,50 @@ impl RaBitQ {
     }
 
     #[inline(always)]
-    fn finish(&self, ipr: f32, f_add: f32, q: &RaBitQQuery) -> f32 {
+    fn finish(&self, ipr: f32, f_add: f32, g_add: f32) -> f32 {
         match self.metric {
-            Metric::L2 => (f_add + q.g_add - 2.0 * ipr).max(0.0),
-            m => m.from_dot(f_add + q.g_add + ipr),
+            Metric::L2 => (f_add + g_add - 2.0 * ipr).max(0.0),
+            m => m.from_dot(f_add + g_add + ipr),
         }
     }
 
-    /// Estimate of `<r, q - c>` from the 1-bit code with the quantised query.
+    /// Estimate of `<r, q - c_j>` from the 1-bit code with the quantised query.
     #[inline(always)]
-    fn ip_1bit(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
+    fn ip_1bit(&self, q: &RaBitQQuery, code: &[u8], j: usize) -> f32 {
         let pb = self.plane_bytes();
-        let bq = bitplane_dot(self.k, &code[..pb], &q.planes, self.words());
-        let popcnt = u32::from_le_bytes([code[pb + 12], code[pb + 13], code[pb + 14], code[pb + 15]]);
-        let bz = q.delta * bq as f32 + q.vl * popcnt as f32;
-        rd_f32(code, pb + 4) * (2.0 * bz - q.sum_z)
+        let w = self.words();
+        let planes = &q.planes[j * QUERY_BITS as usize * w..(j + 1) * QUERY_BITS as usize * w];
+        let bq = bitplane_dot(self.k, &code[..pb], planes, w);
+        let popcnt =
+            u32::from_le_bytes([code[pb + 12], code[pb + 13], code[pb + 14], code[pb + 15]]);
+        let c = &q.per[j];
+        let bz = c.delta * bq as f32 + c.vl * popcnt as f32;
+        rd_f32(code, pb + 4) * (2.0 * bz - c.sum_z)
     }
 
-    /// Estimate of `<r, q - c>` from the full code with the float query.
-    fn ip_fine(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
+    /// Estimate of `<r, q - c_j>` from the full code with the float query.
+    fn ip_fine(&self, q: &RaBitQQuery, code: &[u8], j: usize) -> f32 {
         let mut u = q.scratch.borrow_mut();
         self.unpack(code, &mut u);
-        let dot = (self.k.dot_f32_u8)(&q.z, &u);
+        let z = &q.z[j * self.pad..(j + 1) * self.pad];
+        let dot = (self.k.dot_f32_u8)(z, &u);
+        let sum_z = q.per[j].sum_z;
         if self.bits == 1 {
-            rd_f32(code, self.plane_bytes() + 4) * (2.0 * dot - q.sum_z)
+            rd_f32(code, self.plane_bytes() + 4) * (2.0 * dot - sum_z)
         } else {
             let cb = -(((1u32 << self.bits) - 1) as f32) / 2.0;
-            rd_f32(code, self.ex_factor_offset()) * (dot + cb * q.sum_z)
+            rd_f32(code, self.ex_factor_offset()) * (dot + cb * sum_z)
         }
     }
 
-    fn interval(&self, est: f32, f_err: f32, q: &RaBitQQuery) -> (f32, f32, f32) {
+    fn interval(&self, est: f32, f_err: f32, zn: f32) -> (f32, f32, f32) {
         let scale = if self.metric == Metric::L2 { 2.0 } else { 1.0 };
-        let h = scale * self.eps0 * f_err * q.zn;
-        let lo = if self.metric == Metric::L2 { (est - h).max(0.0) } else { est - h };
+        let h = scale * self.eps0 * f_err * zn;
+        let lo = if self.metric == Metric::L2 {
+            (est - h).max(0.0)
+        } else {
+            est - h
+        };
         (est, lo, est + h)
     }
 
@@ -537,7 +734,11 @@ impl RaBitQ {
     /// `eps0` (holds with high probability over the rotation; query quantisation excluded).
     pub fn bound(&self, q: &RaBitQQuery, code: &[u8]) -> (f32, f32, f32) {
         let f_err = rd_f32(code, self.plane_bytes() + 8);
-        self.interval(self.distance(q, code), f_err, q)
+        self.interval(
+            self.distance(q, code),
+            f_err,
+            q.per[self.centre_id(q, code)].zn,
+        )
     }
 
     /// The full-code estimate with its confidence interval `(estimate, lower, upper)`.
@@ -547,7 +748,11 @@ impl RaBitQ {
         } else {
             rd_f32(code, self.ex_factor_offset() + 4)
         };
-        self.interval(self.distance_fine(q, code), f_err, q)
+        self.interval(
+            self.distance_fine(q, code),
+            f_err,
+            q.per[self.centre_id(q, code)].zn,
+        )
     }
 
     /// Encodes with an explicit choice of ex-code encoder.
@@ -555,7 +760,7 @@ impl RaBitQ {
         let d = self.pad;
         let pb = self.plane_bytes();
         let mut y = vec![0.0f32; d];
-        let rc = self.rotate_residual(v, &mut y);
+        let (cid, rc) = self.rotate_residual(v, &mut y);
         let norm2: f64 = y.iter().map(|&x| (x as f64) * (x as f64)).sum();
         let norm = norm2.sqrt();
         let sum_abs: f64 = y.iter().map(|&x| x.abs() as f64).sum();
@@ -571,25 +776,44 @@ impl RaBitQ {
             if cos <= 0.0 || norm == 0.0 {
                 0.0
             } else {
-                (norm * ((1.0 - cos * cos).max(0.0) / (cos * cos)).sqrt() / ((d - 1) as f64).sqrt()) as f32
+                (norm * ((1.0 - cos * cos).max(0.0) / (cos * cos)).sqrt() / ((d - 1) as f64).sqrt())
+                    as f32
             }
         };
         let f_add = match self.metric {
             Metric::L2 => norm2 as f32,
             _ => rc,
         };
-        let f_rescale = if sum_abs > 0.0 { (norm2 / sum_abs) as f32 } else { 0.0 };
-        let cos1 = if norm > 0.0 { sum_abs / ((d as f64).sqrt() * norm) } else { 0.0 };
+        let f_rescale = if sum_abs > 0.0 {
+            (norm2 / sum_abs) as f32
+        } else {
+            0.0
+        };
+        let cos1 = if norm > 0.0 {
+            sum_abs / ((d as f64).sqrt() * norm)
+        } else {
+            0.0
+        };
         wr_f32(out, pb, f_add);
         wr_f32(out, pb + 4, f_rescale);
         wr_f32(out, pb + 8, err_factor(cos1));
         out[pb + 12..pb + 16].copy_from_slice(&popcnt.to_le_bytes());
+        out[pb + 16..pb + 20].copy_from_slice(&(cid as u32).to_le_bytes());
         if self.bits == 1 {
             return;
         }
         let ex_bits = self.bits - 1;
         let lmax = (1u8 << ex_bits) - 1;
-        let a: Vec<f32> = y.iter().map(|&x| if norm > 0.0 { (x.abs() as f64 / norm) as f32 } else { 0.0 }).collect();
+        let a: Vec<f32> = y
+            .iter()
+            .map(|&x| {
+                if norm > 0.0 {
+                    (x.abs() as f64 / norm) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let mut m = vec![0u8; d];
         let cos = if fast {
             ex_levels_fast(&a, ex_bits, self.t_fast, &mut m)
@@ -608,7 +832,15 @@ impl RaBitQ {
             }
         }
         let fo = self.ex_factor_offset();
-        wr_f32(out, fo, if ip_ma > 0.0 { (norm2 / ip_ma) as f32 } else { 0.0 });
+        wr_f32(
+            out,
+            fo,
+            if ip_ma > 0.0 {
+                (norm2 / ip_ma) as f32
+            } else {
+                0.0
+            },
+        );
         wr_f32(out, fo + 4, err_factor(cos));
     }
 }
@@ -627,58 +859,95 @@ impl Encoding for RaBitQ {
         self.metric
     }
     fn code_size(&self) -> usize {
-        self.bits as usize * self.plane_bytes() + F1_BYTES + if self.bits > 1 { FEX_BYTES } else { 0 }
+        self.bits as usize * self.plane_bytes()
+            + F1_BYTES
+            + if self.bits > 1 { FEX_BYTES } else { 0 }
     }
     fn encode(&self, v: &[f32], out: &mut [u8]) {
         self.encode_with(v, out, self.fast_encode)
     }
     fn prepare(&self, q: &[f32]) -> RaBitQQuery {
         let d = self.pad;
-        let mut z = vec![0.0f32; d];
-        let qc: Vec<f32> = q.iter().zip(&self.centre).map(|(a, b)| a - b).collect();
-        self.rot.apply(&qc, &mut z);
-        let zn2 = (self.k.dot_f32)(&qc, &qc);
-        let g_add = match self.metric {
-            Metric::L2 => zn2,
-            _ => (self.k.dot_f32)(q, &self.centre),
-        };
-        let sum_z = z.iter().sum();
-        let (vl, vr) = z.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, r), &x| (l.min(x), r.max(x)));
-        let levels = ((1u32 << QUERY_BITS) - 1) as f32;
-        let delta = (vr - vl) / levels;
         let w = self.words();
-        let mut planes = vec![0u64; QUERY_BITS as usize * w];
-        // A constant rotated query (e.g. q = c) has Δ = 0: every q_u is 0 and <b, z'> = v_l·|b|.
-        if delta > 0.0 && delta.is_finite() {
-            for (i, &x) in z.iter().enumerate() {
-                let qu = ((x - vl) / delta).round().clamp(0.0, levels) as u32;
-                for j in 0..QUERY_BITS as usize {
-                    planes[j * w + i / 64] |= (((qu >> j) & 1) as u64) << (i % 64);
+        let kc = self.num_centres();
+        let mut qr = vec![0.0f32; d];
+        self.rot.apply(q, &mut qr);
+        let mut z = vec![0.0f32; kc * d];
+        let nb = QUERY_BITS as usize;
+        let mut planes = vec![0u64; kc * nb * w];
+        let levels = ((1u32 << QUERY_BITS) - 1) as f32;
+        let mut per = Vec::with_capacity(kc);
+        let mut qu = vec![0u8; d];
+        for j in 0..kc {
+            let zj = &mut z[j * d..(j + 1) * d];
+            for ((o, a), b) in zj
+                .iter_mut()
+                .zip(&qr)
+                .zip(&self.rot_centres[j * d..(j + 1) * d])
+            {
+                *o = a - b;
+            }
+            let zn2 = (self.k.dot_f32)(zj, zj);
+            let g_add = match self.metric {
+                Metric::L2 => zn2,
+                _ => (self.k.dot_f32)(q, &self.centres[j * self.dim..(j + 1) * self.dim]),
+            };
+            let (sum_z, vl, vr) = sum_min_max(zj);
+            let delta = (vr - vl) / levels;
+            // A constant rotated query (e.g. q = c_j) has Δ = 0: every q_u is 0 and
+            // <b, z'> = v_l·|b|.
+            let delta = if delta > 0.0 && delta.is_finite() {
+                delta
+            } else {
+                0.0
+            };
+            if delta > 0.0 {
+                let inv = 1.0 / delta;
+                // x - vl >= 0: adding ½ and truncating rounds to nearest (no libm call);
+                // `as` saturates and `min` caps float overshoot at the top level.
+                for (o, &x) in qu.iter_mut().zip(zj.iter()) {
+                    *o = (((x - vl) * inv + 0.5) as u8).min(levels as u8);
+                }
+                let pj = &mut planes[j * nb * w..(j + 1) * nb * w];
+                for (k, eight) in qu.chunks_exact(8).enumerate() {
+                    let v = u64::from_le_bytes(eight.try_into().unwrap());
+                    for b in 0..nb {
+                        // Gathers bit b of the 8 bytes into one byte (byte l -> bit l).
+                        let byte = (((v >> b) & 0x0101_0101_0101_0101)
+                            .wrapping_mul(0x0102_0408_1020_4080))
+                            >> 56;
+                        pj[b * w + k / 8] |= byte << (8 * (k % 8));
+                    }
                 }
             }
+            per.push(CentreQuery {
+                delta,
+                vl,
+                sum_z,
+                zn: zn2.sqrt(),
+                g_add,
+            });
         }
         RaBitQQuery {
             z,
             planes,
-            delta: if delta.is_finite() { delta } else { 0.0 },
-            vl,
-            sum_z,
-            zn: zn2.sqrt(),
-            g_add,
+            per,
             scratch: RefCell::new(vec![0u8; d]),
         }
     }
     #[inline]
     fn distance(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
-        let ipr = self.ip_1bit(q, code);
-        self.finish(ipr, rd_f32(code, self.plane_bytes()), q)
+        let j = self.centre_id(q, code);
+        let ipr = self.ip_1bit(q, code, j);
+        self.finish(ipr, rd_f32(code, self.plane_bytes()), q.per[j].g_add)
     }
     fn distance_fine(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
-        let ipr = self.ip_fine(q, code);
-        self.finish(ipr, rd_f32(code, self.plane_bytes()), q)
+        let j = self.centre_id(q, code);
+        let ipr = self.ip_fine(q, code, j);
+        self.finish(ipr, rd_f32(code, self.plane_bytes()), q.per[j].g_add)
     }
     fn params_bytes(&self) -> usize {
-        self.centre.len() * 4 + self.rot.memory_bytes()
+        (self.centres.len() + self.rot_centres.len()) * 4 + self.rot.memory_bytes()
     }
     fn write_params(&self, w: &mut Writer) {
         w.u32(self.bits);
@@ -687,7 +956,8 @@ impl Encoding for RaBitQ {
         w.u8(self.fast_encode as u8);
         w.f32(self.eps0);
         w.f32(self.t_fast as f32);
-        w.f32s(&self.centre);
+        w.u32(self.num_centres() as u32);
+        w.f32s(&self.centres);
         for &s in self.rot.sign_words() {
             w.u64(s);
         }
@@ -695,11 +965,15 @@ impl Encoding for RaBitQ {
     fn read_params(r: &mut Reader, dim: usize, metric: Metric) -> Result<Self> {
         let bits = r.u32()?;
         if !(1..=8).contains(&bits) {
-            return Err(Error::Format(format!("rabitq: bits {bits} out of range 1..=8")));
+            return Err(Error::Format(format!(
+                "rabitq: bits {bits} out of range 1..=8"
+            )));
         }
         let pad = r.u32()? as usize;
-        if pad != dim.div_ceil(64).max(1) * 64 {
-            return Err(Error::Format(format!("rabitq: padded dimension {pad} does not match dimension {dim}")));
+        if pad != dim.div_ceil(64) * 64 {
+            return Err(Error::Format(format!(
+                "rabitq: padded dimension {pad} does not match dimension {dim}"
+            )));
         }
         let seed = r.u64()?;
         let fast_encode = match r.u8()? {
@@ -709,21 +983,42 @@ impl Encoding for RaBitQ {
         };
         let eps0 = r.f32()?;
         if !(eps0.is_finite() && eps0 > 0.0) {
-            return Err(Error::Format("rabitq: eps0 must be finite and positive".into()));
+            return Err(Error::Format(
+                "rabitq: eps0 must be finite and positive".into(),
+            ));
         }
         let t_fast = r.f32()?;
         if !t_fast.is_finite() || t_fast < 0.0 || (bits > 1 && t_fast == 0.0) {
-            return Err(Error::Format("rabitq: bad fast-encoder rescaling factor".into()));
+            return Err(Error::Format(
+                "rabitq: bad fast-encoder rescaling factor".into(),
+            ));
         }
-        let centre = r.f32s(dim)?;
-        if centre.iter().any(|x| !x.is_finite()) {
-            return Err(Error::Format("rabitq: centre is not finite".into()));
+        let kc = r.u32()? as usize;
+        if !(1..=MAX_CENTRES).contains(&kc) {
+            return Err(Error::Format(format!(
+                "rabitq: {kc} centres out of range 1..={MAX_CENTRES}"
+            )));
+        }
+        let centres = r.f32s(kc * dim)?;
+        if centres.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Format("rabitq: centres are not finite".into()));
         }
         let mut words = Vec::with_capacity(ROUNDS * pad / 64);
         for _ in 0..ROUNDS * pad / 64 {
             words.push(r.u64()?);
         }
-        let rot = Rotation::from_sign_words(pad, words).ok_or_else(|| Error::Format("rabitq: bad rotation".into()))?;
-        Ok(RaBitQ { dim, metric, bits, pad, centre, rot, seed, t_fast: t_fast as f64, fast_encode, eps0, k: kernels() })
+        let rot = Rotation::from_sign_words(pad, words)
+            .ok_or_else(|| Error::Format("rabitq: bad rotation".into()))?;
+        Ok(Self::assemble(
+            dim,
+            metric,
+            bits,
+            centres,
+            rot,
+            seed,
+            t_fast as f64,
+            fast_encode,
+            eps0,
+        ))
     }
 }

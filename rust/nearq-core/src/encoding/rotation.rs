@@ -56,7 +56,7 @@ pub struct Rotation {
 impl Rotation {
     /// A rotation of `R^pad` drawn from `seed`. `pad` must be a positive multiple of 64.
     pub fn new(pad: usize, seed: u64) -> Self {
-        let mut rng = SplitMix::new(seed ^ 0x5EED_0F_0F_4B1C);
+        let mut rng = SplitMix::new(seed ^ 0x5EED_0F0F_4B1C);
         let words = (0..ROUNDS * pad / 64).map(|_| rng.next_u64()).collect();
         Self::from_sign_words(pad, words).expect("valid padded dimension")
     }
@@ -67,9 +67,19 @@ impl Rotation {
             return None;
         }
         let signs = (0..ROUNDS * pad)
-            .map(|i| if sign_words[i / 64] >> (i % 64) & 1 == 1 { -1.0 } else { 1.0 })
+            .map(|i| {
+                if sign_words[i / 64] >> (i % 64) & 1 == 1 {
+                    -1.0
+                } else {
+                    1.0
+                }
+            })
             .collect();
-        Some(Rotation { pad, sign_words, signs })
+        Some(Rotation {
+            pad,
+            sign_words,
+            signs,
+        })
     }
 
     pub fn pad(&self) -> usize {

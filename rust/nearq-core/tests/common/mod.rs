@@ -1,0 +1,41 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+/// Clustered synthetic data (a mixture of Gaussians), harder than uniform noise.
+pub fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut gauss = move || {
+        let (u, v) = (next().max(1e-12), next());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    };
+    let centers: Vec<f32> = (0..20 * dim).map(|_| 3.0 * gauss()).collect();
+    let mut out = Vec::with_capacity(n * dim);
+    for i in 0..n {
+        let c = (i * 7) % 20;
+        for j in 0..dim {
+            out.push(centers[c * dim + j] + gauss());
+        }
+    }
+    out
+}
+
+pub fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
+    let nq = truth.len() / k;
+    let mut hit = 0usize;
+    for q in 0..nq {
+        let t = &truth[q * k..(q + 1) * k];
+        hit += found[q * k..(q + 1) * k]
+            .iter()
+            .filter(|i| t.contains(i))
+            .count();
+    }
+    hit as f64 / (nq * k) as f64
+}
