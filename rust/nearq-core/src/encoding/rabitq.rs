@@ -390,7 +390,11 @@ impl MinHeap {
 fn fast_t(pad: usize, ex_bits: u32) -> f64 {
     static CACHE: OnceLock<Mutex<HashMap<(usize, u32), f64>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(&t) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&(pad, ex_bits)) {
+    if let Some(&t) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(pad, ex_bits))
+    {
         return t;
     }
     let mut rng = SplitMix::new(0xFA57 ^ ((pad as u64) << 8) ^ ex_bits as u64);
@@ -407,7 +411,10 @@ fn fast_t(pad: usize, ex_bits: u32) -> f64 {
         sum += ex_levels_exact(&a, ex_bits, None, &mut m).1;
     }
     let t = sum / SAMPLES as f64;
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert((pad, ex_bits), t);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((pad, ex_bits), t);
     t
 }
 
