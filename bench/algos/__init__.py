@@ -23,6 +23,9 @@ CONFIGS = {
     "nearq-flat-R32-bef200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=32, build_ef=200)),
     "nearq-sq8-R32": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", degree=32, build_ef=128)),
     "nearq-flat-R48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=48, build_ef=200)),
+    "nearq-rabitq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128, rerank="ef")),
+    "nearq-rabitq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=8, keep_vectors=False, degree=32, build_ef=128, rerank="ef")),
+    "nearq-sq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128)),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
     "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),

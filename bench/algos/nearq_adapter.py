@@ -28,14 +28,18 @@ class NearQ(Algo):
 
     def set_query_arg(self, ef):
         self.query_arg = ef
+        # rerank="ef": re-rank the whole beam (encodings whose estimates are coarse)
+        self.rerank = ef if self.params.get("rerank") == "ef" else self.params.get("rerank")
 
     def query(self, q, k):
-        res = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads)
+        res = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank)
         ids = np.asarray(res.ids)[0]
         return ids[ids >= 0]
 
     def batch_query(self, Q, k):
-        return np.asarray(self.index.search(Q, k=k, ef=self.query_arg, threads=self.threads).ids)
+        return np.asarray(
+            self.index.search(Q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank).ids
+        )
 
     def memory_bytes(self):
         return int(self.index.memory_usage()), "nearq.memory_usage()"
