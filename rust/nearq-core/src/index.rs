@@ -195,21 +195,42 @@ impl<E: Encoding> GraphIndex<E> {
                 let dim = self.enc.dim();
                 let kern = kernels();
                 let metric = self.enc.metric();
-                let mut cands: Vec<(f32, u32)> = s
-                    .pool
-                    .iter()
-                    .take(rerank)
-                    .map(|(_, id)| {
-                        let d = match src {
-                            Some(v) => {
-                                let i = id as usize * dim;
-                                metric.distance(kern, q, &v[i..i + dim])
+                let code = |id: u32| self.codes.get(id as usize);
+                let mut cands: Vec<(f32, u32)> = s.pool.iter().take(rerank).collect();
+                // With a finer code, re-score the candidates from it first (codes are compact
+                // and mostly cached), so only the best few need their float vectors, which are
+                // the expensive, cache-missing reads.
+                let exact_n = match src {
+                    Some(_) if E::HAS_FINE && self.enc.fine_prefilters() => {
+                        for c in cands.iter_mut() {
+                            c.0 = self.enc.distance_fine(&pq, code(c.1));
+                        }
+                        cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                        (2 * k).max(k + 8).min(cands.len())
+                    }
+                    _ => cands.len(),
+                };
+                match src {
+                    Some(v) => {
+                        let lines = (dim * 4).div_ceil(64);
+                        for &(_, id) in &cands[..exact_n] {
+                            let p = v[id as usize * dim..].as_ptr() as *const u8;
+                            for l in 0..lines {
+                                crate::graph::search::prefetch_ptr(p.wrapping_add(64 * l));
                             }
-                            None => self.enc.distance_fine(&pq, self.codes.get(id as usize)),
-                        };
-                        (d, id)
-                    })
-                    .collect();
+                        }
+                        cands.truncate(exact_n);
+                        for c in cands.iter_mut() {
+                            let i = c.1 as usize * dim;
+                            c.0 = metric.distance(kern, q, &v[i..i + dim]);
+                        }
+                    }
+                    None => {
+                        for c in cands.iter_mut() {
+                            c.0 = self.enc.distance_fine(&pq, code(c.1));
+                        }
+                    }
+                }
                 cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 for (j, (d, id)) in cands.into_iter().take(k).enumerate() {
                     ids[j] = id as i64;

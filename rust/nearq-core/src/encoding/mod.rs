@@ -55,6 +55,12 @@ pub trait Encoding: Send + Sync + Sized + 'static {
     /// Whether [`Encoding::distance_fine`] is more accurate than [`Encoding::distance`] (a code
     /// with a coarse traversal part and a finer re-ranking part, e.g. RaBitQ's extra bits).
     const HAS_FINE: bool = false;
+    /// Whether [`Encoding::distance_fine`] is precise enough (e.g. 8-bit codes) that, when float
+    /// vectors are kept, only the best `2k` candidates by it need exact re-scoring. Coarse
+    /// finer codes leave this false and every re-ranked candidate is scored exactly.
+    fn fine_prefilters(&self) -> bool {
+        false
+    }
     /// A finer distance estimate used to re-rank candidates when no float vectors are kept.
     fn distance_fine(&self, q: &Self::Query, code: &[u8]) -> f32 {
         self.distance(q, code)

@@ -138,6 +138,9 @@ impl Encoding for Sq8 {
         self.finish(q, dot, code)
     }
     const HAS_FINE: bool = true;
+    fn fine_prefilters(&self) -> bool {
+        true
+    }
     /// The distance to the decoded vector (f32 weights × u8 codes).
     #[inline]
     fn distance_fine(&self, q: &Sq8Query, code: &[u8]) -> f32 {
