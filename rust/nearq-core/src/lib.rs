@@ -26,6 +26,7 @@ pub mod index;
 pub mod io;
 pub mod metric;
 pub mod parallel;
+pub mod qg;
 pub mod storage;
 
 pub use encoding::EncodingSpec;

@@ -1,0 +1,331 @@
+//! Quantized graph (SymphonyQG layout, ALGORITHMS.md §6.4): every node's row holds its own
+//! float vector and the 1-bit RaBitQ codes of its neighbours in the 4-bit FastScan layout, so
+//! expanding a node is one contiguous read that scores all its neighbours together.
+//!
+//! # Row layout (fixed size, one per node)
+//! ```text
+//! [vector: d f32][R/32 FastScan blocks: D/4 sub-quantizers x 16 bytes][f_add: R f32][f_rescale: R f32][ids: R u32]
+//! ```
+//! `R` (the degree) is a multiple of 32; empty slots have id `u32::MAX`.
+//!
+//! # Estimator
+//! The code of neighbour `u` of node `v` quantizes the rotated residual `y = P(u - v)` to
+//! `b_i = [y_i > 0]`, `x̄ = (2b - 1)/√D`. RaBitQ's unbiased estimate of `<r, z>` for `r = u - v`
+//! is `||r|| <x̄, P z> / <x̄, ŷ>`, with `<x̄, ŷ> = Σ|y_i| / (√D ||r||)`. With `z = q - v` and
+//! linearity (`P(q - v) = q' - v'`),
+//! ```text
+//! ||q - u||^2 = ||r||^2 + ||q - v||^2 - 2 <r, q - v>
+//!            ≈ f_add + ||q - v||^2 - 2 f_rescale (2 <b, q'> - Σ q'_i)
+//! f_rescale = ||r||^2 / Σ|y_i|,   f_add = ||r||^2 + 2 f_rescale (2 <b, v'> - Σ v'_i)
+//! ```
+//! `||q - v||^2` is exact (the node's vector is in its row, and the distance is needed anyway:
+//! every expanded node is re-ranked exactly, which is where the results come from), and
+//! `<b, q'>` is one FastScan pass: sub-quantizer `j` covers dimensions `4j..4j+4`, its table
+//! holds `Σ_t bit_t(c) q'_{4j+t}` for the 16 nibbles `c`, quantised to u8 once per query.
+//! Squared L2 is searched; cosine indexes store unit vectors and report `||q - u||^2 / 2`.
+
+use crate::encoding::rotation::Rotation;
+use crate::error::{Error, Result};
+use crate::graph::search::{prefetch_ptr, Visited};
+use crate::metric::Metric;
+use crate::Index;
+use nearq_kernels::{kernels, Kernels};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+const EMPTY: u32 = u32::MAX;
+
+/// A graph whose rows carry their neighbours' FastScan codes.
+pub struct QgIndex {
+    dim: usize,
+    pad: usize,
+    degree: usize,
+    metric: Metric,
+    rot: Rotation,
+    row_bytes: usize,
+    rows: Vec<u8>,
+    entry: u32,
+    n: usize,
+    k: &'static Kernels,
+}
+
+struct Scratch {
+    visited: Visited,
+    cand_d: Vec<f32>,
+    cand_id: Vec<u32>,
+    cursor: usize,
+    res: Vec<(f32, u32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        visited: Visited::new(),
+        cand_d: Vec::new(),
+        cand_id: Vec::new(),
+        cursor: 0,
+        res: Vec::new(),
+    });
+}
+
+const EXPANDED: u32 = 1 << 31;
+
+impl QgIndex {
+    fn code_bytes(&self) -> usize {
+        self.pad / 4 * 16
+    }
+    fn off_codes(&self) -> usize {
+        self.dim * 4
+    }
+    fn off_fadd(&self) -> usize {
+        self.off_codes() + self.degree / 32 * self.code_bytes()
+    }
+    fn off_fres(&self) -> usize {
+        self.off_fadd() + self.degree * 4
+    }
+    fn off_ids(&self) -> usize {
+        self.off_fres() + self.degree * 4
+    }
+
+    /// Builds the quantized graph from a float index's graph over the same `data`
+    /// (row-major, `dim` columns). L2 and cosine only; the degree is rounded up to 32.
+    pub fn from_graph(index: &Index, data: &[f32], seed: u64) -> Result<QgIndex> {
+        let metric = index.metric();
+        if metric == Metric::InnerProduct {
+            return Err(Error::param(
+                "metric",
+                "the quantized graph supports l2 and cosine",
+            ));
+        }
+        let dim = index.dim();
+        let n = data.len() / dim;
+        if n != index.len() {
+            return Err(Error::InvalidInput("data and index sizes differ".into()));
+        }
+        let g = index.graph();
+        let degree = g.degree().div_ceil(32) * 32;
+        let pad = dim.div_ceil(64) * 64;
+        let rot = Rotation::new(pad, seed);
+        let mut data = data.to_vec();
+        if metric.normalizes() {
+            data.par_chunks_mut(dim).for_each(crate::metric::normalize);
+        }
+        // Rotated vectors, once.
+        let rotated: Vec<f32> = data
+            .par_chunks(dim)
+            .flat_map_iter(|x| {
+                let mut xp = vec![0f32; pad];
+                xp[..dim].copy_from_slice(x);
+                let mut y = vec![0f32; pad];
+                rot.apply(&xp, &mut y);
+                y
+            })
+            .collect();
+        let mut q = QgIndex {
+            dim,
+            pad,
+            degree,
+            metric,
+            rot,
+            row_bytes: 0,
+            rows: Vec::new(),
+            entry: index.entry_point(),
+            n,
+            k: kernels(),
+        };
+        q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
+        let rb = q.row_bytes;
+        let mut rows = vec![0u8; n * rb];
+        let (cb, oc, ofa, ofr, oid) = (
+            q.code_bytes(),
+            q.off_codes(),
+            q.off_fadd(),
+            q.off_fres(),
+            q.off_ids(),
+        );
+        rows.par_chunks_mut(rb).enumerate().for_each(|(v, row)| {
+            let x = &data[v * dim..(v + 1) * dim];
+            for (i, f) in x.iter().enumerate() {
+                row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
+            }
+            let vr = &rotated[v * pad..(v + 1) * pad];
+            let nb = g.neighbors(v as u32);
+            for slot in 0..degree {
+                let (fadd, fres, id) = match nb.get(slot) {
+                    Some(&u) => {
+                        let ur = &rotated[u as usize * pad..(u as usize + 1) * pad];
+                        let mut sum_abs = 0f32;
+                        let mut r2 = 0f32;
+                        let mut bv = 0f32;
+                        let mut sv = 0f32;
+                        let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
+                        let lane = slot % 32;
+                        for i in 0..pad {
+                            let y = ur[i] - vr[i];
+                            sum_abs += y.abs();
+                            r2 += y * y;
+                            sv += vr[i];
+                            if y > 0.0 {
+                                bv += vr[i];
+                                let j = i / 4;
+                                let bit = 1u8 << (i % 4);
+                                let byte = &mut block[j * 16 + lane % 16];
+                                *byte |= if lane < 16 { bit } else { bit << 4 };
+                            }
+                        }
+                        let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
+                        (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
+                    }
+                    None => (f32::INFINITY, 0.0, EMPTY),
+                };
+                row[ofa + slot * 4..ofa + slot * 4 + 4].copy_from_slice(&fadd.to_le_bytes());
+                row[ofr + slot * 4..ofr + slot * 4 + 4].copy_from_slice(&fres.to_le_bytes());
+                row[oid + slot * 4..oid + slot * 4 + 4].copy_from_slice(&id.to_le_bytes());
+            }
+        });
+        q.rows = rows;
+        Ok(q)
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    /// Bytes held in RAM.
+    pub fn memory_bytes(&self) -> usize {
+        self.rows.capacity() + self.rot.memory_bytes()
+    }
+
+    #[inline(always)]
+    fn row(&self, v: u32) -> &[u8] {
+        &self.rows[v as usize * self.row_bytes..(v as usize + 1) * self.row_bytes]
+    }
+
+    #[inline(always)]
+    fn f32_at(row: &[u8], off: usize) -> f32 {
+        f32::from_le_bytes([row[off], row[off + 1], row[off + 2], row[off + 3]])
+    }
+
+    /// Searches one query; returns up to `k` (distance, id) pairs nearest first.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<(f32, u32)> {
+        let (dim, pad) = (self.dim, self.pad);
+        let mut q = query.to_vec();
+        if self.metric.normalizes() {
+            crate::metric::normalize(&mut q);
+        }
+        let mut qp = vec![0f32; pad];
+        qp[..dim].copy_from_slice(&q);
+        let mut qr = vec![0f32; pad];
+        self.rot.apply(&qp, &mut qr);
+        // u8 look-up tables: entry c of sub-quantizer j is Σ_t bit_t(c) q'_{4j+t}.
+        let m = pad / 4;
+        let mut lut_f = vec![0f32; m * 16];
+        let mut lo_sum = 0f32;
+        let mut width = 0f32;
+        for j in 0..m {
+            let t = &mut lut_f[j * 16..j * 16 + 16];
+            for (c, e) in t.iter_mut().enumerate() {
+                *e = (0..4)
+                    .filter(|b| c >> b & 1 == 1)
+                    .map(|b| qr[4 * j + b])
+                    .sum();
+            }
+            let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            lo_sum += lo;
+            width = width.max(hi - lo);
+        }
+        let delta = if width > 0.0 { width / 255.0 } else { 1.0 };
+        let mut lut = vec![0u8; m * 16];
+        for j in 0..m {
+            let t = &lut_f[j * 16..j * 16 + 16];
+            let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
+            for c in 0..16 {
+                lut[j * 16 + c] = ((t[c] - lo) / delta).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        let sum_q: f32 = qr.iter().sum();
+        let kern = self.k;
+        let ef = ef.max(k);
+        let (cb, oc, ofa, ofr, oid) = (
+            self.code_bytes(),
+            self.off_codes(),
+            self.off_fadd(),
+            self.off_fres(),
+            self.off_ids(),
+        );
+        let lines = self.row_bytes / 64;
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            s.visited.reset(self.n);
+            s.cand_d.clear();
+            s.cand_id.clear();
+            s.cursor = 0;
+            s.res.clear();
+            let e = self.entry;
+            s.visited.check_and_mark(e);
+            s.cand_d.push(0.0);
+            s.cand_id.push(e);
+            let mut acc = [0u16; 32];
+            loop {
+                // next unexpanded candidate
+                while s.cursor < s.cand_id.len() && s.cand_id[s.cursor] & EXPANDED != 0 {
+                    s.cursor += 1;
+                }
+                if s.cursor >= s.cand_id.len() {
+                    break;
+                }
+                let c = s.cursor;
+                let v = s.cand_id[c];
+                s.cand_id[c] |= EXPANDED;
+                if let Some(&nx) = s.cand_id[c + 1..].iter().find(|&&x| x & EXPANDED == 0) {
+                    let p = self.row(nx).as_ptr();
+                    for l in 0..lines.min(16) {
+                        prefetch_ptr(p.wrapping_add(64 * l));
+                    }
+                }
+                let row = self.row(v);
+                let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
+                let g_add = (kern.l2sq_f32)(&q, x);
+                // exact result
+                if s.res.len() < k || g_add < s.res[s.res.len() - 1].0 {
+                    let pos = s.res.partition_point(|r| r.0 <= g_add);
+                    s.res.insert(pos, (g_add, v));
+                    s.res.truncate(k);
+                }
+                for blk in 0..self.degree / 32 {
+                    (kern.fastscan_u16)(&row[oc + blk * cb..oc + (blk + 1) * cb], &lut, &mut acc);
+                    for (lane, &a) in acc.iter().enumerate() {
+                        let slot = blk * 32 + lane;
+                        let u = u32::from_le_bytes(
+                            row[oid + slot * 4..oid + slot * 4 + 4].try_into().unwrap(),
+                        );
+                        if u == EMPTY || s.visited.check_and_mark(u) {
+                            continue;
+                        }
+                        let bq = delta * a as f32 + lo_sum;
+                        let est = Self::f32_at(row, ofa + slot * 4) + g_add
+                            - 2.0 * Self::f32_at(row, ofr + slot * 4) * (2.0 * bq - sum_q);
+                        let full = s.cand_id.len() >= ef;
+                        if full && est >= s.cand_d[s.cand_d.len() - 1] {
+                            continue;
+                        }
+                        let pos = s.cand_d.partition_point(|&d| d <= est);
+                        s.cand_d.insert(pos, est);
+                        s.cand_id.insert(pos, u);
+                        if s.cand_id.len() > ef {
+                            s.cand_d.pop();
+                            s.cand_id.pop();
+                        }
+                        if pos < s.cursor {
+                            s.cursor = pos;
+                        }
+                    }
+                }
+            }
+            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
+            s.res.iter().map(|&(d, id)| (d * scale, id)).collect()
+        })
+    }
+}
