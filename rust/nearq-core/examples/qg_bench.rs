@@ -31,6 +31,13 @@ fn main() {
         t.elapsed().as_secs_f64(),
         qg.memory_bytes() / qg.len()
     );
+    let n = index.len() as u32;
+    let avg = |f: &dyn Fn(u32) -> usize| (0..n).map(f).sum::<usize>() as f64 / n as f64;
+    println!(
+        "mean out-degree: graph {:.1}, quantized rows {:.1}",
+        avg(&|v| index.graph().neighbors(v).len()),
+        avg(&|v| qg.neighbors(v).len())
+    );
     let nq = queries.len() / dim;
     let hits = |ids: &[i64]| -> f64 {
         ids.chunks(k)

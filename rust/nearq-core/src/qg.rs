@@ -134,6 +134,7 @@ impl QgIndex {
         };
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
         let rb = q.row_bytes;
+        let kern = q.k;
         let mut rows = vec![0u8; n * rb];
         let (cb, oc, ofa, ofr, oid) = (
             q.code_bytes(),
@@ -148,7 +149,7 @@ impl QgIndex {
                 row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
             }
             let vr = &rotated[v * pad..(v + 1) * pad];
-            let nb = g.neighbors(v as u32);
+            let nb = full_row(g, v as u32, degree, &data, dim, kern);
             for slot in 0..degree {
                 let (fadd, fres, id) = match nb.get(slot) {
                     Some(&u) => {
@@ -188,6 +189,16 @@ impl QgIndex {
 
     pub fn len(&self) -> usize {
         self.n
+    }
+
+    /// The ids in node `v`'s row (empty slots excluded).
+    pub fn neighbors(&self, v: u32) -> Vec<u32> {
+        let row = self.row(v);
+        let o = self.off_ids();
+        (0..self.degree)
+            .map(|s| u32::from_le_bytes(row[o + s * 4..o + s * 4 + 4].try_into().unwrap()))
+            .filter(|&u| u != EMPTY)
+            .collect()
     }
     pub fn is_empty(&self) -> bool {
         self.n == 0
@@ -328,4 +339,39 @@ impl QgIndex {
             s.res.iter().map(|&(d, id)| (d * scale, id)).collect()
         })
     }
+}
+
+/// Node `v`'s pruned neighbours, then (a FastScan block scores all its slots at the same cost)
+/// the nearest of its two-hop neighbours until the row holds `degree` ids.
+fn full_row(
+    g: &crate::graph::Graph,
+    v: u32,
+    degree: usize,
+    data: &[f32],
+    dim: usize,
+    k: &Kernels,
+) -> Vec<u32> {
+    let mut out: Vec<u32> = g.neighbors(v).to_vec();
+    if out.len() >= degree {
+        out.truncate(degree);
+        return out;
+    }
+    let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
+    let mut cands: Vec<(f32, u32)> = out
+        .iter()
+        .flat_map(|&u| g.neighbors(u).iter().copied())
+        .filter(|&w| w != v && !out.contains(&w))
+        .map(|w| ((k.l2sq_f32)(row(v), row(w)), w))
+        .collect();
+    cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    cands.dedup_by_key(|c| c.1);
+    for (_, w) in cands {
+        if out.len() >= degree {
+            break;
+        }
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
 }
