@@ -17,7 +17,7 @@ class Index:
         data: npt.NDArray[np.float32],
         metric: str,
         encoding: str,
-        bits: Optional[int],
+        bits: Optional[List[int]],
         keep_vectors: bool,
         degree: int,
         build_ef: int,
@@ -25,6 +25,9 @@ class Index:
         threads: Optional[int],
         seed: int,
         progress: bool,
+        variant: Optional[str] = None,
+        subspaces: Optional[int] = None,
+        opq: bool = False,
     ) -> Index: ...
     def search(
         self,

@@ -4,7 +4,7 @@ bad arguments into :class:`~nearq.errors.InvalidInputError` before they reach th
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -50,6 +50,28 @@ def as_int(name: str, v: Any, *, lo: int, hi: int = 2**63 - 1, optional: bool = 
         bound = f">= {lo}" if hi == 2**63 - 1 else f"in [{lo}, {hi}]"
         raise InvalidInputError(f"{name} must be {bound}, got {i}")
     return i
+
+
+def as_bits(v: Any) -> Optional[List[int]]:
+    """Bits per dimension: None, an integer, a tuple/list of one or two integers (two-level
+    encodings such as LVQ-4x8: ``(4, 8)``), or the string ``"4x8"``; returned as a list."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        parts = v.lower().split("x")
+        try:
+            v = [int(p) for p in parts]
+        except ValueError:
+            raise InvalidInputError(
+                f"bits must be an integer, a pair such as (4, 8), or a string such as \"4x8\"; got {v!r}"
+            ) from None
+    elif isinstance(v, (list, tuple)):
+        v = list(v)
+    else:
+        return [as_int("bits", v, lo=1, hi=64)]  # type: ignore[list-item]
+    if not 1 <= len(v) <= 2:
+        raise InvalidInputError(f"bits takes one or two values (one per level), got {len(v)}: {v!r}")
+    return [as_int("bits", b, lo=1, hi=64) for b in v]  # type: ignore[misc]
 
 
 def as_float(name: str, v: Any) -> float:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _nearq
-from ._validate import as_float, as_int, as_matrix, as_str
+from ._validate import as_bits, as_float, as_int, as_matrix, as_str
 from .errors import DimensionMismatchError, InvalidInputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -52,7 +52,7 @@ class Index:
         vectors: Any,
         metric: str = "l2",
         encoding: str = "flat",
-        bits: Optional[int] = None,
+        bits: Union[int, Tuple[int, int], str, None] = None,
         keep_vectors: bool = True,
         degree: int = 32,
         build_ef: int = 128,
@@ -60,13 +60,18 @@ class Index:
         threads: Optional[int] = None,
         seed: int = 0,
         progress: bool = False,
+        variant: Optional[str] = None,
+        subspaces: Optional[int] = None,
+        opq: bool = False,
     ) -> "Index":
         """Builds an index over ``vectors`` (array-like of shape (n, dim), float16/32/64).
 
         Args:
             metric: ``"l2"``, ``"ip"`` or ``"cosine"``.
             encoding: ``"flat"`` (float32) or ``"sq8"`` (8-bit scalar quantisation).
-            bits: bits per dimension where the encoding offers a choice (``None``: default).
+            bits: bits per dimension where the encoding offers a choice (``None``: default);
+                for ``"lvq"`` 4 or 8, or two levels ``(primary, residual)`` such as ``(4, 8)``
+                (also written ``"4x8"``; default ``(4, 8)``).
             keep_vectors: keep full-precision vectors in RAM to re-rank the candidates of an
                 encoding that estimates distances (no effect for ``"flat"``).
             degree: maximum out-degree of the graph.
@@ -75,18 +80,33 @@ class Index:
             threads: worker threads (default: all cores). The graph does not depend on it.
             seed: seed of the insertion order; the same seed gives the same index.
             progress: show a progress bar on stderr for builds that take more than a moment.
+            variant: for ``"turboquant"``, ``"mse"`` (default: ``bits``-bit MSE-optimal codes) or
+                ``"prod"`` (``bits - 1``-bit codes plus a 1-bit QJL sketch of the residual,
+                unbiased inner products); no other encoding takes a variant.
+            subspaces: for ``"pq"``, the number of sub-quantizers M (1 to dim; default dim/4 for
+                8-bit and dim/2 for 4-bit codes, i.e. 2 bits per dimension). Each code is M bytes
+                (``bits=8``, the default) or M/2 bytes (``bits=4``); when M does not divide dim the
+                first ``dim % M`` sub-vectors get one extra dimension.
+            opq: for ``"pq"``, learn an orthogonal rotation first (OPQ); slower to train, lower
+                quantisation error on correlated data. With ``keep_vectors=False`` a ``"pq"`` index
+                returns its look-up-table (ADC) distance estimates.
         """
         x = as_matrix(vectors, "vectors", allow_1d=False)
         metric = as_str("metric", metric)
         encoding = as_str("encoding", encoding)
-        bits = as_int("bits", bits, lo=1, hi=64, optional=True)
+        variant = None if variant is None else as_str("variant", variant)
+        bits_list = as_bits(bits)
+        subspaces = as_int("subspaces", subspaces, lo=1, hi=2**32 - 1, optional=True)
+        if not isinstance(opq, (bool, np.bool_)):
+            raise InvalidInputError(f"opq must be a bool, got {opq!r}")
         degree = as_int("degree", degree, lo=2, hi=1024)
         build_ef = as_int("build_ef", build_ef, lo=1, hi=100_000)
         alpha = as_float("alpha", alpha)
         seed = as_int("seed", seed, lo=0, hi=2**64 - 1)
         inner = _nearq.Index.build(
-            x, metric, encoding, bits, bool(keep_vectors), degree, build_ef, alpha,
-            _threads(threads), seed, bool(progress),
+            x, metric, encoding, bits_list, bool(keep_vectors), degree, build_ef, alpha,
+            _threads(threads), seed, bool(progress), variant=variant,
+            subspaces=subspaces, opq=bool(opq),
         )
         return cls(inner)
 

@@ -1,7 +1,8 @@
 //! The index: an encoding's codes, the graph over them, and optional full-precision vectors
 //! for re-ranking.
 
-use crate::encoding::{Encoding, EncodingSpec, Flat, RaBitQ, RaBitQConfig, Sq8};
+use crate::encoding::{Encoding, EncodingSpec, Flat, RaBitQ, RaBitQConfig, Sq8, TurboQuant};
+use crate::encoding::{Lvq, Pq, PqConfig};
 use crate::error::{Error, Result};
 use crate::graph::search::SearchScratch;
 use crate::graph::{beam_search, build_graph, BuildParams, Graph, Scorer};
@@ -388,6 +389,9 @@ enum Inner {
     Flat(GraphIndex<Flat>),
     Sq8(GraphIndex<Sq8>),
     RaBitQ(GraphIndex<RaBitQ>),
+    Lvq(GraphIndex<Lvq>),
+    Pq(GraphIndex<Pq>),
+    TurboQuant(GraphIndex<TurboQuant>),
 }
 
 macro_rules! dispatch {
@@ -396,6 +400,9 @@ macro_rules! dispatch {
             Inner::Flat($g) => $e,
             Inner::Sq8($g) => $e,
             Inner::RaBitQ($g) => $e,
+            Inner::Lvq($g) => $e,
+            Inner::Pq($g) => $e,
+            Inner::TurboQuant($g) => $e,
         }
     };
 }
@@ -495,9 +502,39 @@ impl Index {
                         progress,
                     ))
                 }
+                EncodingSpec::Pq { m, bits, opq } => {
+                    let enc = Pq::train(&data, dim, metric, &PqConfig::new(m, bits, opq, b.seed))?;
+                    Inner::Pq(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
+                }
+                EncodingSpec::Lvq { bits, residual } => {
+                    let enc = Lvq::train(&data, dim, metric, bits, residual);
+                    Inner::Lvq(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
+                }
                 EncodingSpec::RaBitQ { bits } => {
                     let enc = RaBitQ::train(&data, dim, metric, &RaBitQConfig::new(bits, b.seed));
                     Inner::RaBitQ(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
+                }
+                EncodingSpec::TurboQuant { bits, variant } => {
+                    let enc = TurboQuant::new(dim, metric, bits, variant, b.seed);
+                    Inner::TurboQuant(GraphIndex::build(
                         enc,
                         data,
                         params.keep_vectors,
@@ -527,6 +564,9 @@ impl Index {
             Inner::Flat(_) => Flat::NAME,
             Inner::Sq8(_) => Sq8::NAME,
             Inner::RaBitQ(_) => RaBitQ::NAME,
+            Inner::Lvq(_) => Lvq::NAME,
+            Inner::Pq(_) => Pq::NAME,
+            Inner::TurboQuant(_) => TurboQuant::NAME,
         }
     }
     pub fn keep_vectors(&self) -> bool {
@@ -624,6 +664,9 @@ impl Index {
             Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h)?),
             Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h)?),
             RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h)?),
+            Lvq::TAG => Inner::Lvq(GraphIndex::read(&mut r, &h)?),
+            Pq::TAG => Inner::Pq(GraphIndex::read(&mut r, &h)?),
+            TurboQuant::TAG => Inner::TurboQuant(GraphIndex::read(&mut r, &h)?),
             t => return Err(Error::Format(format!("unknown encoding tag {t}"))),
         };
         Ok(Index { inner })

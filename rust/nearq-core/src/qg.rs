@@ -292,7 +292,7 @@ impl QgIndex {
                 s.cand_id[c] |= EXPANDED;
                 if let Some(&nx) = s.cand_id[c + 1..].iter().find(|&&x| x & EXPANDED == 0) {
                     let p = self.row(nx).as_ptr();
-                    for l in 0..lines.min(16) {
+                    for l in 0..lines {
                         prefetch_ptr(p.wrapping_add(64 * l));
                     }
                 }

@@ -373,16 +373,16 @@ fn spec_parse() {
         EncodingSpec::RaBitQ { bits: 4 }
     );
     assert_eq!(
-        EncodingSpec::parse("RaBitQ", Some(1)).unwrap(),
+        EncodingSpec::parse("RaBitQ", Some(&[1])).unwrap(),
         EncodingSpec::RaBitQ { bits: 1 }
     );
     assert_eq!(
-        EncodingSpec::parse("rabitq", Some(8)).unwrap().name(),
+        EncodingSpec::parse("rabitq", Some(&[8])).unwrap().name(),
         "rabitq"
     );
     for b in [0, 9, 32] {
         assert!(matches!(
-            EncodingSpec::parse("rabitq", Some(b)),
+            EncodingSpec::parse("rabitq", Some(&[b])),
             Err(Error::InvalidParameter { .. })
         ));
     }

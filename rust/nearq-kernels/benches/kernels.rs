@@ -45,13 +45,14 @@ fn main() {
 
     println!("dim = {dim}, fastscan m = {m}; ns per call (best of 7 batches)");
     println!(
-        "{:<30} {:>9} {:>9} {:>10} {:>9} {:>9} {:>12} {:>12}",
+        "{:<30} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>12}",
         "table",
         "l2sq_f32",
         "dot_f32",
         "dot_f32_u8",
         "dot_u8_i8",
         "dot_u8",
+        "dot_u4_i8",
         "and_popcnt",
         "fastscan_u16"
     );
@@ -75,6 +76,12 @@ fn main() {
                 black_box((k.dot_u8)(black_box(&ba), black_box(&bb)));
             }),
             time_ns(|| {
+                black_box((k.dot_u4_i8)(
+                    black_box(&ba[..dim.div_ceil(2)]),
+                    black_box(&bi),
+                ));
+            }),
+            time_ns(|| {
                 black_box((k.and_popcount_u64)(black_box(&wa), black_box(&wb)));
             }),
             time_ns(|| {
@@ -83,8 +90,8 @@ fn main() {
             }),
         ];
         println!(
-            "{:<30} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>9.1} {:>12.1} {:>12.1}",
-            k.isa, t[0], t[1], t[2], t[3], t[4], t[5], t[6]
+            "{:<30} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>12.1}",
+            k.isa, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]
         );
     }
 }

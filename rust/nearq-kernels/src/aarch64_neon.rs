@@ -6,6 +6,10 @@
 //! - f32 kernels: four 4-lane FMA accumulators (16 elements per iteration).
 //! - `dot_u8_i8`: widen to i16 and multiply-accumulate into i32 (`smlal`), exact.
 //!   `dot_u8`: `umull` (255^2 fits u16) and pairwise accumulate into u32 (`uadalp`).
+//! - `dot_u4_i8`: a 64-dimension block is two 16-byte loads whose low nibbles are dimensions
+//!   0..16 and 16..32 and whose high nibbles are 32..48 and 48..64; 4-bit codes are valid i8,
+//!   so `smull`/`smlal` multiply them into i16 lanes (4 products of at most 15 * 128 per lane)
+//!   and `sadalp` accumulates pairs into i32.
 //! - Popcount: `cnt` per byte, pairwise accumulated into u16 (`uadalp`), flushed into u32
 //!   lanes before a u16 lane can overflow.
 //! - FastScan: `tbl` (`vqtbl1q_u8`) looks up one sub-quantizer per op, widened into u16 lanes.
@@ -25,6 +29,7 @@ static TABLE: Kernels = Kernels {
     dot_f32_u8,
     dot_u8_i8,
     dot_u8,
+    dot_u4_i8,
     and_popcount_u64,
     fastscan_u16,
 };
@@ -55,6 +60,11 @@ fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
 fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::dot_u8(a, b) }
+}
+
+fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::dot_u4_i8(packed, b) }
 }
 
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
@@ -218,6 +228,54 @@ mod imp {
         }
         let tail = crate::scalar::dot_u8(&a[i..], &b[i..]);
         vaddvq_u32(vaddq_u32(acc[0], acc[1])).wrapping_add(tail)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+        let n = b.len();
+        assert_eq!(
+            packed.len(),
+            n.div_ceil(2),
+            "dot_u4_i8: packed.len() must be ceil(n / 2)"
+        );
+        let (pp, pb) = (packed.as_ptr(), b.as_ptr());
+        let nib = vdupq_n_u8(0x0f);
+        let mut acc = [vdupq_n_s32(0); 2];
+        let blocks = n / 64;
+        for k in 0..blocks {
+            // SAFETY: block k is packed bytes 32k .. 32k + 32 <= 32 * blocks <= packed.len()
+            // and dimensions 64k .. 64k + 64 <= n of `b`.
+            let (p0, p1, q) = unsafe {
+                (
+                    vld1q_u8(pp.add(32 * k)),
+                    vld1q_u8(pp.add(32 * k + 16)),
+                    [
+                        vld1q_s8(pb.add(64 * k)),
+                        vld1q_s8(pb.add(64 * k + 16)),
+                        vld1q_s8(pb.add(64 * k + 32)),
+                        vld1q_s8(pb.add(64 * k + 48)),
+                    ],
+                )
+            };
+            let c = [
+                vreinterpretq_s8_u8(vandq_u8(p0, nib)),
+                vreinterpretq_s8_u8(vandq_u8(p1, nib)),
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(p0)),
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(p1)),
+            ];
+            let mut lo = vmull_s8(vget_low_s8(c[0]), vget_low_s8(q[0]));
+            lo = vmlal_s8(lo, vget_low_s8(c[1]), vget_low_s8(q[1]));
+            lo = vmlal_s8(lo, vget_low_s8(c[2]), vget_low_s8(q[2]));
+            lo = vmlal_s8(lo, vget_low_s8(c[3]), vget_low_s8(q[3]));
+            let mut hi = vmull_high_s8(c[0], q[0]);
+            hi = vmlal_high_s8(hi, c[1], q[1]);
+            hi = vmlal_high_s8(hi, c[2], q[2]);
+            hi = vmlal_high_s8(hi, c[3], q[3]);
+            acc[0] = vpadalq_s16(acc[0], lo);
+            acc[1] = vpadalq_s16(acc[1], hi);
+        }
+        let tail = crate::scalar::dot_u4_i8(&packed[32 * blocks..], &b[64 * blocks..]);
+        vaddvq_s32(vaddq_s32(acc[0], acc[1])).wrapping_add(tail)
     }
 
     #[target_feature(enable = "neon")]

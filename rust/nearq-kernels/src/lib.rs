@@ -93,8 +93,9 @@ impl std::fmt::Display for SimdLevel {
 
 /// A table of kernels for one instruction-set level.
 ///
-/// All slices passed to one call have equal length (for `fastscan_u16`, see
-/// [`scalar::fastscan_u16`]); kernels panic otherwise. Lengths may be anything, including 0,
+/// All slices passed to one call have equal length (for `fastscan_u16` and `dot_u4_i8`, see
+/// [`scalar::fastscan_u16`] and [`scalar::dot_u4_i8`]); kernels panic otherwise. Lengths may
+/// be anything, including 0,
 /// and slices need no alignment.
 pub struct Kernels {
     pub level: SimdLevel,
@@ -110,6 +111,9 @@ pub struct Kernels {
     pub dot_u8_i8: fn(&[u8], &[i8]) -> i32,
     /// Exact `sum a[i] as u32 * b[i] as u32` (wrapping on u32 overflow).
     pub dot_u8: fn(&[u8], &[u8]) -> u32,
+    /// Exact `sum code(i) * b[i]` over 4-bit codes packed as in [`scalar::u4_position`]
+    /// (`packed.len() == ceil(b.len() / 2)`; wrapping on i32 overflow).
+    pub dot_u4_i8: fn(packed: &[u8], b: &[i8]) -> i32,
     /// `sum popcount(a[i] & b[i])`.
     pub and_popcount_u64: fn(&[u64], &[u64]) -> u32,
     /// 4-bit FastScan look-up accumulate over a block of 32 codes; see
@@ -134,6 +138,7 @@ static SCALAR: Kernels = Kernels {
     dot_f32_u8: scalar::dot_f32_u8,
     dot_u8_i8: scalar::dot_u8_i8,
     dot_u8: scalar::dot_u8,
+    dot_u4_i8: scalar::dot_u4_i8,
     and_popcount_u64: scalar::and_popcount_u64,
     fastscan_u16: scalar::fastscan_u16,
 };

@@ -29,6 +29,82 @@ pub fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
         .fold(0i32, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32))
 }
 
+/// Dimensions per block of the packed 4-bit layout (see [`pack_u4`]).
+pub const U4_BLOCK: usize = 64;
+
+/// Byte index and nibble (`false` = low, `true` = high) of dimension `i` among `n` dimensions
+/// in the packed 4-bit layout.
+///
+/// Dimensions are grouped into blocks of [`U4_BLOCK`] (the last block may hold `r < 64`); a
+/// block of `r` dimensions occupies `h = ceil(r / 2)` bytes, and byte `j` of the block holds
+/// dimension `j` in its low nibble and dimension `j + h` in its high nibble (a full block:
+/// `j` and `j + 32`). So the low nibbles of one 32-byte load are 32 consecutive dimensions and
+/// the high nibbles the next 32, aligned with two plain loads of the other operand: no
+/// interleaving shuffles. An unused high nibble (odd `r`) is written as 0 and never read.
+/// A vector of `n` dimensions takes `ceil(n / 2)` bytes.
+#[inline]
+pub fn u4_position(n: usize, i: usize) -> (usize, bool) {
+    debug_assert!(i < n);
+    let base = i / U4_BLOCK * U4_BLOCK;
+    let h = (n - base).min(U4_BLOCK).div_ceil(2);
+    let t = i - base;
+    if t < h {
+        (base / 2 + t, false)
+    } else {
+        (base / 2 + t - h, true)
+    }
+}
+
+/// Packs 4-bit codes (`codes[i] < 16`, one per dimension) into `out` (`ceil(n / 2)` bytes) in
+/// the layout of [`u4_position`].
+pub fn pack_u4(codes: &[u8], out: &mut [u8]) {
+    assert_eq!(out.len(), codes.len().div_ceil(2));
+    for (c, o) in codes.chunks(U4_BLOCK).zip(out.chunks_mut(U4_BLOCK / 2)) {
+        let (lo, hi) = c.split_at(o.len());
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = (lo[j] & 15) | (hi.get(j).map_or(0, |x| x & 15) << 4);
+        }
+    }
+}
+
+/// Inverse of [`pack_u4`]: writes the `out.len()` codes held in `packed`.
+pub fn unpack_u4(packed: &[u8], out: &mut [u8]) {
+    assert_eq!(packed.len(), out.len().div_ceil(2));
+    for (p, o) in packed.chunks(U4_BLOCK / 2).zip(out.chunks_mut(U4_BLOCK)) {
+        let (lo, hi) = o.split_at_mut(p.len());
+        for (l, &x) in lo.iter_mut().zip(p) {
+            *l = x & 15;
+        }
+        for (h, &x) in hi.iter_mut().zip(p) {
+            *h = x >> 4;
+        }
+    }
+}
+
+/// Exact inner product of packed 4-bit codes with signed bytes: `sum_i code(i) * b[i]`, where
+/// `code(i)` is dimension `i` of `packed` in the layout of [`u4_position`] and
+/// `packed.len() == ceil(b.len() / 2)` (wrapping on i32 overflow).
+pub fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+    let n = b.len();
+    assert_eq!(
+        packed.len(),
+        n.div_ceil(2),
+        "dot_u4_i8: packed.len() must be ceil(n / 2)"
+    );
+    let mut s = 0i32;
+    for (blk, q) in b.chunks(U4_BLOCK).enumerate() {
+        let h = q.len().div_ceil(2);
+        let p = &packed[blk * U4_BLOCK / 2..blk * U4_BLOCK / 2 + h];
+        for (j, &x) in p.iter().enumerate() {
+            s = s.wrapping_add((x & 15) as i32 * q[j] as i32);
+            if let Some(&y) = q.get(j + h) {
+                s = s.wrapping_add((x >> 4) as i32 * y as i32);
+            }
+        }
+    }
+    s
+}
+
 /// Exact integer inner product of unsigned bytes (wrapping on u32 overflow).
 pub fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
     assert_eq!(a.len(), b.len());

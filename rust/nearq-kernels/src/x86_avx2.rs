@@ -7,6 +7,10 @@
 //!   the FMA latency; the tail uses a masked load, so there is no scalar loop.
 //! - Integer dot products widen bytes to i16 and use `vpmaddwd`. `vpmaddubsw` would be faster
 //!   but saturates (255 * 127 * 2 > i16::MAX), and these kernels must be exact.
+//! - `dot_u4_i8`: one 32-byte load is one 64-dimension block of the packed layout (low
+//!   nibbles = dimensions 0..32, high = 32..64), so `vpmaddubsw` applies directly; it cannot
+//!   saturate here (2 * 15 * 128 < i16::MAX), and two of its results are added in i16 before
+//!   `vpmaddwd` with ones widens to i32 (4 * 15 * 128 < i16::MAX).
 //! - Popcount: nibble look-up with `vpshufb`, summed with `vpsadbw` (Mula's method).
 //! - FastScan: `vpshufb` looks up two sub-quantizers per 256-bit op (one per 128-bit lane).
 
@@ -28,6 +32,7 @@ static TABLE: Kernels = Kernels {
     dot_f32_u8,
     dot_u8_i8,
     dot_u8,
+    dot_u4_i8,
     and_popcount_u64,
     fastscan_u16,
 };
@@ -58,6 +63,11 @@ fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
 fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::dot_u8(a, b) }
+}
+
+fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_u4_i8(packed, b) }
 }
 
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
@@ -313,6 +323,38 @@ mod imp {
         }
         let tail = crate::scalar::dot_u8(&a[i..], &b[i..]);
         (hsum_epi32(_mm256_add_epi32(acc[0], acc[1])) as u32).wrapping_add(tail)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+        let n = b.len();
+        assert_eq!(
+            packed.len(),
+            n.div_ceil(2),
+            "dot_u4_i8: packed.len() must be ceil(n / 2)"
+        );
+        let (pp, pb) = (packed.as_ptr(), b.as_ptr());
+        let nib = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2];
+        let blocks = n / 64;
+        for k in 0..blocks {
+            // SAFETY: block k is packed bytes 32k .. 32k + 32 <= 32 * blocks <= packed.len()
+            // and dimensions 64k .. 64k + 64 <= n of `b`.
+            let (p, q0, q1) = unsafe {
+                (
+                    _mm256_loadu_si256(pp.add(32 * k).cast()),
+                    _mm256_loadu_si256(pb.add(64 * k).cast()),
+                    _mm256_loadu_si256(pb.add(64 * k + 32).cast()),
+                )
+            };
+            let lo = _mm256_and_si256(p, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), nib);
+            let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, q0), _mm256_maddubs_epi16(hi, q1));
+            acc[k & 1] = _mm256_add_epi32(acc[k & 1], _mm256_madd_epi16(s16, ones));
+        }
+        let tail = crate::scalar::dot_u4_i8(&packed[32 * blocks..], &b[64 * blocks..]);
+        hsum_epi32(_mm256_add_epi32(acc[0], acc[1])).wrapping_add(tail)
     }
 
     #[target_feature(enable = "avx2,fma,popcnt")]

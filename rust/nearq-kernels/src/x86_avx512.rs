@@ -11,6 +11,11 @@
 //! - `dot_u8_i8`: VNNI `vpdpbusd` (u8 x i8, non-saturating) or, without VNNI, widening to i16
 //!   and `vpmaddwd`. `dot_u8` with VNNI uses `a . b = a . (b - 128) + 128 * sum(a)`, where
 //!   `b - 128` is `b ^ 0x80` read as i8 and `sum(a)` comes from `vpsadbw`.
+//! - `dot_u4_i8`: one 64-byte load holds two 64-dimension blocks of the packed layout; its low
+//!   nibbles pair with query bytes `[0..32 | 64..96]` and its high nibbles with
+//!   `[32..64 | 96..128]` (two 256-bit loads joined with `vinserti64x4`). VNNI `vpdpbusd`
+//!   multiplies u8 codes by i8 query bytes directly; without VNNI `vpmaddubsw` is exact for
+//!   4-bit codes (2 * 15 * 128 < i16::MAX) and `vpmaddwd` with ones widens to i32.
 //! - Popcount: `vpopcntq`, or the `vpshufb` nibble look-up with `vpsadbw`.
 //! - FastScan: `vpshufb` looks up four sub-quantizers per 512-bit op (one per 128-bit lane);
 //!   the last 1-3 sub-quantizers use zero-masked loads, and a zero table looks up zeros.
@@ -64,6 +69,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         dot_f32_u8,
         dot_u8_i8: if vnni { dot_u8_i8_vnni } else { dot_u8_i8 },
         dot_u8: if vnni { dot_u8_vnni } else { dot_u8 },
+        dot_u4_i8: if vnni { dot_u4_i8_vnni } else { dot_u4_i8 },
         and_popcount_u64: if vpopcntdq {
             and_popcount_u64_vpopcntdq
         } else {
@@ -109,6 +115,16 @@ fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
 fn dot_u8_vnni(a: &[u8], b: &[u8]) -> u32 {
     // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
     unsafe { imp::dot_u8_vnni(a, b) }
+}
+
+fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u4_i8(packed, b) }
+}
+
+fn dot_u4_i8_vnni(packed: &[u8], b: &[i8]) -> i32 {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u4_i8_vnni(packed, b) }
 }
 
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
@@ -449,6 +465,114 @@ mod imp {
         let d = _mm512_reduce_add_epi32(dot) as u32;
         let s = _mm512_reduce_add_epi64(sum) as u32;
         d.wrapping_add(s.wrapping_mul(128))
+    }
+
+    /// Loads the two 64-byte halves of the query that pair with one 64-byte load of packed
+    /// 4-bit codes at dimension `i` (see the module docs).
+    ///
+    /// # Safety
+    /// `b[i .. i + 128]` must be in bounds.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn u4_query(pb: *const i8, i: usize) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees bytes i .. i + 128 are in bounds.
+        unsafe {
+            let l = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(pb.add(i).cast())),
+                _mm256_loadu_si256(pb.add(i + 64).cast()),
+            );
+            let h = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(pb.add(i + 32).cast())),
+                _mm256_loadu_si256(pb.add(i + 96).cast()),
+            );
+            (l, h)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
+        let n = b.len();
+        assert_eq!(
+            packed.len(),
+            n.div_ceil(2),
+            "dot_u4_i8: packed.len() must be ceil(n / 2)"
+        );
+        let (pp, pb) = (packed.as_ptr(), b.as_ptr());
+        let nib = _mm512_set1_epi8(0x0f);
+        let ones = _mm512_set1_epi16(1);
+        let mut acc = _mm512_setzero_si512();
+        let mut i = 0;
+        while i + 128 <= n {
+            // SAFETY: packed bytes i/2 .. i/2 + 64 <= n/2 and query bytes i .. i + 128 <= n.
+            let (p, (ql, qh)) =
+                unsafe { (_mm512_loadu_si512(pp.add(i / 2).cast()), u4_query(pb, i)) };
+            let lo = _mm512_and_si512(p, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), nib);
+            let s16 = _mm512_add_epi16(_mm512_maddubs_epi16(lo, ql), _mm512_maddubs_epi16(hi, qh));
+            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(s16, ones));
+            i += 128;
+        }
+        let mut s = _mm512_reduce_add_epi32(acc);
+        if i + 64 <= n {
+            // SAFETY: packed bytes i/2 .. i/2 + 32 <= n/2 and query bytes i .. i + 64 <= n.
+            let (p, q0, q1) = unsafe {
+                (
+                    _mm256_loadu_si256(pp.add(i / 2).cast()),
+                    _mm256_loadu_si256(pb.add(i).cast()),
+                    _mm256_loadu_si256(pb.add(i + 32).cast()),
+                )
+            };
+            let nib = _mm256_set1_epi8(0x0f);
+            let lo = _mm256_and_si256(p, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), nib);
+            let s16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, q0), _mm256_maddubs_epi16(hi, q1));
+            let v = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            s = s.wrapping_add(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(v)));
+            i += 64;
+        }
+        s.wrapping_add(crate::scalar::dot_u4_i8(&packed[i / 2..], &b[i..]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_u4_i8_vnni(packed: &[u8], b: &[i8]) -> i32 {
+        let n = b.len();
+        assert_eq!(
+            packed.len(),
+            n.div_ceil(2),
+            "dot_u4_i8: packed.len() must be ceil(n / 2)"
+        );
+        let (pp, pb) = (packed.as_ptr(), b.as_ptr());
+        let nib = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut i = 0;
+        while i + 128 <= n {
+            // SAFETY: packed bytes i/2 .. i/2 + 64 <= n/2 and query bytes i .. i + 128 <= n.
+            let (p, (ql, qh)) =
+                unsafe { (_mm512_loadu_si512(pp.add(i / 2).cast()), u4_query(pb, i)) };
+            let lo = _mm512_and_si512(p, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(p), nib);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], lo, ql);
+            acc[1] = _mm512_dpbusd_epi32(acc[1], hi, qh);
+            i += 128;
+        }
+        let mut s = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]));
+        if i + 64 <= n {
+            // SAFETY: packed bytes i/2 .. i/2 + 32 <= n/2 and query bytes i .. i + 64 <= n.
+            let (p, q0, q1) = unsafe {
+                (
+                    _mm256_loadu_si256(pp.add(i / 2).cast()),
+                    _mm256_loadu_si256(pb.add(i).cast()),
+                    _mm256_loadu_si256(pb.add(i + 32).cast()),
+                )
+            };
+            let nib = _mm256_set1_epi8(0x0f);
+            let lo = _mm256_and_si256(p, nib);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), nib);
+            let v = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, q0);
+            let v = _mm256_dpbusd_epi32(v, hi, q1);
+            s = s.wrapping_add(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(v)));
+            i += 64;
+        }
+        s.wrapping_add(crate::scalar::dot_u4_i8(&packed[i / 2..], &b[i..]))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

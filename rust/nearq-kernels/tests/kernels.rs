@@ -105,6 +105,15 @@ fn check_bytes(k: &Kernels, a: &[u8], b: &[u8]) {
         k.isa,
         a.len()
     );
+    // 4-bit codes packed in the first ceil(n / 2) bytes of `a`, against `b` as i8.
+    let packed = &a[..a.len().div_ceil(2)];
+    assert_eq!(
+        (k.dot_u4_i8)(packed, &bi),
+        scalar::dot_u4_i8(packed, &bi),
+        "{} dot_u4_i8 n={}",
+        k.isa,
+        a.len()
+    );
 }
 
 fn check_popcount(k: &Kernels, a: &[u64], b: &[u64]) {
@@ -263,6 +272,12 @@ fn extreme_values_are_exact() {
                 "{} n={n}",
                 k.isa
             );
+            assert_eq!(
+                (k.dot_u4_i8)(&ones[..n.div_ceil(2)], &neg),
+                -15 * 128 * n as i32,
+                "{} dot_u4_i8 n={n}",
+                k.isa
+            );
             let all = vec![u64::MAX; n];
             assert_eq!(
                 (k.and_popcount_u64)(&all, &all),
@@ -297,6 +312,33 @@ fn long_inputs_wrap_like_scalar() {
         check_fastscan(k, &codes, &luts);
         check_fastscan(k, &codes[16..], &luts[16..]);
     }
+}
+
+#[test]
+fn u4_layout_round_trips_and_matches_plain_dot() {
+    let mut rng = Rng(11);
+    for n in 0..=300 {
+        let codes: Vec<u8> = rng.bytes(n).iter().map(|c| c & 15).collect();
+        let q: Vec<i8> = rng.bytes(n).iter().map(|&c| c as i8).collect();
+        let mut packed = vec![0xA5u8; n.div_ceil(2)];
+        scalar::pack_u4(&codes, &mut packed);
+        let mut back = vec![0u8; n];
+        scalar::unpack_u4(&packed, &mut back);
+        assert_eq!(back, codes, "n={n}");
+        let plain: i32 = codes
+            .iter()
+            .zip(&q)
+            .map(|(&c, &y)| c as i32 * y as i32)
+            .sum();
+        assert_eq!(scalar::dot_u4_i8(&packed, &q), plain, "n={n}");
+        for k in simd_tables() {
+            assert_eq!((k.dot_u4_i8)(&packed, &q), plain, "{} n={n}", k.isa);
+        }
+    }
+    // A full block: byte j holds dimension j (low nibble) and j + 32 (high nibble).
+    assert_eq!(scalar::u4_position(64, 5), (5, false));
+    assert_eq!(scalar::u4_position(64, 37), (5, true));
+    assert_eq!(scalar::u4_position(70, 64 + 4), (32 + 1, true));
 }
 
 // ---- property tests: random lengths, offsets and values ----

@@ -70,13 +70,13 @@ struct Index {
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
         metric: &str,
         encoding: &str,
-        bits: Option<u32>,
+        bits: Option<Vec<u32>>,
         keep_vectors: bool,
         degree: usize,
         build_ef: usize,
@@ -84,13 +84,18 @@ impl Index {
         threads: Option<usize>,
         seed: u64,
         progress: bool,
+        variant: Option<&str>,
+        subspaces: Option<usize>,
+        opq: bool,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
         let params = (|| {
             Ok::<_, Error>(core::IndexParams {
                 metric: Metric::parse(metric)?,
-                encoding: EncodingSpec::parse(encoding, bits)?,
+                encoding: EncodingSpec::parse(encoding, bits.as_deref())?
+                    .with_variant(variant)?
+                    .with_pq_options(subspaces, opq)?,
                 keep_vectors,
                 build: core::BuildParams {
                     degree,

@@ -14,17 +14,24 @@
 //! encodings lives in [`AnyEncoding`] so the hot loops are monomorphised.
 
 pub mod flat;
+pub mod kmeans;
+pub mod lvq;
+pub mod pq;
 pub mod rabitq;
 pub mod rotation;
 pub mod sq8;
+pub mod turboquant;
 
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 
 pub use flat::Flat;
+pub use lvq::Lvq;
+pub use pq::{Pq, PqConfig};
 pub use rabitq::{RaBitQ, RaBitQConfig};
 pub use sq8::Sq8;
+pub use turboquant::{TurboQuant, Variant as TurboQuantVariant};
 
 /// The shared encoding interface.
 pub trait Encoding: Send + Sync + Sized + 'static {
@@ -91,35 +98,136 @@ pub enum EncodingSpec {
     RaBitQ {
         bits: u32,
     },
+    /// TurboQuant with `bits` (1..=8) per coordinate; `variant` `Mse` (b-bit Lloyd–Max code)
+    /// or `Prod` ((b−1)-bit code plus a 1-bit QJL sketch of the residual).
+    TurboQuant {
+        bits: u32,
+        variant: TurboQuantVariant,
+    },
+    /// LVQ with a `bits` (4 or 8) primary level for traversal and an optional `residual`
+    /// (0 = none, 4 or 8) level for re-ranking.
+    Lvq {
+        bits: u32,
+        residual: u32,
+    },
+    /// Product quantization: `m` sub-quantizers (`None`: [`pq::default_subspaces`]) of `bits`
+    /// (4 or 8) bits, after a learned OPQ rotation when `opq`.
+    Pq {
+        m: Option<usize>,
+        bits: u32,
+        opq: bool,
+    },
 }
 
 impl EncodingSpec {
-    pub fn parse(name: &str, bits: Option<u32>) -> Result<Self> {
+    /// `bits`: one value per level (`[b]`; two-level LVQ also takes `[b1, b2]`); `None` takes
+    /// the encoding's default.
+    pub fn parse(name: &str, bits: Option<&[u32]>) -> Result<Self> {
+        let single = match bits {
+            Some(&[b]) => Some(b),
+            _ => None,
+        };
         let spec = match name.to_ascii_lowercase().as_str() {
             "flat" | "f32" | "float32" => EncodingSpec::Flat,
             "sq8" => EncodingSpec::Sq8,
             "rabitq" => EncodingSpec::RaBitQ {
-                bits: bits.unwrap_or(rabitq::DEFAULT_BITS),
+                bits: single.unwrap_or(rabitq::DEFAULT_BITS),
+            },
+            "turboquant" => EncodingSpec::TurboQuant {
+                bits: single.unwrap_or(turboquant::DEFAULT_BITS),
+                variant: TurboQuantVariant::Mse,
+            },
+            "lvq" => {
+                let (bits, residual) = match bits {
+                    None => lvq::DEFAULT_BITS,
+                    Some(&[b]) => (b, 0),
+                    Some(&[b1, b2]) => (b1, b2),
+                    Some(_) => (0, 0), // rejected below
+                };
+                EncodingSpec::Lvq { bits, residual }
+            }
+            "pq" => EncodingSpec::Pq {
+                m: None,
+                bits: single.unwrap_or(pq::DEFAULT_BITS),
+                opq: false,
             },
             other => {
                 return Err(Error::param(
                     "encoding",
-                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\", \"rabitq\""),
+                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\", \"rabitq\", \"lvq\", \"pq\", \"turboquant\""),
                 ))
             }
         };
-        match (&spec, bits) {
-            (_, None) => {}
-            (EncodingSpec::Flat, Some(32)) | (EncodingSpec::Sq8, Some(8)) => {}
-            (EncodingSpec::RaBitQ { .. }, Some(1..=8)) => {}
-            (s, Some(b)) => {
-                return Err(Error::param(
-                    "bits",
-                    format!("{b} bits is not available for encoding {:?}", s.name()),
-                ))
-            }
+        let ok = match (&spec, bits) {
+            (_, None) => true,
+            (EncodingSpec::Flat, Some(&[32])) | (EncodingSpec::Sq8, Some(&[8])) => true,
+            (EncodingSpec::RaBitQ { .. }, Some(&[1..=8])) => true,
+            (EncodingSpec::TurboQuant { .. }, Some(&[1..=8])) => true,
+            (EncodingSpec::Pq { .. }, Some(&[4 | 8])) => true,
+            (&EncodingSpec::Lvq { bits, residual }, Some(_)) => lvq::valid_bits(bits, residual),
+            _ => false,
+        };
+        if let (false, Some(b)) = (ok, bits) {
+            let b: Vec<String> = b.iter().map(u32::to_string).collect();
+            let hint = match spec {
+                EncodingSpec::Lvq { .. } => " (lvq takes 4 or 8, or two levels 4x4, 4x8, 8x4, 8x8)",
+                EncodingSpec::Pq { .. } => " (pq takes 4 or 8)",
+                _ => "",
+            };
+            return Err(Error::param(
+                "bits",
+                format!(
+                    "{} bits is not available for encoding {:?}{hint}",
+                    b.join("x"),
+                    spec.name()
+                ),
+            ));
         }
         Ok(spec)
+    }
+
+    /// Applies the PQ options `subspaces` (sub-quantizers) and `opq`, which only `"pq"` takes.
+    pub fn with_pq_options(self, subspaces: Option<usize>, opq: bool) -> Result<Self> {
+        match self {
+            EncodingSpec::Pq { m, bits, .. } => {
+                if subspaces == Some(0) {
+                    return Err(Error::param("subspaces", "must be at least 1"));
+                }
+                Ok(EncodingSpec::Pq {
+                    m: subspaces.or(m),
+                    bits,
+                    opq,
+                })
+            }
+            s if subspaces.is_some() => Err(Error::param(
+                "subspaces",
+                format!("applies only to encoding \"pq\", not {:?}", s.name()),
+            )),
+            s if opq => Err(Error::param(
+                "opq",
+                format!("applies only to encoding \"pq\", not {:?}", s.name()),
+            )),
+            s => Ok(s),
+        }
+    }
+
+    /// Applies an encoding variant (`"mse"` / `"prod"` for TurboQuant; no other encoding has
+    /// one). `None` keeps the default.
+    pub fn with_variant(self, variant: Option<&str>) -> Result<Self> {
+        match (self, variant) {
+            (s, None) => Ok(s),
+            (EncodingSpec::TurboQuant { bits, .. }, Some(v)) => Ok(EncodingSpec::TurboQuant {
+                bits,
+                variant: TurboQuantVariant::parse(v)?,
+            }),
+            (s, Some(_)) => Err(Error::param(
+                "variant",
+                format!(
+                    "applies only to encoding \"turboquant\" (\"mse\" or \"prod\"), not {:?}",
+                    s.name()
+                ),
+            )),
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -127,6 +235,9 @@ impl EncodingSpec {
             EncodingSpec::Flat => Flat::NAME,
             EncodingSpec::Sq8 => Sq8::NAME,
             EncodingSpec::RaBitQ { .. } => RaBitQ::NAME,
+            EncodingSpec::TurboQuant { .. } => TurboQuant::NAME,
+            EncodingSpec::Lvq { .. } => Lvq::NAME,
+            EncodingSpec::Pq { .. } => Pq::NAME,
         }
     }
 }

@@ -185,7 +185,7 @@ fn wr_f32(code: &mut [u8], at: usize, v: f32) {
 
 /// `2^j`-weighted bit-plane popcount `Σ_j 2^j·popcount(code AND plane_j)`.
 #[inline(always)]
-fn bitplane_dot(k: &Kernels, code: &[u8], planes: &[u64], words: usize) -> u32 {
+pub(super) fn bitplane_dot(k: &Kernels, code: &[u8], planes: &[u64], words: usize) -> u32 {
     let aligned = if cfg!(target_endian = "little") {
         bytemuck::try_cast_slice::<u8, u64>(code).ok()
     } else {
@@ -419,7 +419,7 @@ fn fast_t(pad: usize, ex_bits: u32) -> f64 {
 }
 
 /// `(Σ x, min x, max x)` with eight independent lanes so the loop vectorises.
-fn sum_min_max(x: &[f32]) -> (f32, f32, f32) {
+pub(super) fn sum_min_max(x: &[f32]) -> (f32, f32, f32) {
     let (mut s, mut lo, mut hi) = ([0.0f32; 8], [f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder();

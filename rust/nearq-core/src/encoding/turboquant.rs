@@ -1,0 +1,858 @@
+//! TurboQuant (ALGORITHMS.md §4): a random rotation followed by a per-coordinate Lloyd–Max
+//! scalar quantiser computed from the distribution of a rotated unit vector's coordinates.
+//!
+//! # Encoding
+//!
+//! A seeded structured rotation `P` of `R^D` ([`super::rotation`], `D = d` rounded up to a
+//! multiple of 64) maps `v` to `y = P·[v, 0...] / ||v||`, a unit vector whose coordinates each
+//! follow `f(x) ∝ (1 − x²)^((D−3)/2)` on `[−1, 1]` (≈ N(0, 1/D)). Every coordinate is quantised
+//! independently with the `m`-bit codebook that minimises `∫ (x − c(x))² f(x) dx`
+//! ([`codebook`]: Lloyd–Max on the exact law for this `D`, by numerical integration, cached
+//! per `(D, m)`). Nothing is learnt from the data: encoding is online and needs only the seed.
+//!
+//! - `mse` variant (`m = b`): `ỹ_j = c[idx_j]`, and `x̃ = ||v||·Pᵀ ỹ` (DeQuant).
+//! - `prod` variant (`m = b − 1`, plus one bit): the residual `r = y − ỹ` is sketched with a
+//!   second, independent rotation `S` (QJL with orthogonal instead of Gaussian rows):
+//!   `s_j = sign((S r)_j)`, `γ = ||r||`. For a Haar-random `S`, `E[<S z, s>] = m_D·<z, r̂>` with
+//!   `m_D = D·E|u_1| = D·Γ(D/2) / (√π·Γ((D+1)/2))` (≈ √(2D/π)), so
+//!   `<z, r> ≈ γ/m_D · <S z, s>` is unbiased, and so is `<z, y> ≈ <z, ỹ> + γ/m_D·<S z, s>`.
+//!   For `b = 1` the MSE stage is empty and this is plain QJL.
+//!
+//! Code layout (index fields of `m` bits: coordinates `8g..8g+8` packed little-endian into the
+//! `m` bytes at `g·m`, coordinate `8g + l` at bits `m·l..m·l+m`; the QJL plane has coordinate
+//! `i` at bit `i % 64` of little-endian word `i / 64`):
+//!
+//! ```text
+//! mse:  [indices b·D/8][||v|| f32]
+//! prod: [QJL signs D/8][indices (b−1)·D/8][||v|| f32][γ f32]   (a multiple of 8 bytes)
+//! ```
+//!
+//! # Estimator
+//!
+//! With `q' = P q` prepared once per query, `<q, v> ≈ ||v||·e` where
+//!
+//! ```text
+//! mse:  e = <q', ỹ> / (1 − D_mse(b))
+//! prod: e = <q', ỹ> + γ/m_D · (2<z', s01> − Σz'),    z' = S q',  s01 = [s_j > 0]
+//! L2:   ||q − v||^2 ≈ ||q||^2 + ||v||^2 − 2||v||·e;   IP / cosine: from `<q, v>`
+//! ```
+//!
+//! The MSE codebook is biased for inner products: because each centroid is its cell's
+//! conditional mean, `E[<q', ỹ>] = (1 − D_mse)·<q', y>` over the rotation (`2/π` at 1 bit),
+//! and dividing by the codebook's `1 − D_mse` makes the estimate unbiased. That constant does
+//! not change rankings for IP or cosine, but for L2 it keeps `||v||^2` and the cross term
+//! consistent (the distance to the decoded vector would add a bias that grows with `<q, v>`).
+//!
+//! `<q', ỹ>` is computed by dequantise-and-FMA (at 1–2 bits: unpack to u8 levels through a
+//! byte table, then the SIMD f32×u8 kernel) rather than a per-coordinate look-up table:
+//! both cost one indexed load per coordinate, but the codebook is `2^m` floats (at most 1 KiB,
+//! always in L1) while the table would be `D·2^m` floats (24 KiB at D = 384, b = 4; 384 KiB at
+//! b = 8) competing with the graph's codes for cache, and the multiply-adds run in 8 independent
+//! lanes. The QJL term of `distance` (traversal) uses `z'` quantised to 4 bits and bit-plane
+//! popcounts (`and_popcount_u64`), as RaBitQ's 1-bit path ([`TurboQuant::inner_product`] uses
+//! the float `z'`). There is no finer code (`HAS_FINE = false`): re-ranking needs the float
+//! vectors, and an index without them returns the traversal estimates.
+
+use super::rabitq::{bitplane_dot, sum_min_max};
+use super::rotation::{Rotation, ROUNDS};
+use super::Encoding;
+use crate::error::{Error, Result};
+use crate::io::{Reader, Writer};
+use crate::metric::Metric;
+use nearq_kernels::{kernels, Kernels};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Default bits per coordinate.
+pub const DEFAULT_BITS: u32 = 4;
+/// Bits per query coordinate for the traversal estimate of the QJL term.
+pub const QUERY_BITS: u32 = 4;
+/// Seed offset of the QJL rotation `S` (independent of `P`).
+const QJL_SEED: u64 = 0x0051_AC7E_715E_ED00;
+
+/// Which TurboQuant quantiser.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// `b`-bit MSE-optimal codes (TurboQuant_mse).
+    Mse,
+    /// `(b−1)`-bit MSE codes plus a 1-bit QJL sketch of the residual (TurboQuant_prod):
+    /// unbiased inner products.
+    Prod,
+}
+
+impl Variant {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "mse" => Ok(Variant::Mse),
+            "prod" | "ip" => Ok(Variant::Prod),
+            _ => Err(Error::param(
+                "variant",
+                format!("unknown turboquant variant {s:?}; expected \"mse\" or \"prod\""),
+            )),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Mse => "mse",
+            Variant::Prod => "prod",
+        }
+    }
+    fn tag(self) -> u8 {
+        match self {
+            Variant::Mse => 0,
+            Variant::Prod => 1,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codebooks
+
+/// The Lloyd–Max codebook of one coordinate of a uniform unit vector in `R^dim`, in units of
+/// `1/√dim` (so the values are comparable across dimensions with the Gaussian-limit table).
+#[derive(Clone, Debug)]
+pub struct Codebook {
+    pub dim: usize,
+    pub bits: u32,
+    /// `2^bits` ascending centroids × √dim (symmetric about 0).
+    pub centroids: Vec<f64>,
+    /// `2^bits − 1` ascending cell boundaries × √dim (midpoints of consecutive centroids).
+    pub boundaries: Vec<f64>,
+    /// `dim·C(f_X, bits)`: the expected `||x − x̃||^2` of a unit vector.
+    pub mse: f64,
+    /// Largest `|c_i − E[x | cell i]|` (× √dim) at exit: the fixed-point residual.
+    pub residual: f64,
+    pub iterations: usize,
+}
+
+/// Cumulative moments `∫_0^u t^k g(t) dt` (k = 0, 1, 2) of the unnormalised density
+/// `g(u) = (1 − u²/dim)^((dim−3)/2)` of `u = x·√dim` on a fine grid of `[0, upper]`.
+struct HalfDensity {
+    dim: f64,
+    upper: f64,
+    h: f64,
+    cum: Vec<[f64; 3]>,
+}
+
+/// 3-point Gauss–Legendre nodes and weights on `[−1, 1]` (exact to degree 5).
+const GL3: [(f64, f64); 3] = [
+    (-0.774_596_669_241_483_4, 5.0 / 9.0),
+    (0.0, 8.0 / 9.0),
+    (0.774_596_669_241_483_4, 5.0 / 9.0),
+];
+const GRID: usize = 1 << 16;
+
+impl HalfDensity {
+    fn new(dim: usize) -> Self {
+        let d = dim as f64;
+        // Beyond 20 standard deviations the Gaussian-like tail is below e^-200.
+        let upper = d.sqrt().min(20.0);
+        let h = upper / GRID as f64;
+        let mut s = HalfDensity {
+            dim: d,
+            upper,
+            h,
+            cum: Vec::with_capacity(GRID + 1),
+        };
+        let mut acc = [0.0f64; 3];
+        s.cum.push(acc);
+        for k in 0..GRID {
+            let m = s.segment(k as f64 * h, (k + 1) as f64 * h);
+            for (a, x) in acc.iter_mut().zip(m) {
+                *a += x;
+            }
+            s.cum.push(acc);
+        }
+        s
+    }
+
+    #[inline]
+    fn g(&self, u: f64) -> f64 {
+        let t = -u * u / self.dim;
+        if t <= -1.0 {
+            0.0
+        } else {
+            (0.5 * (self.dim - 3.0) * t.ln_1p()).exp()
+        }
+    }
+
+    fn segment(&self, a: f64, b: f64) -> [f64; 3] {
+        let (m, r) = (0.5 * (a + b), 0.5 * (b - a));
+        let mut out = [0.0; 3];
+        for &(x, w) in &GL3 {
+            let u = m + r * x;
+            let f = w * r * self.g(u);
+            out[0] += f;
+            out[1] += f * u;
+            out[2] += f * u * u;
+        }
+        out
+    }
+
+    /// `∫_0^t u^k g(u) du` for k = 0, 1, 2.
+    fn at(&self, t: f64) -> [f64; 3] {
+        let t = t.clamp(0.0, self.upper);
+        let k = ((t / self.h) as usize).min(GRID - 1);
+        let base = self.cum[k];
+        let p = self.segment(k as f64 * self.h, t);
+        [base[0] + p[0], base[1] + p[1], base[2] + p[2]]
+    }
+}
+
+/// Solves the Lloyd–Max fixed point for `bits` bits in dimension `dim` (`dim >= 3`).
+///
+/// The optimum is symmetric, so only the positive half is solved (the middle boundary is 0).
+/// It starts from the high-resolution (Panter–Dite) allocation — cell boundaries at equal
+/// quantiles of `g^(1/3)` — and alternates conditional means and midpoints until the centroids
+/// move less than `1e-12`.
+pub fn lloyd_max(dim: usize, bits: u32) -> Codebook {
+    assert!(dim >= 3 && bits <= 8, "lloyd_max: dim >= 3 and bits <= 8");
+    if bits == 0 {
+        return Codebook {
+            dim,
+            bits,
+            centroids: vec![0.0],
+            boundaries: vec![],
+            mse: 1.0,
+            residual: 0.0,
+            iterations: 0,
+        };
+    }
+    let dens = HalfDensity::new(dim);
+    let n = 1usize << (bits - 1);
+    // Panter–Dite start: quantiles of g^(1/3) on the grid.
+    let mut t = vec![0.0f64; n + 1];
+    {
+        let mut c13 = Vec::with_capacity(GRID + 1);
+        let mut acc = 0.0;
+        c13.push(0.0);
+        for k in 0..GRID {
+            acc += dens.g((k as f64 + 0.5) * dens.h).cbrt() * dens.h;
+            c13.push(acc);
+        }
+        let mut k = 0;
+        for (i, ti) in t.iter_mut().enumerate().take(n).skip(1) {
+            let target = acc * i as f64 / n as f64;
+            while c13[k + 1] < target {
+                k += 1;
+            }
+            let frac = (target - c13[k]) / (c13[k + 1] - c13[k]).max(f64::MIN_POSITIVE);
+            *ti = (k as f64 + frac) * dens.h;
+        }
+        t[n] = dens.upper;
+    }
+    let mut bounds: Vec<[f64; 3]> = t.iter().map(|&x| dens.at(x)).collect();
+    let cond_mean = |b: &[[f64; 3]], lo: f64, hi: f64, i: usize| -> f64 {
+        let m0 = b[i + 1][0] - b[i][0];
+        if m0 > 0.0 {
+            (b[i + 1][1] - b[i][1]) / m0
+        } else {
+            0.5 * (lo + hi)
+        }
+    };
+    let mut c: Vec<f64> = (0..n)
+        .map(|i| cond_mean(&bounds, t[i], t[i + 1], i))
+        .collect();
+    let mut residual = f64::INFINITY;
+    let mut iterations = 0;
+    while iterations < 200_000 && residual > 1e-12 {
+        iterations += 1;
+        for i in 1..n {
+            t[i] = 0.5 * (c[i - 1] + c[i]);
+            bounds[i] = dens.at(t[i]);
+        }
+        residual = 0.0;
+        for i in 0..n {
+            let m = cond_mean(&bounds, t[i], t[i + 1], i);
+            residual = f64::max(residual, (m - c[i]).abs());
+            c[i] = m;
+        }
+    }
+    // Distortion: 2·Σ ∫_cell (u − c)^2 g / (2·∫_0^upper g).
+    let total = bounds[n][0];
+    let mut err = 0.0;
+    for i in 0..n {
+        let (lo, hi) = (bounds[i], bounds[i + 1]);
+        let (m0, m1, m2) = (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]);
+        err += m2 - 2.0 * c[i] * m1 + c[i] * c[i] * m0;
+    }
+    let mut centroids: Vec<f64> = c.iter().rev().map(|x| -x).collect();
+    centroids.extend_from_slice(&c);
+    let mut boundaries: Vec<f64> = t[1..n].iter().rev().map(|x| -x).collect();
+    boundaries.push(0.0);
+    boundaries.extend_from_slice(&t[1..n]);
+    Codebook {
+        dim,
+        bits,
+        centroids,
+        boundaries,
+        mse: err / total,
+        residual,
+        iterations,
+    }
+}
+
+/// The codebook for `(dim, bits)`, solved once per process and cached.
+pub fn codebook(dim: usize, bits: u32) -> Arc<Codebook> {
+    type Cache = Mutex<HashMap<(usize, u32), Arc<Codebook>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(cb) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(dim, bits))
+    {
+        return cb.clone();
+    }
+    let cb = Arc::new(lloyd_max(dim, bits));
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((dim, bits))
+        .or_insert(cb)
+        .clone()
+}
+
+/// `m_D = D·E|u_1|` for `u` uniform on the unit sphere of `R^D`:
+/// `D·Γ(D/2) / (√π·Γ((D+1)/2))`, by the recursion `R(D+2) = R(D)·D/(D+1)` on
+/// `R(D) = Γ(D/2)/Γ((D+1)/2)`.
+pub fn sign_mean(dim: usize) -> f64 {
+    let sqrt_pi = std::f64::consts::PI.sqrt();
+    let (mut r, mut d) = if dim % 2 == 1 {
+        (sqrt_pi, 1usize)
+    } else {
+        (2.0 / sqrt_pi, 2usize)
+    };
+    while d < dim {
+        r *= d as f64 / (d + 1) as f64;
+        d += 2;
+    }
+    dim as f64 * r / sqrt_pi
+}
+
+// ---------------------------------------------------------------------------------------------
+// The encoding
+
+pub struct TurboQuant {
+    dim: usize,
+    metric: Metric,
+    bits: u32,
+    variant: Variant,
+    pad: usize,
+    seed: u64,
+    rot: Rotation,
+    /// The QJL rotation `S` (prod only).
+    qjl: Option<Rotation>,
+    /// Bits of the MSE index per coordinate (`bits` or `bits − 1`).
+    mbits: u32,
+    /// Centroids divided by `√pad` (the values of unit-vector coordinates), padded to 256
+    /// entries so an 8-bit index needs no bounds check.
+    table: Box<[f32; 256]>,
+    /// `2^mbits − 1` boundaries divided by `√pad`.
+    bounds: Vec<f32>,
+    /// Traversal path for `mbits <= 2`: centroid `k` ≈ `lvl_step·(level_k − 128)` with u8
+    /// levels; `byte_levels[x]` holds the levels of the `8/mbits` coordinates of index byte `x`
+    /// (little-endian lanes). Empty and `lvl_step = 0` otherwise.
+    byte_levels: Vec<u64>,
+    lvl_step: f32,
+    /// `1/(1 − D_mse)` for mse (the inner-product debiasing factor), 1 for prod.
+    ip_scale: f32,
+    /// `1/m_D` (prod).
+    qjl_scale: f32,
+    k: &'static Kernels,
+}
+
+/// A query prepared for scoring many codes.
+pub struct TurboQuantQuery {
+    /// `q' = P q` (length `pad`).
+    qr: Vec<f32>,
+    /// `Σ q'_j`.
+    sum_qr: f32,
+    /// Unpacked u8 levels of one code (traversal path).
+    scratch: RefCell<Vec<u8>>,
+    /// `||q||^2`.
+    qn2: f32,
+    /// `z' = S q'` (prod; empty for mse).
+    z: Vec<f32>,
+    sum_z: f32,
+    /// 4-bit planes of `z'` quantised on `[vl, vl + 15·delta]`.
+    planes: Vec<u64>,
+    delta: f32,
+    vl: f32,
+}
+
+#[inline(always)]
+fn rd_f32(code: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]])
+}
+
+/// `Σ_j table[idx_j]·q_j` over `m`-bit indices packed 8 coordinates per `m` bytes.
+#[inline(always)]
+fn dot_packed<const M: usize>(table: &[f32; 256], q: &[f32], idx: &[u8]) -> f32 {
+    let mask = (1u64 << M) - 1;
+    let mut acc = [0.0f32; 8];
+    for (g, qc) in idx.chunks_exact(M).zip(q.chunks_exact(8)) {
+        let mut buf = [0u8; 8];
+        buf[..M].copy_from_slice(g);
+        let w = u64::from_le_bytes(buf);
+        for l in 0..8 {
+            acc[l] += table[((w >> (M * l)) & mask) as usize] * qc[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// Writes the `PER` u8 levels of every index byte (`table[byte]`, little-endian lanes).
+#[inline(always)]
+fn unpack_bytes<const PER: usize>(idx: &[u8], table: &[u64], out: &mut [u8]) {
+    for (o, &b) in out.chunks_exact_mut(PER).zip(idx) {
+        o.copy_from_slice(&table[b as usize].to_le_bytes()[..PER]);
+    }
+}
+
+/// `Σ_j s_j·z_j` with `s_j = ±1` from the bit plane (`2<s01, z> − Σz`), in float.
+fn signed_sum(plane: &[u8], z: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (&byte, zc) in plane.iter().zip(z.chunks_exact(8)) {
+        for l in 0..8 {
+            let v = zc[l];
+            acc[l] += if (byte >> l) & 1 == 1 { v } else { -v };
+        }
+    }
+    acc.iter().sum()
+}
+
+impl TurboQuant {
+    /// An encoder for `dim`-dimensional vectors with `bits` (1..=8) bits per coordinate.
+    pub fn new(dim: usize, metric: Metric, bits: u32, variant: Variant, seed: u64) -> Self {
+        assert!((1..=8).contains(&bits), "TurboQuant bits must be in 1..=8");
+        assert!(dim > 0);
+        let pad = dim.div_ceil(64) * 64;
+        let rot = Rotation::new(pad, seed);
+        let qjl = (variant == Variant::Prod).then(|| Rotation::new(pad, seed ^ QJL_SEED));
+        let mbits = match variant {
+            Variant::Mse => bits,
+            Variant::Prod => bits - 1,
+        };
+        let cb = codebook(pad, mbits);
+        let s = 1.0 / (pad as f64).sqrt();
+        let centroids: Vec<f32> = cb.centroids.iter().map(|&c| (c * s) as f32).collect();
+        let ip_scale = match variant {
+            Variant::Mse => (1.0 / (1.0 - cb.mse)) as f32,
+            Variant::Prod => 1.0,
+        };
+        Self::assemble(
+            dim, metric, bits, variant, seed, rot, qjl, &centroids, ip_scale,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dim: usize,
+        metric: Metric,
+        bits: u32,
+        variant: Variant,
+        seed: u64,
+        rot: Rotation,
+        qjl: Option<Rotation>,
+        centroids: &[f32],
+        ip_scale: f32,
+    ) -> Self {
+        let pad = rot.pad();
+        let mbits = match variant {
+            Variant::Mse => bits,
+            Variant::Prod => bits - 1,
+        };
+        let mut table = Box::new([0.0f32; 256]);
+        table[..centroids.len()].copy_from_slice(centroids);
+        let bounds = centroids.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        let (mut levels, mut byte_levels, mut lvl_step) = ([128u8; 4], Vec::new(), 0.0);
+        if (1..=2).contains(&mbits) {
+            let cmax = centroids.iter().fold(0.0f32, |m, c| m.max(c.abs()));
+            lvl_step = cmax / 127.0;
+            for (l, &c) in levels.iter_mut().zip(centroids) {
+                *l = ((c / lvl_step).round() + 128.0).clamp(1.0, 255.0) as u8;
+            }
+            let (m, per) = (mbits as usize, 8 / mbits as usize);
+            byte_levels = (0..256usize)
+                .map(|x| {
+                    (0..per).fold(0u64, |w, l| {
+                        w | (levels[(x >> (m * l)) & ((1 << m) - 1)] as u64) << (8 * l)
+                    })
+                })
+                .collect();
+        }
+        TurboQuant {
+            dim,
+            metric,
+            bits,
+            variant,
+            pad,
+            seed,
+            rot,
+            qjl,
+            mbits,
+            table,
+            bounds,
+            byte_levels,
+            lvl_step,
+            ip_scale,
+            qjl_scale: (1.0 / sign_mean(pad)) as f32,
+            k: kernels(),
+        }
+    }
+
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Padded (rotated) dimension `D`.
+    pub fn padded_dim(&self) -> usize {
+        self.pad
+    }
+    /// The MSE-stage centroids in use (values of unit-vector coordinates, ascending).
+    pub fn centroids(&self) -> &[f32] {
+        &self.table[..1 << self.mbits]
+    }
+
+    #[inline(always)]
+    fn plane_bytes(&self) -> usize {
+        if self.variant == Variant::Prod {
+            self.pad / 8
+        } else {
+            0
+        }
+    }
+    #[inline(always)]
+    fn idx_bytes(&self) -> usize {
+        self.mbits as usize * self.pad / 8
+    }
+    #[inline(always)]
+    fn norm_offset(&self) -> usize {
+        self.plane_bytes() + self.idx_bytes()
+    }
+
+    /// `<q', ỹ>` from the packed indices.
+    #[inline(always)]
+    fn dot_mse(&self, q: &[f32], code: &[u8]) -> f32 {
+        let idx = &code[self.plane_bytes()..self.norm_offset()];
+        let t = &*self.table;
+        match self.mbits {
+            0 => 0.0,
+            1 => dot_packed::<1>(t, q, idx),
+            2 => dot_packed::<2>(t, q, idx),
+            3 => dot_packed::<3>(t, q, idx),
+            4 => dot_packed::<4>(t, q, idx),
+            5 => dot_packed::<5>(t, q, idx),
+            6 => dot_packed::<6>(t, q, idx),
+            7 => dot_packed::<7>(t, q, idx),
+            _ => dot_packed::<8>(t, q, idx),
+        }
+    }
+
+    /// `<q', ỹ>` for traversal: for `mbits <= 2` the code is unpacked to u8 levels (one
+    /// 8-byte table load per index byte, 4–8 coordinates) and scored by the SIMD f32×u8
+    /// kernel, with centroids rounded to an 8-bit grid (step `c_max/127`, far below the
+    /// code's own error). At 3–4 bits the unpacking (2–2.7 coordinates per load) was measured
+    /// no faster than the float codebook path, which wider codes use too.
+    #[inline(always)]
+    fn dot_mse_fast(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
+        if self.lvl_step == 0.0 {
+            return self.dot_mse(&q.qr, code);
+        }
+        let idx = &code[self.plane_bytes()..self.norm_offset()];
+        let mut lv = q.scratch.borrow_mut();
+        match self.mbits {
+            1 => unpack_bytes::<8>(idx, &self.byte_levels, &mut lv),
+            _ => unpack_bytes::<4>(idx, &self.byte_levels, &mut lv),
+        }
+        self.lvl_step * ((self.k.dot_f32_u8)(&q.qr, &lv) - 128.0 * q.sum_qr)
+    }
+
+    /// The rotated-space inner-product estimate `e` (see the module docs).
+    #[inline(always)]
+    fn estimate(&self, q: &TurboQuantQuery, code: &[u8], fine: bool) -> f32 {
+        let mse = if fine {
+            self.dot_mse(&q.qr, code)
+        } else {
+            self.dot_mse_fast(q, code)
+        };
+        match self.variant {
+            Variant::Mse => self.ip_scale * mse,
+            Variant::Prod => {
+                let pb = self.pad / 8;
+                let plane = &code[..pb];
+                let signed = if fine {
+                    signed_sum(plane, &q.z)
+                } else {
+                    let w = self.pad / 64;
+                    let bq = bitplane_dot(self.k, plane, &q.planes, w);
+                    let pop: u32 = plane.iter().map(|b| b.count_ones()).sum();
+                    2.0 * (q.delta * bq as f32 + q.vl * pop as f32) - q.sum_z
+                };
+                let gamma = rd_f32(code, self.norm_offset() + 4);
+                mse + gamma * self.qjl_scale * signed
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn finish(&self, q: &TurboQuantQuery, code: &[u8], e: f32) -> f32 {
+        let norm = rd_f32(code, self.norm_offset());
+        let ip = norm * e;
+        match self.metric {
+            Metric::L2 => (q.qn2 + norm * norm - 2.0 * ip).max(0.0),
+            m => m.from_dot(ip),
+        }
+    }
+
+    /// Unbiased (prod) or debiased (mse) estimate of `<q, v>` from the float query (for tests
+    /// and diagnostics).
+    pub fn inner_product(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
+        rd_f32(code, self.norm_offset()) * self.estimate(q, code, true)
+    }
+
+    /// Index of the cell of `x` (a unit-vector coordinate).
+    #[inline(always)]
+    fn cell(&self, x: f32) -> u8 {
+        self.bounds.partition_point(|&b| b < x) as u8
+    }
+}
+
+impl Encoding for TurboQuant {
+    type Query = TurboQuantQuery;
+    const NAME: &'static str = "turboquant";
+    const TAG: u8 = 5;
+    const EXACT: bool = false;
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+    fn code_size(&self) -> usize {
+        self.norm_offset()
+            + match self.variant {
+                Variant::Mse => 4,
+                Variant::Prod => 8,
+            }
+    }
+    fn encode(&self, v: &[f32], out: &mut [u8]) {
+        let d = self.pad;
+        let mut y = vec![0.0f32; d];
+        self.rot.apply(v, &mut y);
+        let norm = y.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            let inv = (1.0 / norm) as f32;
+            y.iter_mut().for_each(|x| *x *= inv);
+        }
+        out.fill(0);
+        let (pb, m) = (self.plane_bytes(), self.mbits as usize);
+        let mut resid = Vec::new();
+        if self.variant == Variant::Prod {
+            resid.resize(d, 0.0f32);
+        }
+        if m > 0 {
+            for (g, yc) in y.chunks_exact(8).enumerate() {
+                let mut w = 0u64;
+                for (l, &x) in yc.iter().enumerate() {
+                    let c = self.cell(x);
+                    w |= (c as u64) << (m * l);
+                    if let Some(r) = resid.get_mut(8 * g + l) {
+                        *r = x - self.table[c as usize];
+                    }
+                }
+                out[pb + g * m..pb + (g + 1) * m].copy_from_slice(&w.to_le_bytes()[..m]);
+            }
+        } else {
+            resid.copy_from_slice(&y);
+        }
+        let no = self.norm_offset();
+        out[no..no + 4].copy_from_slice(&(norm as f32).to_le_bytes());
+        if let Some(s) = &self.qjl {
+            let gamma = resid
+                .iter()
+                .map(|&x| x as f64 * x as f64)
+                .sum::<f64>()
+                .sqrt();
+            let mut sr = vec![0.0f32; d];
+            s.apply(&resid, &mut sr);
+            for (i, &x) in sr.iter().enumerate() {
+                if x > 0.0 {
+                    out[i / 8] |= 1 << (i % 8);
+                }
+            }
+            out[no + 4..no + 8].copy_from_slice(&(gamma as f32).to_le_bytes());
+        }
+    }
+    /// `x̃ = ||v||·Pᵀ ỹ`, with `ỹ = c[idx]` (+ `γ/m_D·Sᵀ s` for prod: the QJL reconstruction).
+    fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
+        let d = self.pad;
+        let (pb, m) = (self.plane_bytes(), self.mbits as usize);
+        let mut y = vec![0.0f32; d];
+        if m > 0 {
+            let mask = (1u64 << m) - 1;
+            for (g, yc) in y.chunks_exact_mut(8).enumerate() {
+                let mut buf = [0u8; 8];
+                buf[..m].copy_from_slice(&code[pb + g * m..pb + (g + 1) * m]);
+                let w = u64::from_le_bytes(buf);
+                for (l, o) in yc.iter_mut().enumerate() {
+                    *o = self.table[((w >> (m * l)) & mask) as usize];
+                }
+            }
+        }
+        let no = self.norm_offset();
+        if let Some(s) = &self.qjl {
+            let a = rd_f32(code, no + 4) * self.qjl_scale;
+            let signs: Vec<f32> = (0..d)
+                .map(|i| {
+                    if code[i / 8] >> (i % 8) & 1 == 1 {
+                        a
+                    } else {
+                        -a
+                    }
+                })
+                .collect();
+            let mut r = vec![0.0f32; d];
+            s.apply_inverse(&signs, &mut r);
+            y.iter_mut().zip(&r).for_each(|(o, x)| *o += x);
+        }
+        let mut x = vec![0.0f32; d];
+        self.rot.apply_inverse(&y, &mut x);
+        let norm = rd_f32(code, no);
+        for (o, v) in out.iter_mut().zip(&x[..self.dim]) {
+            *o = norm * v;
+        }
+        true
+    }
+    fn prepare(&self, q: &[f32]) -> TurboQuantQuery {
+        let d = self.pad;
+        let mut qr = vec![0.0f32; d];
+        self.rot.apply(q, &mut qr);
+        let qn2 = (self.k.dot_f32)(q, q);
+        let sum_qr = qr.iter().sum();
+        let mut out = TurboQuantQuery {
+            qr,
+            sum_qr,
+            scratch: RefCell::new(vec![0u8; d]),
+            qn2,
+            z: Vec::new(),
+            sum_z: 0.0,
+            planes: Vec::new(),
+            delta: 0.0,
+            vl: 0.0,
+        };
+        if let Some(s) = &self.qjl {
+            let mut z = vec![0.0f32; d];
+            s.apply(&out.qr, &mut z);
+            let (sum_z, vl, vr) = sum_min_max(&z);
+            let levels = ((1u32 << QUERY_BITS) - 1) as f32;
+            let delta = (vr - vl) / levels;
+            let delta = if delta > 0.0 && delta.is_finite() {
+                delta
+            } else {
+                0.0
+            };
+            let w = d / 64;
+            let mut planes = vec![0u64; QUERY_BITS as usize * w];
+            if delta > 0.0 {
+                let inv = 1.0 / delta;
+                for (i, &x) in z.iter().enumerate() {
+                    // x − vl ≥ 0: adding ½ and truncating rounds to nearest.
+                    let u = (((x - vl) * inv + 0.5) as u32).min(levels as u32);
+                    for (b, p) in planes.chunks_exact_mut(w).enumerate() {
+                        p[i / 64] |= ((u >> b) as u64 & 1) << (i % 64);
+                    }
+                }
+            }
+            out.z = z;
+            out.sum_z = sum_z;
+            out.planes = planes;
+            out.delta = delta;
+            out.vl = vl;
+        }
+        out
+    }
+    #[inline]
+    fn distance(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
+        let e = self.estimate(q, code, false);
+        self.finish(q, code, e)
+    }
+    fn params_bytes(&self) -> usize {
+        self.rot.memory_bytes()
+            + self.qjl.as_ref().map_or(0, |s| s.memory_bytes())
+            + 256 * 4
+            + self.bounds.len() * 4
+    }
+    fn write_params(&self, w: &mut Writer) {
+        w.u32(self.bits);
+        w.u8(self.variant.tag());
+        w.u32(self.pad as u32);
+        w.u64(self.seed);
+        w.f32(self.ip_scale);
+        w.f32s(self.centroids());
+        for r in std::iter::once(&self.rot).chain(&self.qjl) {
+            for &s in r.sign_words() {
+                w.u64(s);
+            }
+        }
+    }
+    fn read_params(r: &mut Reader, dim: usize, metric: Metric) -> Result<Self> {
+        let bits = r.u32()?;
+        if !(1..=8).contains(&bits) {
+            return Err(Error::Format(format!(
+                "turboquant: bits {bits} out of range 1..=8"
+            )));
+        }
+        let variant = match r.u8()? {
+            0 => Variant::Mse,
+            1 => Variant::Prod,
+            v => return Err(Error::Format(format!("turboquant: unknown variant {v}"))),
+        };
+        let pad = r.u32()? as usize;
+        if pad != dim.div_ceil(64) * 64 {
+            return Err(Error::Format(format!(
+                "turboquant: padded dimension {pad} does not match dimension {dim}"
+            )));
+        }
+        let seed = r.u64()?;
+        let ip_scale = r.f32()?;
+        if !(ip_scale.is_finite() && ip_scale >= 1.0) {
+            return Err(Error::Format("turboquant: bad inner-product scale".into()));
+        }
+        let mbits = if variant == Variant::Mse {
+            bits
+        } else {
+            bits - 1
+        };
+        let centroids = r.f32s(1 << mbits)?;
+        if centroids.iter().any(|x| !x.is_finite()) || centroids.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Format(
+                "turboquant: centroids are not finite and ascending".into(),
+            ));
+        }
+        let mut read_rot = || -> Result<Rotation> {
+            let mut words = Vec::with_capacity(ROUNDS * pad / 64);
+            for _ in 0..ROUNDS * pad / 64 {
+                words.push(r.u64()?);
+            }
+            Rotation::from_sign_words(pad, words)
+                .ok_or_else(|| Error::Format("turboquant: bad rotation".into()))
+        };
+        let rot = read_rot()?;
+        let qjl = match variant {
+            Variant::Prod => Some(read_rot()?),
+            Variant::Mse => None,
+        };
+        Ok(Self::assemble(
+            dim, metric, bits, variant, seed, rot, qjl, &centroids, ip_scale,
+        ))
+    }
+}
