@@ -24,6 +24,7 @@ class NearQ(Algo):
             alpha=p.get("alpha", 1.2),
             threads=build_threads,
             seed=0,
+            **{k: p[k] for k in ("variant", "subspaces", "opq") if k in p},
         )
 
     def set_query_arg(self, ef):
