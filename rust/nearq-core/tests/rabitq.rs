@@ -2,7 +2,7 @@
 //! ex-code search, persistence and recall inside the index (ALGORITHMS.md 1.12).
 
 mod common;
-use common::{clustered, recall};
+use common::{clustered, dot, recall, unit, Rng};
 
 use nearq_core::encoding::rabitq::{
     ex_levels_exact, ex_levels_fast, ex_levels_sweep, ex_objective,
@@ -11,38 +11,6 @@ use nearq_core::encoding::{Encoding, RaBitQ, RaBitQConfig};
 use nearq_core::{
     exact_search, BuildParams, EncodingSpec, Error, Index, IndexParams, Metric, SearchParams,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407)
-            | 1)
-    }
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self) -> f64 {
-        let (u, v) = (self.next().max(1e-12), self.next());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn vec(&mut self, d: usize) -> Vec<f64> {
-        (0..d).map(|_| self.gauss()).collect()
-    }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-fn unit(mut a: Vec<f64>) -> Vec<f64> {
-    let n = dot(&a, &a).sqrt();
-    a.iter_mut().for_each(|x| *x /= n);
-    a
-}
 
 /// Two unit vectors with inner product `cos`.
 fn unit_pair(d: usize, cos: f64, rng: &mut Rng) -> (Vec<f64>, Vec<f64>) {

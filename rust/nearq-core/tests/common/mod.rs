@@ -39,3 +39,40 @@ pub fn recall(found: &[i64], truth: &[i64], k: usize) -> f64 {
     }
     hit as f64 / (nq * k) as f64
 }
+
+/// A small seeded generator for statistical tests (xorshift, Box-Muller normals).
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            | 1)
+    }
+    pub fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn gauss(&mut self) -> f64 {
+        let (u, v) = (self.next().max(1e-12), self.next());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    pub fn vec(&mut self, d: usize) -> Vec<f64> {
+        (0..d).map(|_| self.gauss()).collect()
+    }
+    pub fn unit(&mut self, d: usize) -> Vec<f64> {
+        unit(self.vec(d))
+    }
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn unit(mut a: Vec<f64>) -> Vec<f64> {
+    let n = dot(&a, &a).sqrt();
+    a.iter_mut().for_each(|x| *x /= n);
+    a
+}
