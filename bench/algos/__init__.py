@@ -30,6 +30,7 @@ CONFIGS = {
     "nearq-lvq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-tq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, degree=32, build_ef=128)),
     "nearq-pq96-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, degree=32, build_ef=128)),
+    "nearq-qg-R32": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128)),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
     "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),

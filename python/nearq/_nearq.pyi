@@ -58,6 +58,29 @@ class Index:
     def build_params(self) -> Dict[str, Any]: ...
     def memory_usage(self) -> Dict[str, int]: ...
 
+class QuantizedGraph:
+    @staticmethod
+    def build(
+        data: npt.NDArray[np.float32],
+        metric: str,
+        degree: int,
+        build_ef: int,
+        alpha: float,
+        threads: Optional[int],
+        seed: int,
+    ) -> QuantizedGraph: ...
+    def search(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        ef: int,
+        threads: Optional[int] = None,
+    ) -> _Neighbors: ...
+    def __len__(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    def memory_usage(self) -> int: ...
+
 def exact_search(
     data: npt.NDArray[np.float32],
     queries: npt.NDArray[np.float32],

@@ -187,6 +187,80 @@ impl QgIndex {
         Ok(q)
     }
 
+    /// Builds the float graph over `data` and then the quantized rows, on `threads` threads.
+    pub fn build(
+        data: &[f32],
+        dim: usize,
+        metric: Metric,
+        build: crate::BuildParams,
+        threads: Option<usize>,
+    ) -> Result<QgIndex> {
+        let seed = build.seed;
+        let p = crate::IndexParams {
+            metric,
+            encoding: crate::EncodingSpec::Flat,
+            keep_vectors: true,
+            build,
+        };
+        let index = Index::build(data, dim, &p, threads, &|_, _| {})?;
+        crate::parallel::with_threads(threads, || QgIndex::from_graph(&index, data, seed))
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Searches `queries` (row-major); `k` (id, distance) pairs per query, padded with
+    /// (-1, +inf). Batches run in parallel on `threads` threads.
+    pub fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+        ef: usize,
+        threads: Option<usize>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
+        let dim = self.dim;
+        if k == 0 || ef == 0 {
+            return Err(Error::param("k", "k and ef must be at least 1"));
+        }
+        if queries.is_empty() || !queries.len().is_multiple_of(dim) {
+            return Err(Error::DimensionMismatch {
+                expected: dim,
+                got: queries.len() % dim.max(1),
+            });
+        }
+        crate::metric::check_finite("queries", queries, dim)?;
+        let nq = queries.len() / dim;
+        let mut ids = vec![-1i64; nq * k];
+        let mut dists = vec![f32::INFINITY; nq * k];
+        let run = |qi: usize, oi: &mut [i64], od: &mut [f32]| {
+            for (j, (d, id)) in self
+                .search(&queries[qi * dim..(qi + 1) * dim], k, ef)
+                .into_iter()
+                .enumerate()
+            {
+                oi[j] = id as i64;
+                od[j] = d;
+            }
+        };
+        if nq == 1 || threads == Some(1) {
+            for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
+                run(qi, oi, od);
+            }
+        } else {
+            crate::parallel::with_threads(threads, || {
+                ids.par_chunks_mut(k)
+                    .zip(dists.par_chunks_mut(k))
+                    .enumerate()
+                    .for_each(|(qi, (oi, od))| run(qi, oi, od));
+            });
+        }
+        Ok((ids, dists))
+    }
+
     pub fn len(&self) -> usize {
         self.n
     }

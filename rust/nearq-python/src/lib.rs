@@ -230,6 +230,79 @@ impl Index {
     }
 }
 
+/// The quantized graph (SymphonyQG layout); see `nearq.experimental.QuantizedGraph`.
+#[pyclass(module = "nearq._nearq", frozen)]
+struct QuantizedGraph {
+    inner: core::qg::QgIndex,
+}
+
+#[pymethods]
+impl QuantizedGraph {
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (data, metric, degree, build_ef, alpha, threads, seed))]
+    fn build(
+        py: Python<'_>,
+        data: PyReadonlyArray2<'_, f32>,
+        metric: &str,
+        degree: usize,
+        build_ef: usize,
+        alpha: f32,
+        threads: Option<usize>,
+        seed: u64,
+    ) -> PyResult<QuantizedGraph> {
+        let dim = data.shape()[1];
+        let x = slice(&data, "vectors")?;
+        let metric = Metric::parse(metric).map_err(|e| to_py(py, e))?;
+        let build = core::BuildParams {
+            degree,
+            build_ef,
+            alpha,
+            seed,
+        };
+        py.detach(|| core::qg::QgIndex::build(x, dim, metric, build, threads))
+            .map(|inner| QuantizedGraph { inner })
+            .map_err(|e| to_py(py, e))
+    }
+
+    #[pyo3(signature = (queries, k, ef, threads=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        queries: PyReadonlyArray2<'py, f32>,
+        k: usize,
+        ef: usize,
+        threads: Option<usize>,
+    ) -> PyResult<Neighbors<'py>> {
+        let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+        if dim != self.inner.dim() {
+            return Err(to_py(
+                py,
+                Error::DimensionMismatch {
+                    expected: self.inner.dim(),
+                    got: dim,
+                },
+            ));
+        }
+        let q = slice(&queries, "queries")?;
+        let (ids, d) = py
+            .detach(|| self.inner.search_batch(q, k, ef, threads))
+            .map_err(|e| to_py(py, e))?;
+        to_numpy(py, ids, d, nq, k)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn memory_usage(&self) -> usize {
+        self.inner.memory_bytes()
+    }
+}
+
 /// Exact k-nearest-neighbour search (brute force).
 #[pyfunction]
 #[pyo3(signature = (data, queries, k, metric, threads=None))]
@@ -294,6 +367,7 @@ fn simd_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _nearq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Index>()?;
+    m.add_class::<QuantizedGraph>()?;
     m.add_function(wrap_pyfunction!(exact_search, m)?)?;
     m.add_function(wrap_pyfunction!(simd_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

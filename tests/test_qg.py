@@ -1,0 +1,49 @@
+"""nearq.experimental.QuantizedGraph: results, recall on real data, input errors."""
+
+import numpy as np
+import pytest
+
+import nearq
+from nearq.experimental import QuantizedGraph
+
+
+def _recall(found, truth):
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
+
+
+def test_recall_and_exact_distances(real_data, real_truth):
+    (x, q), (truth, tdist) = real_data, real_truth["cosine"]
+    g = QuantizedGraph.build(x, metric="cosine")
+    assert len(g) == len(x) and g.dim == x.shape[1]
+    ids, d = g.search(q, k=10, ef=128)
+    assert ids.shape == (len(q), 10) and ids.dtype == np.int64 and d.dtype == np.float32
+    assert _recall(ids, truth[:, :10]) >= 0.95
+    # distances are exact 1 - cosine of the returned ids, sorted
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    want = 1.0 - np.einsum("ij,ikj->ik", qn, xn[ids])
+    np.testing.assert_allclose(d, want, atol=2e-5)
+    assert (np.diff(d, axis=1) >= 0).all()
+    # batch and single-query searches agree
+    one = np.vstack([g.search(v, k=10, ef=128).ids for v in q[:20]])
+    assert (one == ids[:20]).all()
+
+
+def test_l2_padding_and_errors():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    g = QuantizedGraph.build(x, metric="l2", threads=1)
+    ids, d = g.search(x[0], k=310, ef=400)
+    assert ids[0, 0] == 0 and d[0, 0] == pytest.approx(0.0, abs=1e-4)
+    assert (ids[0, 300:] == -1).all() and np.isinf(d[0, 300:]).all()
+    with pytest.raises(nearq.DimensionMismatchError):
+        g.search(np.zeros(39, dtype=np.float32))
+    with pytest.raises(nearq.InvalidInputError):
+        g.search(x[:1], k=0)
+    with pytest.raises(nearq.InvalidInputError):
+        QuantizedGraph.build(x, metric="ip")
+    bad = x.copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(nearq.InvalidInputError, match="non-finite"):
+        QuantizedGraph.build(bad)
