@@ -28,6 +28,7 @@ use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
 use crate::graph::search::{prefetch_ptr, Visited};
 use crate::metric::Metric;
+use crate::storage::CodeStore;
 use crate::Index;
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
@@ -43,7 +44,8 @@ pub struct QgIndex {
     metric: Metric,
     rot: Rotation,
     row_bytes: usize,
-    rows: Vec<u8>,
+    /// Rows in 64-byte aligned storage (the row size is a multiple of 64).
+    rows: CodeStore,
     entry: u32,
     n: usize,
     k: &'static Kernels,
@@ -127,7 +129,7 @@ impl QgIndex {
             metric,
             rot,
             row_bytes: 0,
-            rows: Vec::new(),
+            rows: CodeStore::new(64),
             entry: index.entry_point(),
             n,
             k: kernels(),
@@ -135,7 +137,7 @@ impl QgIndex {
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
         let rb = q.row_bytes;
         let kern = q.k;
-        let mut rows = vec![0u8; n * rb];
+        let mut rows = CodeStore::with_len(rb, n);
         let (cb, oc, ofa, ofr, oid) = (
             q.code_bytes(),
             q.off_codes(),
@@ -143,46 +145,49 @@ impl QgIndex {
             q.off_fres(),
             q.off_ids(),
         );
-        rows.par_chunks_mut(rb).enumerate().for_each(|(v, row)| {
-            let x = &data[v * dim..(v + 1) * dim];
-            for (i, f) in x.iter().enumerate() {
-                row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
-            }
-            let vr = &rotated[v * pad..(v + 1) * pad];
-            let nb = full_row(g, v as u32, degree, &data, dim, kern);
-            for slot in 0..degree {
-                let (fadd, fres, id) = match nb.get(slot) {
-                    Some(&u) => {
-                        let ur = &rotated[u as usize * pad..(u as usize + 1) * pad];
-                        let mut sum_abs = 0f32;
-                        let mut r2 = 0f32;
-                        let mut bv = 0f32;
-                        let mut sv = 0f32;
-                        let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
-                        let lane = slot % 32;
-                        for i in 0..pad {
-                            let y = ur[i] - vr[i];
-                            sum_abs += y.abs();
-                            r2 += y * y;
-                            sv += vr[i];
-                            if y > 0.0 {
-                                bv += vr[i];
-                                let j = i / 4;
-                                let bit = 1u8 << (i % 4);
-                                let byte = &mut block[j * 16 + lane % 16];
-                                *byte |= if lane < 16 { bit } else { bit << 4 };
+        rows.bytes_mut()
+            .par_chunks_mut(rb)
+            .enumerate()
+            .for_each(|(v, row)| {
+                let x = &data[v * dim..(v + 1) * dim];
+                for (i, f) in x.iter().enumerate() {
+                    row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
+                }
+                let vr = &rotated[v * pad..(v + 1) * pad];
+                let nb = full_row(g, v as u32, degree, &data, dim, kern);
+                for slot in 0..degree {
+                    let (fadd, fres, id) = match nb.get(slot) {
+                        Some(&u) => {
+                            let ur = &rotated[u as usize * pad..(u as usize + 1) * pad];
+                            let mut sum_abs = 0f32;
+                            let mut r2 = 0f32;
+                            let mut bv = 0f32;
+                            let mut sv = 0f32;
+                            let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
+                            let lane = slot % 32;
+                            for i in 0..pad {
+                                let y = ur[i] - vr[i];
+                                sum_abs += y.abs();
+                                r2 += y * y;
+                                sv += vr[i];
+                                if y > 0.0 {
+                                    bv += vr[i];
+                                    let j = i / 4;
+                                    let bit = 1u8 << (i % 4);
+                                    let byte = &mut block[j * 16 + lane % 16];
+                                    *byte |= if lane < 16 { bit } else { bit << 4 };
+                                }
                             }
+                            let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
+                            (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
                         }
-                        let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
-                        (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
-                    }
-                    None => (f32::INFINITY, 0.0, EMPTY),
-                };
-                row[ofa + slot * 4..ofa + slot * 4 + 4].copy_from_slice(&fadd.to_le_bytes());
-                row[ofr + slot * 4..ofr + slot * 4 + 4].copy_from_slice(&fres.to_le_bytes());
-                row[oid + slot * 4..oid + slot * 4 + 4].copy_from_slice(&id.to_le_bytes());
-            }
-        });
+                        None => (f32::INFINITY, 0.0, EMPTY),
+                    };
+                    row[ofa + slot * 4..ofa + slot * 4 + 4].copy_from_slice(&fadd.to_le_bytes());
+                    row[ofr + slot * 4..ofr + slot * 4 + 4].copy_from_slice(&fres.to_le_bytes());
+                    row[oid + slot * 4..oid + slot * 4 + 4].copy_from_slice(&id.to_le_bytes());
+                }
+            });
         q.rows = rows;
         Ok(q)
     }
@@ -279,17 +284,12 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.capacity() + self.rot.memory_bytes()
+        self.rows.memory_bytes() + self.rot.memory_bytes()
     }
 
     #[inline(always)]
     fn row(&self, v: u32) -> &[u8] {
-        &self.rows[v as usize * self.row_bytes..(v as usize + 1) * self.row_bytes]
-    }
-
-    #[inline(always)]
-    fn f32_at(row: &[u8], off: usize) -> f32 {
-        f32::from_le_bytes([row[off], row[off + 1], row[off + 2], row[off + 3]])
+        self.rows.get(v as usize)
     }
 
     /// Searches one query; returns up to `k` (distance, id) pairs nearest first.
@@ -379,25 +379,31 @@ impl QgIndex {
                     s.res.insert(pos, (g_add, v));
                     s.res.truncate(k);
                 }
+                let fadd: &[f32] = bytemuck::cast_slice(&row[ofa..ofa + self.degree * 4]);
+                let fres: &[f32] = bytemuck::cast_slice(&row[ofr..ofr + self.degree * 4]);
+                let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
+                let mut est = [0f32; 32];
                 for blk in 0..self.degree / 32 {
                     (kern.fastscan_u16)(&row[oc + blk * cb..oc + (blk + 1) * cb], &lut, &mut acc);
-                    for (lane, &a) in acc.iter().enumerate() {
-                        let slot = blk * 32 + lane;
-                        let u = u32::from_le_bytes(
-                            row[oid + slot * 4..oid + slot * 4 + 4].try_into().unwrap(),
-                        );
-                        if u == EMPTY || s.visited.check_and_mark(u) {
+                    let (fa, fr) = (
+                        &fadd[blk * 32..blk * 32 + 32],
+                        &fres[blk * 32..blk * 32 + 32],
+                    );
+                    for l in 0..32 {
+                        let bq = delta * acc[l] as f32 + lo_sum;
+                        est[l] = fa[l] + g_add - 2.0 * fr[l] * (2.0 * bq - sum_q);
+                    }
+                    for (l, &e) in est.iter().enumerate() {
+                        let u = ids[blk * 32 + l];
+                        // Empty slots carry f_add = +inf.
+                        if e.is_infinite() || s.visited.check_and_mark(u) {
                             continue;
                         }
-                        let bq = delta * a as f32 + lo_sum;
-                        let est = Self::f32_at(row, ofa + slot * 4) + g_add
-                            - 2.0 * Self::f32_at(row, ofr + slot * 4) * (2.0 * bq - sum_q);
-                        let full = s.cand_id.len() >= ef;
-                        if full && est >= s.cand_d[s.cand_d.len() - 1] {
+                        if s.cand_id.len() >= ef && e >= s.cand_d[s.cand_d.len() - 1] {
                             continue;
                         }
-                        let pos = s.cand_d.partition_point(|&d| d <= est);
-                        s.cand_d.insert(pos, est);
+                        let pos = s.cand_d.partition_point(|&d| d <= e);
+                        s.cand_d.insert(pos, e);
                         s.cand_id.insert(pos, u);
                         if s.cand_id.len() > ef {
                             s.cand_d.pop();
