@@ -26,7 +26,7 @@
 
 use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
-use crate::graph::search::{prefetch_ptr, Visited};
+use crate::graph::search::{prefetch_ptr, Pool, Visited};
 use crate::metric::Metric;
 use crate::storage::CodeStore;
 use crate::Index;
@@ -53,23 +53,17 @@ pub struct QgIndex {
 
 struct Scratch {
     visited: Visited,
-    cand_d: Vec<f32>,
-    cand_id: Vec<u32>,
-    cursor: usize,
+    pool: Pool,
     res: Vec<(f32, u32)>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         visited: Visited::new(),
-        cand_d: Vec::new(),
-        cand_id: Vec::new(),
-        cursor: 0,
+        pool: Pool::default(),
         res: Vec::new(),
     });
 }
-
-const EXPANDED: u32 = 1 << 31;
 
 impl QgIndex {
     fn code_bytes(&self) -> usize {
@@ -344,27 +338,14 @@ impl QgIndex {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
             s.visited.reset(self.n);
-            s.cand_d.clear();
-            s.cand_id.clear();
-            s.cursor = 0;
+            s.pool.reset(ef);
             s.res.clear();
             let e = self.entry;
             s.visited.check_and_mark(e);
-            s.cand_d.push(0.0);
-            s.cand_id.push(e);
+            s.pool.insert(0.0, e);
             let mut acc = [0u16; 32];
-            loop {
-                // next unexpanded candidate
-                while s.cursor < s.cand_id.len() && s.cand_id[s.cursor] & EXPANDED != 0 {
-                    s.cursor += 1;
-                }
-                if s.cursor >= s.cand_id.len() {
-                    break;
-                }
-                let c = s.cursor;
-                let v = s.cand_id[c];
-                s.cand_id[c] |= EXPANDED;
-                if let Some(&nx) = s.cand_id[c + 1..].iter().find(|&&x| x & EXPANDED == 0) {
+            while let Some(v) = s.pool.pop() {
+                if let Some(nx) = s.pool.peek() {
                     let p = self.row(nx).as_ptr();
                     for l in 0..lines {
                         prefetch_ptr(p.wrapping_add(64 * l));
@@ -399,19 +380,7 @@ impl QgIndex {
                         if e.is_infinite() || s.visited.check_and_mark(u) {
                             continue;
                         }
-                        if s.cand_id.len() >= ef && e >= s.cand_d[s.cand_d.len() - 1] {
-                            continue;
-                        }
-                        let pos = s.cand_d.partition_point(|&d| d <= e);
-                        s.cand_d.insert(pos, e);
-                        s.cand_id.insert(pos, u);
-                        if s.cand_id.len() > ef {
-                            s.cand_d.pop();
-                            s.cand_id.pop();
-                        }
-                        if pos < s.cursor {
-                            s.cursor = pos;
-                        }
+                        s.pool.insert(e, u);
                     }
                 }
             }

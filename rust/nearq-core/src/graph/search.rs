@@ -130,6 +130,15 @@ impl Pool {
         None
     }
 
+    /// The nearest unexpanded candidate after the one `pop` just returned (for prefetching).
+    #[inline]
+    pub fn peek(&self) -> Option<u32> {
+        self.ids[self.cursor.min(self.ids.len())..]
+            .iter()
+            .find(|&&i| i & EXPANDED == 0)
+            .map(|&i| i & !EXPANDED)
+    }
+
     /// The entries nearest first as (distance, id).
     pub fn iter(&self) -> impl Iterator<Item = (f32, u32)> + '_ {
         self.dist
