@@ -47,3 +47,25 @@ def test_l2_padding_and_errors():
     bad[5, 3] = np.nan
     with pytest.raises(nearq.InvalidInputError, match="non-finite"):
         QuantizedGraph.build(bad)
+
+
+def test_save_load(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((400, 24)).astype(np.float32)
+    g = QuantizedGraph.build(x, metric="cosine", threads=1)
+    g.save(tmp_path / "g.nearq")
+    back = QuantizedGraph.load(tmp_path / "g.nearq")
+    a, b = g.search(x[:10], k=5), back.search(x[:10], k=5)
+    assert (a.ids == b.ids).all() and np.array_equal(a.distances, b.distances)
+    # a plain index file is not a quantized graph, and the other way round
+    nearq.Index.build(x).save(tmp_path / "i.nearq")
+    with pytest.raises(nearq.IndexFormatError):
+        QuantizedGraph.load(tmp_path / "i.nearq")
+    with pytest.raises(nearq.IndexFormatError):
+        nearq.Index.load(tmp_path / "g.nearq")
+    data = (tmp_path / "g.nearq").read_bytes()
+    (tmp_path / "t.nearq").write_bytes(data[: len(data) // 2])
+    with pytest.raises(nearq.IndexFormatError):
+        QuantizedGraph.load(tmp_path / "t.nearq")
+    with pytest.raises(nearq.NearqIOError):
+        QuantizedGraph.load(tmp_path / "missing.nearq")

@@ -3,7 +3,7 @@
 :class:`QuantizedGraph` is a graph in the SymphonyQG layout: every node's row holds its own
 float vector and its neighbours' 1-bit RaBitQ codes in 4-bit FastScan blocks, so expanding a
 node scores all its neighbours in one pass, and every expanded node is re-ranked exactly.
-It takes about 2.2x the memory of the float vectors and has no save/load yet.
+It takes about 2.2x the memory of the float vectors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Optional
 from . import _nearq
 from ._validate import as_float, as_int, as_matrix, as_str
 from .errors import DimensionMismatchError
-from .index import SearchResult, _threads
+from .index import PathLike, SearchResult, _fspath, _threads
 
 
 class QuantizedGraph:
@@ -61,6 +61,16 @@ class QuantizedGraph:
         ef = as_int("ef", ef, lo=1, hi=1_000_000)
         ids, d = self._inner.search(q, k, ef, _threads(threads))
         return SearchResult(ids, d)
+
+    def save(self, path: PathLike) -> None:
+        """Writes the graph to ``path`` (atomically, checksummed)."""
+        self._inner.save(_fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike) -> "QuantizedGraph":
+        """Loads a graph written by :meth:`save`; a damaged or foreign file raises
+        :class:`~nearq.IndexFormatError`."""
+        return cls(_nearq.QuantizedGraph.load(_fspath(path)))
 
     def __len__(self) -> int:
         return len(self._inner)

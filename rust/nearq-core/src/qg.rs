@@ -27,6 +27,7 @@
 use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
 use crate::graph::search::{prefetch_ptr, Pool, Visited};
+use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::storage::CodeStore;
 use crate::Index;
@@ -35,6 +36,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 const EMPTY: u32 = u32::MAX;
+/// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
+const PAYLOAD_KIND: u8 = 0xA0;
 
 /// A graph whose rows carry their neighbours' FastScan codes.
 pub struct QgIndex {
@@ -262,6 +265,101 @@ impl QgIndex {
 
     pub fn len(&self) -> usize {
         self.n
+    }
+
+    /// Serialises the graph (inside the same container as [`Index`] files, see [`crate::io`]).
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(PAYLOAD_KIND);
+        w.u8(self.metric.tag());
+        w.u32(self.dim as u32);
+        w.u32(self.pad as u32);
+        w.u32(self.degree as u32);
+        w.u32(self.entry);
+        w.u64(self.n as u64);
+        w.u64(self.row_bytes as u64);
+        for &x in self.rot.sign_words() {
+            w.u64(x);
+        }
+        for v in 0..self.n {
+            w.bytes(self.rows.get(v));
+        }
+        w.buf
+    }
+
+    /// Reads a payload written by [`QgIndex::to_payload`], checking every field and every
+    /// neighbour id so that a damaged file can never make a search read out of bounds.
+    pub fn from_payload(payload: &[u8]) -> Result<QgIndex> {
+        let bad = |m: &str| Error::Format(format!("quantized graph: {m}"));
+        let mut r = Reader::new(payload);
+        if r.u8()? != PAYLOAD_KIND {
+            return Err(bad("not a quantized graph file"));
+        }
+        let metric = Metric::from_tag(r.u8()?).ok_or_else(|| bad("unknown metric"))?;
+        let dim = r.u32()? as usize;
+        let pad = r.u32()? as usize;
+        let degree = r.u32()? as usize;
+        let entry = r.u32()?;
+        let n = r.count("vector count", u32::MAX as u64 - 1)?;
+        let row_bytes = r.count("row size", 1 << 30)?;
+        if metric == Metric::InnerProduct
+            || dim == 0
+            || dim > crate::index::MAX_DIM
+            || pad != dim.div_ceil(64) * 64
+            || degree == 0
+            || !degree.is_multiple_of(32)
+            || degree > crate::index::MAX_DEGREE
+            || (n > 0 && entry as usize >= n)
+        {
+            return Err(bad("inconsistent header"));
+        }
+        let words = r.take_array(crate::encoding::rotation::ROUNDS * pad / 64, 8)?;
+        let words = words
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let rot = Rotation::from_sign_words(pad, words).ok_or_else(|| bad("bad rotation"))?;
+        let mut q = QgIndex {
+            dim,
+            pad,
+            degree,
+            metric,
+            rot,
+            row_bytes,
+            rows: CodeStore::new(64),
+            entry,
+            n,
+            k: kernels(),
+        };
+        if row_bytes != (q.off_ids() + degree * 4).div_ceil(64) * 64 {
+            return Err(bad("row size does not match the header"));
+        }
+        let raw = r.take_array(n, row_bytes)?;
+        r.finish()?;
+        let mut rows = CodeStore::with_len(row_bytes, n);
+        rows.bytes_mut().copy_from_slice(raw);
+        q.rows = rows;
+        for v in 0..n as u32 {
+            let row = q.row(v);
+            let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
+            let ids: &[u32] = bytemuck::cast_slice(&row[q.off_ids()..q.off_ids() + degree * 4]);
+            if x.iter().any(|f| !f.is_finite())
+                || ids.iter().any(|&u| u != EMPTY && u as usize >= n)
+            {
+                return Err(bad("a row holds a non-finite value or an out-of-range id"));
+            }
+        }
+        Ok(q)
+    }
+
+    /// Writes the graph to `path` atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        crate::io::write_file(path, &self.to_payload())
+    }
+
+    /// Loads a graph written by [`QgIndex::save`].
+    pub fn load(path: &std::path::Path) -> Result<QgIndex> {
+        Self::from_payload(&crate::io::read_file(path)?)
     }
 
     /// The ids in node `v`'s row (empty slots excluded).

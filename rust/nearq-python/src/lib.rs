@@ -291,6 +291,18 @@ impl QuantizedGraph {
         to_numpy(py, ids, d, nq, k)
     }
 
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.save(&path))
+            .map_err(|e| to_py(py, e))
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<QuantizedGraph> {
+        py.detach(|| core::qg::QgIndex::load(&path))
+            .map(|inner| QuantizedGraph { inner })
+            .map_err(|e| to_py(py, e))
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }
