@@ -402,11 +402,9 @@ impl QgIndex {
         let mut width = 0f32;
         for j in 0..m {
             let t = &mut lut_f[j * 16..j * 16 + 16];
-            for (c, e) in t.iter_mut().enumerate() {
-                *e = (0..4)
-                    .filter(|b| c >> b & 1 == 1)
-                    .map(|b| qr[4 * j + b])
-                    .sum();
+            // Subset sums: nibble c adds its lowest set bit's coordinate to c without that bit.
+            for c in 1..16usize {
+                t[c] = t[c & (c - 1)] + qr[4 * j + c.trailing_zeros() as usize];
             }
             let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
