@@ -2,7 +2,7 @@
 //! ex-code search, persistence and recall inside the index (ALGORITHMS.md 1.12).
 
 mod common;
-use common::{clustered, dot, recall, unit, Rng};
+use common::{assert_round_trip, clustered, dot, recall, unit, Rng};
 
 use nearq_core::encoding::rabitq::{
     ex_levels_exact, ex_levels_fast, ex_levels_sweep, ex_objective,
@@ -367,15 +367,7 @@ fn persistence_round_trip_and_validation() {
         (8, false, Metric::InnerProduct),
     ] {
         let index = build(&data, dim, metric, bits, keep);
-        let payload = index.to_payload();
-        let loaded = Index::from_payload(&payload).unwrap();
-        assert_eq!(loaded.encoding(), "rabitq");
-        assert_eq!(loaded.to_payload(), payload);
-        let p = SearchParams::new(k);
-        assert_eq!(
-            index.search(&queries, &p, Some(1)).unwrap(),
-            loaded.search(&queries, &p, Some(1)).unwrap()
-        );
+        let payload = assert_round_trip(&index, "rabitq", &queries, k);
         // The parameters start right after the 44-byte header: bits (u32), padded dim (u32),
         // seed (u64), fast flag (u8), eps0 (f32), t_fast (f32), centre, rotation signs.
         let corrupt = |at: usize, bytes: &[u8]| {

@@ -2,7 +2,7 @@
 //! unbiasedness over random rotations, recall inside the index and persistence (§4.10).
 
 mod common;
-use common::{clustered, dot, recall, unit, Rng};
+use common::{assert_round_trip, clustered, dot, recall, unit, Rng};
 
 use nearq_core::encoding::turboquant::{codebook, lloyd_max, sign_mean};
 use nearq_core::encoding::{Encoding, TurboQuant, TurboQuantVariant as Variant};
@@ -381,15 +381,7 @@ fn persistence_round_trip_and_validation() {
         (1, Variant::Prod, false, Metric::L2),
     ] {
         let index = build(&data, dim, metric, bits, variant, keep);
-        let payload = index.to_payload();
-        let loaded = Index::from_payload(&payload).unwrap();
-        assert_eq!(loaded.encoding(), "turboquant");
-        assert_eq!(loaded.to_payload(), payload);
-        let p = SearchParams::new(k);
-        assert_eq!(
-            index.search(&queries, &p, Some(1)).unwrap(),
-            loaded.search(&queries, &p, Some(1)).unwrap()
-        );
+        let payload = assert_round_trip(&index, "turboquant", &queries, k);
         // Parameters start after the 44-byte header: bits (u32), variant (u8), padded dim
         // (u32), seed (u64), inner-product scale (f32), centroids, rotation signs.
         let corrupt = |at: usize, bytes: &[u8]| {

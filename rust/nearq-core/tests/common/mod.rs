@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use nearq_core::{Index, SearchParams};
+
 /// Clustered synthetic data (a mixture of Gaussians), harder than uniform noise.
 pub fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -75,4 +77,19 @@ pub fn unit(mut a: Vec<f64>) -> Vec<f64> {
     let n = dot(&a, &a).sqrt();
     a.iter_mut().for_each(|x| *x /= n);
     a
+}
+
+/// Checks that `index` survives a payload round trip (same bytes, same encoding, same search
+/// results on `queries`) and returns its payload for further damage tests.
+pub fn assert_round_trip(index: &Index, encoding: &str, queries: &[f32], k: usize) -> Vec<u8> {
+    let payload = index.to_payload();
+    let loaded = Index::from_payload(&payload).unwrap();
+    assert_eq!(loaded.encoding(), encoding);
+    assert_eq!(loaded.to_payload(), payload);
+    let p = SearchParams::new(k);
+    assert_eq!(
+        index.search(queries, &p, Some(1)).unwrap(),
+        loaded.search(queries, &p, Some(1)).unwrap()
+    );
+    payload
 }
