@@ -90,3 +90,50 @@ def as_str(name: str, v: Any) -> str:
     if not isinstance(v, str):
         raise InvalidInputError(f"{name} must be a string, got {type(v).__name__} {v!r}")
     return v
+
+
+def as_ids(name: str, v: Any, *, n: Optional[int] = None) -> np.ndarray:
+    """Returns `v` as a 1-D C-contiguous int64 array of ids (`n` of them when given)."""
+    if isinstance(v, (set, frozenset)):
+        v = sorted(v)
+    try:
+        a = np.asarray(v)
+    except Exception as e:
+        raise InvalidInputError(f"{name} cannot be read as an array: {e}") from None
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise InvalidInputError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if a.size == 0:
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise InvalidInputError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > 2**63 - 1:
+        raise InvalidInputError(f"{name}: ids must fit in int64")
+    if n is not None and a.shape[0] != n:
+        raise InvalidInputError(f"{name}: got {a.shape[0]} ids for {n} vectors")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def as_filter(v: Any) -> "tuple[Optional[np.ndarray], Optional[np.ndarray]]":
+    """A search filter as (allowed ids, mask): an array-like of integer ids, or a boolean mask
+    indexed by id (``mask[id]`` True means allowed)."""
+    if v is None:
+        return None, None
+    if isinstance(v, (set, frozenset)):
+        return as_ids("filter", v), None
+    try:
+        a = np.asarray(v)
+    except Exception as e:
+        raise InvalidInputError(f"filter cannot be read as an array: {e}") from None
+    if a.dtype == np.bool_:
+        if a.ndim != 1:
+            raise InvalidInputError(f"a filter mask must be one-dimensional, got shape {a.shape}")
+        return None, np.ascontiguousarray(a)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64), None
+    if a.dtype.kind not in "iu":
+        raise InvalidInputError(
+            f"filter must be integer ids or a boolean mask, got dtype {a.dtype}"
+        )
+    return as_ids("filter", a), None

@@ -8,7 +8,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from . import _nearq
-from ._validate import as_bits, as_float, as_int, as_matrix, as_str
+from ._validate import as_bits, as_filter, as_float, as_ids, as_int, as_matrix, as_str
 from .errors import DimensionMismatchError, InvalidInputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -63,6 +63,7 @@ class Index:
         variant: Optional[str] = None,
         subspaces: Optional[int] = None,
         opq: bool = False,
+        ids: Any = None,
     ) -> "Index":
         """Builds an index over ``vectors`` (array-like of shape (n, dim), float16/32/64).
 
@@ -90,6 +91,8 @@ class Index:
             opq: for ``"pq"``, learn an orthogonal rotation first (OPQ); slower to train, lower
                 quantisation error on correlated data. With ``keep_vectors=False`` a ``"pq"`` index
                 returns its look-up-table (ADC) distance estimates.
+            ids: int64 id of each vector (array-like of length n, all distinct), returned by
+                :meth:`search`; default ``0..n-1``.
         """
         x = as_matrix(vectors, "vectors", allow_1d=False)
         metric = as_str("metric", metric)
@@ -103,10 +106,11 @@ class Index:
         build_ef = as_int("build_ef", build_ef, lo=1, hi=100_000)
         alpha = as_float("alpha", alpha)
         seed = as_int("seed", seed, lo=0, hi=2**64 - 1)
+        id_array = None if ids is None else as_ids("ids", ids, n=x.shape[0])
         inner = _nearq.Index.build(
             x, metric, encoding, bits_list, bool(keep_vectors), degree, build_ef, alpha,
             _threads(threads), seed, bool(progress), variant=variant,
-            subspaces=subspaces, opq=bool(opq),
+            subspaces=subspaces, opq=bool(opq), ids=id_array,
         )
         return cls(inner)
 
@@ -117,6 +121,8 @@ class Index:
         ef: Optional[int] = None,
         threads: Optional[int] = None,
         rerank: Optional[int] = None,
+        filter: Any = None,
+        filter_strategy: str = "auto",
     ) -> SearchResult:
         """Finds the ``k`` nearest neighbours of each query.
 
@@ -128,6 +134,13 @@ class Index:
             rerank: candidates re-ranked with exact distances (or a finer code), for
                 encodings that estimate distances (default ``max(3k, 30)``, at most ``ef``;
                 a larger value widens the beam).
+            filter: restrict results to some ids: an array-like (or set) of allowed int64 ids,
+                or a boolean mask indexed by id (``mask[id]`` True = allowed; ids beyond the
+                mask are excluded). Applied inside the graph traversal (rejected vectors still
+                route the search, and the beam widens as the filter gets more selective), or
+                by scanning the allowed vectors when that is cheaper, so a selective filter
+                still returns ``k`` results when ``k`` exist.
+            filter_strategy: ``"auto"`` (default), ``"graph"`` or ``"scan"``.
         """
         q = as_matrix(queries, "queries", allow_1d=True)
         k = as_int("k", k, lo=1, hi=1_000_000)
@@ -137,21 +150,89 @@ class Index:
             raise DimensionMismatchError(
                 f"dimension mismatch: the index has dimension {self.dim}, the queries have {q.shape[1]}"
             )
-        ids, dists = self._inner.search(q, k, ef, rerank, _threads(threads))
+        fids, fmask = as_filter(filter)
+        strategy = as_str("filter_strategy", filter_strategy)
+        ids, dists = self._inner.search(
+            q, k, ef, rerank, _threads(threads), filter_ids=fids, filter_mask=fmask,
+            filter_strategy=strategy,
+        )
         return SearchResult(ids, dists)
+
+    def add(self, vectors: Any, ids: Any = None, threads: Optional[int] = None) -> np.ndarray:
+        """Adds vectors (shape (m, dim) or (dim,)) and returns their int64 ids.
+
+        Without ``ids`` the new vectors get ids counting up from one past the largest id the
+        index has used. Ids already present raise :class:`~nearq.InvalidInputError` (use
+        :meth:`upsert` to replace), and so does any bad input; nothing changes on error.
+        The encoding is not retrained: new vectors are encoded with the parameters learned at
+        build time (data-oblivious encodings such as ``"flat"`` and ``"turboquant"`` lose
+        nothing; trained ones assume the new data looks like the old).
+        """
+        x = as_matrix(vectors, "vectors", allow_1d=True)
+        if x.shape[1] != self.dim:
+            raise DimensionMismatchError(
+                f"dimension mismatch: the index has dimension {self.dim}, the vectors have {x.shape[1]}"
+            )
+        id_array = None if ids is None else as_ids("ids", ids, n=x.shape[0])
+        return self._inner.add(x, id_array, _threads(threads))
+
+    def delete(self, ids: Any, threads: Optional[int] = None) -> int:
+        """Deletes the vectors with these ids (unknown ids are ignored) and returns how many
+        were deleted. They are never returned from this call on. Deleted vectors are
+        tombstoned; once they make up 10% of the index, the graph is repaired around them and
+        their memory reclaimed (see :meth:`consolidate`)."""
+        return self._inner.delete(as_ids("ids", ids), _threads(threads))
+
+    def upsert(self, vectors: Any, ids: Any, threads: Optional[int] = None) -> None:
+        """Inserts vectors under the given ids, replacing the vectors of ids already present."""
+        x = as_matrix(vectors, "vectors", allow_1d=True)
+        if x.shape[1] != self.dim:
+            raise DimensionMismatchError(
+                f"dimension mismatch: the index has dimension {self.dim}, the vectors have {x.shape[1]}"
+            )
+        self._inner.upsert(x, as_ids("ids", ids, n=x.shape[0]), _threads(threads))
+
+    def consolidate(self, threads: Optional[int] = None) -> None:
+        """Repairs the graph around deleted vectors now and reclaims their memory."""
+        self._inner.consolidate(_threads(threads))
+
+    def ids(self) -> np.ndarray:
+        """The ids of the vectors in the index (int64, storage order)."""
+        return self._inner.ids()
+
+    def __contains__(self, id: Any) -> bool:
+        try:
+            i = as_int("id", id, lo=-(2**63), hi=2**63 - 1)
+        except InvalidInputError:
+            return False
+        return self._inner.contains(i)
 
     def save(self, path: PathLike) -> None:
         """Writes the index to ``path`` (atomically: a temporary file renamed into place)."""
         self._inner.save(_fspath(path))
 
     @classmethod
-    def load(cls, path: PathLike) -> "Index":
-        """Loads an index written by :meth:`save`. Raises :class:`~nearq.IndexFormatError` for a
-        corrupt, truncated, foreign or too-new file and :class:`~nearq.NearqIOError` when the
-        file cannot be read. Loading never executes code."""
-        return cls(_nearq.Index.load(_fspath(path)))
+    def load(cls, path: PathLike, mmap: bool = False) -> "Index":
+        """Loads an index written by :meth:`save` (this or an earlier format version).
+
+        Raises :class:`~nearq.IndexFormatError` for a corrupt, truncated, foreign or too-new
+        file and :class:`~nearq.NearqIOError` when the file cannot be read. Loading never
+        executes code.
+
+        With ``mmap=True`` the codes and float vectors are served from a memory map of the
+        file instead of being read: opening is fast, memory is shared between processes and
+        only pages a search touches are read (``memory_usage(detail=True)["mmap"]``). The
+        structure is validated but the checksum is not (it would read the whole file). The
+        first change (``add``/``delete``) copies the mapped parts into RAM; the file itself is
+        never modified. Do not overwrite the file in place while it is mapped (:meth:`save`
+        replaces files atomically, which is safe).
+        """
+        if not isinstance(mmap, (bool, np.bool_)):
+            raise InvalidInputError(f"mmap must be a bool, got {mmap!r}")
+        return cls(_nearq.Index.load(_fspath(path), bool(mmap)))
 
     def __len__(self) -> int:
+        """Number of vectors (deleted ones excluded)."""
         return len(self._inner)
 
     @property
@@ -180,8 +261,8 @@ class Index:
 
     def memory_usage(self, detail: bool = False) -> Any:
         """Bytes the index holds in RAM. With ``detail=True``, a dict by part
-        (``codes``, ``graph``, ``vectors``, ``params``, ``total``, and ``mmap``: bytes served
-        from a memory map, not counted in ``total``)."""
+        (``codes``, ``graph``, ``vectors``, ``params``, ``ids`` (user ids and tombstones),
+        ``total``, and ``mmap``: bytes served from a memory map, not counted in ``total``)."""
         m = dict(self._inner.memory_usage())
         return m if detail else int(m["total"])
 

@@ -4,16 +4,19 @@
 use crate::encoding::{Encoding, EncodingSpec, Flat, RaBitQ, RaBitQConfig, Sq8, TurboQuant};
 use crate::encoding::{Lvq, Pq, PqConfig};
 use crate::error::{Error, Result};
-use crate::graph::search::SearchScratch;
+use crate::graph::search::{beam_search_filtered, SearchScratch};
 use crate::graph::{beam_search, build_graph, BuildParams, Graph, Scorer};
 use crate::io::{self, Reader, Writer};
 use crate::metric::{check_finite, normalize, Metric};
 use crate::parallel::with_threads;
-use crate::storage::CodeStore;
+use crate::storage::{stride_of, CodeStore, F32Store};
+use memmap2::Mmap;
 use nearq_kernels::kernels;
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Largest supported dimension and degree (also bounds what a file may claim).
 pub const MAX_DIM: usize = 1 << 16;
@@ -68,30 +71,137 @@ pub struct MemoryUsage {
     pub graph: usize,
     pub vectors: usize,
     pub params: usize,
+    /// User ids, their lookup table and the tombstones of deleted vectors.
+    pub ids: usize,
+    /// Bytes served from a memory map (not counted in [`MemoryUsage::total`]).
+    pub mapped: usize,
 }
 
 impl MemoryUsage {
+    /// Bytes held in RAM.
     pub fn total(&self) -> usize {
-        self.codes + self.graph + self.vectors + self.params
+        self.codes + self.graph + self.vectors + self.params + self.ids
     }
 }
 
-struct GraphIndex<E: Encoding> {
-    enc: E,
-    codes: CodeStore,
-    graph: Graph,
-    entry: u32,
-    /// Full-precision (normalised for cosine) vectors for re-ranking; never for exact encodings.
-    vectors: Option<Vec<f32>>,
-    keep_vectors: bool,
-    build: BuildParams,
+/// Which vectors a filtered search may return.
+#[derive(Clone, Copy, Debug)]
+pub enum Allowed<'a> {
+    /// An allow-list of user ids (unknown ids are ignored).
+    Ids(&'a [i64]),
+    /// A boolean mask indexed by user id: id `i` is allowed iff `i < len` and `mask[i]`.
+    Mask(&'a [bool]),
 }
 
-struct CodeScorer<'a, E: Encoding> {
-    enc: &'a E,
-    q: &'a E::Query,
-    codes: &'a CodeStore,
-    lines: usize,
+/// How a filtered search finds its results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FilterStrategy {
+    /// Graph traversal unless scanning the allowed vectors is estimated to be cheaper.
+    #[default]
+    Auto,
+    /// Always traverse the graph (routing through rejected nodes, collecting allowed ones).
+    Graph,
+    /// Always scan the allowed vectors' codes, then re-rank.
+    Scan,
+}
+
+/// A search filter: the allowed vectors and the strategy.
+#[derive(Clone, Copy, Debug)]
+pub struct Filter<'a> {
+    pub allowed: Allowed<'a>,
+    pub strategy: FilterStrategy,
+}
+
+impl<'a> Filter<'a> {
+    pub fn new(allowed: Allowed<'a>) -> Self {
+        Filter {
+            allowed,
+            strategy: FilterStrategy::Auto,
+        }
+    }
+}
+
+/// A set of internal positions (allowed or deleted vectors).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BitSet {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl BitSet {
+    fn with_len(n: usize) -> Self {
+        BitSet {
+            words: vec![0; n.div_ceil(64)],
+            count: 0,
+        }
+    }
+    #[inline(always)]
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        self.words
+            .get(i as usize / 64)
+            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+    }
+    fn insert(&mut self, i: u32) -> bool {
+        let i = i as usize;
+        if self.words.len() <= i / 64 {
+            self.words.resize(i / 64 + 1, 0);
+        }
+        let w = &mut self.words[i / 64];
+        let bit = 1u64 << (i % 64);
+        let fresh = *w & bit == 0;
+        *w |= bit;
+        self.count += fresh as usize;
+        fresh
+    }
+    fn memory_bytes(&self) -> usize {
+        self.words.capacity() * 8
+    }
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                Some(wi as u32 * 64 + b)
+            })
+        })
+    }
+}
+
+/// User ids of the stored vectors.
+#[derive(Clone, Debug)]
+enum Ids {
+    /// The id of position `i` is `i` (the default: no ids given, nothing compacted).
+    Range,
+    /// One id per position and the lookup of live ids.
+    Explicit {
+        ext: Vec<i64>,
+        pos: FxHashMap<i64, u32>,
+    },
+}
+
+pub(crate) struct GraphIndex<E: Encoding> {
+    pub(crate) enc: E,
+    pub(crate) codes: CodeStore,
+    pub(crate) graph: Graph,
+    pub(crate) entry: u32,
+    /// Full-precision (normalised for cosine) vectors for re-ranking; never for exact encodings.
+    pub(crate) vectors: Option<F32Store>,
+    pub(crate) keep_vectors: bool,
+    pub(crate) build: BuildParams,
+    /// For inner product: the largest squared norm seen, which defines the augmented space
+    /// the graph is built in (see [`crate::graph::build_graph`]); 0 otherwise.
+    pub(crate) max_norm2: f32,
+}
+
+pub(crate) struct CodeScorer<'a, E: Encoding> {
+    pub(crate) enc: &'a E,
+    pub(crate) q: &'a E::Query,
+    pub(crate) codes: &'a CodeStore,
+    pub(crate) lines: usize,
 }
 
 impl<E: Encoding> Scorer for CodeScorer<'_, E> {
@@ -109,7 +219,7 @@ impl<E: Encoding> Scorer for CodeScorer<'_, E> {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::default());
+    pub(crate) static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::default());
 }
 
 impl<E: Encoding> GraphIndex<E> {
@@ -131,8 +241,9 @@ impl<E: Encoding> GraphIndex<E> {
             .zip(data.par_chunks(dim))
             .for_each(|(c, v)| enc.encode(v, &mut c[..cs]));
         let (graph, entry) = build_graph(&data, dim, enc.metric(), &build, progress);
+        let max_norm2 = max_norm2(&data, dim, enc.metric());
         let vectors = if keep_vectors && !E::EXACT {
-            Some(data)
+            Some(F32Store::Owned(data))
         } else {
             None
         };
@@ -144,25 +255,28 @@ impl<E: Encoding> GraphIndex<E> {
             vectors,
             keep_vectors,
             build,
+            max_norm2,
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.codes.len()
     }
 
-    /// Searches one query (already normalised for cosine); writes k results.
+    /// Searches one query (already normalised for cosine); writes k results (positions).
+    /// With `allow`, only allowed positions are returned (see [`FilterStrategy`]).
     fn search_one(
         &self,
         q: &[f32],
         p: &SearchParams,
+        allow: Option<(&BitSet, FilterStrategy)>,
         s: &mut SearchScratch,
         ids: &mut [i64],
         dists: &mut [f32],
     ) {
         ids.fill(-1);
         dists.fill(f32::INFINITY);
-        if self.len() == 0 {
+        if self.len() == 0 || allow.is_some_and(|a| a.0.count == 0) {
             return;
         }
         let k = p.k;
@@ -190,14 +304,53 @@ impl<E: Encoding> GraphIndex<E> {
             codes: &self.codes,
             lines,
         };
-        beam_search(&self.graph, &[self.entry], &scorer, ef, s);
+        let filtered = match allow {
+            None => {
+                beam_search(&self.graph, &[self.entry], &scorer, ef, s);
+                false
+            }
+            Some((a, strategy)) => {
+                // The beam must widen as the filter gets more selective for the results to
+                // hold `ef` allowed candidates; scanning the allowed codes costs one estimate
+                // each, a traversal roughly 16 per beam slot.
+                let n = self.len();
+                let sel = a.count as f64 / n as f64;
+                let ef_f = ((ef as f64 / sel).ceil() as usize).clamp(ef, n.max(ef));
+                let scan = match strategy {
+                    FilterStrategy::Scan => true,
+                    FilterStrategy::Graph => false,
+                    FilterStrategy::Auto => a.count <= 16 * ef_f,
+                };
+                if scan {
+                    s.results.reset(ef);
+                    for id in a.iter() {
+                        if (id as usize) < n {
+                            let d = self.enc.distance(&pq, self.codes.get(id as usize));
+                            s.results.insert(d, id);
+                        }
+                    }
+                } else {
+                    beam_search_filtered(
+                        &self.graph,
+                        &[self.entry],
+                        &scorer,
+                        ef_f,
+                        ef,
+                        |u| a.contains(u),
+                        s,
+                    );
+                }
+                true
+            }
+        };
+        let found = if filtered { &s.results } else { &s.pool };
         match rerank_src {
             Some(src) => {
                 let dim = self.enc.dim();
                 let kern = kernels();
                 let metric = self.enc.metric();
                 let code = |id: u32| self.codes.get(id as usize);
-                let mut cands: Vec<(f32, u32)> = s.pool.iter().take(rerank).collect();
+                let mut cands: Vec<(f32, u32)> = found.iter().take(rerank).collect();
                 // With a finer code, re-score the candidates from it first (codes are compact
                 // and mostly cached), so only the best few need their float vectors, which are
                 // the expensive, cache-missing reads.
@@ -213,6 +366,7 @@ impl<E: Encoding> GraphIndex<E> {
                 };
                 match src {
                     Some(v) => {
+                        let v = v.as_slice();
                         let lines = (dim * 4).div_ceil(64);
                         for &(_, id) in &cands[..exact_n] {
                             let p = v[id as usize * dim..].as_ptr() as *const u8;
@@ -239,7 +393,7 @@ impl<E: Encoding> GraphIndex<E> {
                 }
             }
             None => {
-                for (j, (d, id)) in s.pool.iter().take(k).enumerate() {
+                for (j, (d, id)) in found.iter().take(k).enumerate() {
                     ids[j] = id as i64;
                     dists[j] = d;
                 }
@@ -251,8 +405,11 @@ impl<E: Encoding> GraphIndex<E> {
         MemoryUsage {
             codes: self.codes.memory_bytes(),
             graph: self.graph.memory_bytes(),
-            vectors: self.vectors.as_ref().map_or(0, |v| v.capacity() * 4),
+            vectors: self.vectors.as_ref().map_or(0, |v| v.memory_bytes()),
             params: self.enc.params_bytes(),
+            ids: 0,
+            mapped: self.codes.mapped_bytes()
+                + self.vectors.as_ref().map_or(0, |v| v.mapped_bytes()),
         }
     }
 
@@ -271,16 +428,20 @@ impl<E: Encoding> GraphIndex<E> {
         w.u64(self.build.seed);
         w.u32(self.enc.code_size() as u32);
         self.enc.write_params(w);
-        for i in 0..n {
-            w.bytes(self.codes.get(i));
-        }
+        w.f32(self.max_norm2);
+        w.align64();
+        w.bytes(self.codes.bytes());
         w.u32s(self.graph.raw());
         if let Some(v) = &self.vectors {
-            w.f32s(v);
+            w.align64();
+            w.f32s(v.as_slice());
         }
     }
 
-    fn read(r: &mut Reader, h: &Header) -> Result<Self> {
+    /// Reads what [`GraphIndex::write`] wrote (or the version-1 layout). With `map` (the file
+    /// mapped, the payload at file offset [`io::HEADER`]) the codes and vectors of a version-2
+    /// file are served from the map instead of being read.
+    fn read(r: &mut Reader, h: &Header, version: u32, map: Option<&Arc<Mmap>>) -> Result<Self> {
         let enc = E::read_params(r, h.dim, h.metric)?;
         if enc.code_size() != h.code_size {
             return Err(Error::Format(format!(
@@ -289,11 +450,31 @@ impl<E: Encoding> GraphIndex<E> {
                 enc.code_size()
             )));
         }
-        let raw = r.take_array(h.n, h.code_size)?;
-        let mut codes = CodeStore::with_len(h.code_size, h.n);
-        for (i, c) in raw.chunks_exact(h.code_size.max(1)).enumerate().take(h.n) {
-            codes.get_mut(i).copy_from_slice(c);
-        }
+        let mut max_norm2 = 0.0;
+        let codes = if version >= 2 {
+            max_norm2 = r.f32()?;
+            if !(max_norm2.is_finite() && max_norm2 >= 0.0) {
+                return Err(Error::Format("invalid maximum norm".into()));
+            }
+            r.align64()?;
+            let at = io::HEADER + r.pos();
+            let raw = r.take_array(h.n, stride_of(h.code_size))?;
+            match map.and_then(|m| CodeStore::mapped(h.code_size, h.n, m.clone(), at)) {
+                Some(c) => c,
+                None => {
+                    let mut codes = CodeStore::with_len(h.code_size, h.n);
+                    codes.bytes_mut().copy_from_slice(raw);
+                    codes
+                }
+            }
+        } else {
+            let raw = r.take_array(h.n, h.code_size)?;
+            let mut codes = CodeStore::with_len(h.code_size, h.n);
+            for (i, c) in raw.chunks_exact(h.code_size.max(1)).enumerate().take(h.n) {
+                codes.get_mut(i).copy_from_slice(c);
+            }
+            codes
+        };
         let adj_len =
             h.n.checked_mul(h.degree + 1)
                 .ok_or_else(|| Error::Format("graph size overflows".into()))?;
@@ -307,21 +488,37 @@ impl<E: Encoding> GraphIndex<E> {
             )));
         }
         let vectors = if h.has_vectors {
-            let v = r.f32s(
+            let len =
                 h.n.checked_mul(h.dim)
-                    .ok_or_else(|| Error::Format("vector block overflows".into()))?,
-            )?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Format(
-                    "stored vectors contain non-finite values".into(),
-                ));
+                    .ok_or_else(|| Error::Format("vector block overflows".into()))?;
+            if version >= 2 {
+                r.align64()?;
             }
-            Some(v)
+            let at = io::HEADER + r.pos();
+            let mapped = if version >= 2 {
+                map.and_then(|m| F32Store::mapped(m.clone(), at, len))
+            } else {
+                None
+            };
+            match mapped {
+                Some(v) => {
+                    r.take_array(len, 4)?;
+                    Some(v)
+                }
+                None => {
+                    let v = r.f32s(len)?;
+                    if v.iter().any(|x| !x.is_finite()) {
+                        return Err(Error::Format(
+                            "stored vectors contain non-finite values".into(),
+                        ));
+                    }
+                    Some(F32Store::Owned(v))
+                }
+            }
         } else {
             None
         };
-        r.finish()?;
-        Ok(GraphIndex {
+        let mut g = GraphIndex {
             enc,
             codes,
             graph,
@@ -329,8 +526,24 @@ impl<E: Encoding> GraphIndex<E> {
             vectors,
             keep_vectors: h.keep_vectors,
             build: h.build.clone(),
-        })
+            max_norm2,
+        };
+        if version < 2 && h.metric == Metric::InnerProduct {
+            g.max_norm2 = g.recompute_max_norm2();
+        }
+        Ok(g)
     }
+}
+
+/// Largest squared norm of the rows (inner product only; 0 otherwise).
+pub(crate) fn max_norm2(data: &[f32], dim: usize, metric: Metric) -> f32 {
+    if metric != Metric::InnerProduct {
+        return 0.0;
+    }
+    let k = kernels();
+    data.par_chunks(dim)
+        .map(|x| (k.dot_f32)(x, x))
+        .reduce(|| 0.0, f32::max)
 }
 
 struct Header {
@@ -407,10 +620,38 @@ macro_rules! dispatch {
     };
 }
 
-/// A graph index over encoded vectors.
+macro_rules! dispatch_mut {
+    ($self:expr, $g:ident => $e:expr) => {
+        match &mut $self.inner {
+            Inner::Flat($g) => $e,
+            Inner::Sq8($g) => $e,
+            Inner::RaBitQ($g) => $e,
+            Inner::Lvq($g) => $e,
+            Inner::Pq($g) => $e,
+            Inner::TurboQuant($g) => $e,
+        }
+    };
+}
+
+/// A graph index over encoded vectors, with user ids, incremental adds, deletes and filtered
+/// search.
+///
+/// Vectors live at internal positions `0..n`; each position has a user id (by default its
+/// position). Deleting marks a position with a tombstone: it keeps routing searches through
+/// the graph but is never returned. Once tombstones reach [`CONSOLIDATE_AT`] of the positions,
+/// the graph is repaired around them (FreshDiskANN's delete consolidation: every edge into a
+/// deleted node is replaced by candidates from its out-neighbours, α-pruned) and the deleted
+/// rows are dropped.
 pub struct Index {
     inner: Inner,
+    ids: Ids,
+    deleted: BitSet,
+    /// Id the next vector added without an explicit id gets.
+    next_id: i64,
 }
+
+/// Fraction of tombstoned positions at which a delete consolidates the index.
+pub const CONSOLIDATE_AT: f64 = 0.1;
 
 fn check_matrix(what: &'static str, data: &[f32], dim: usize) -> Result<usize> {
     if dim == 0 {
@@ -543,15 +784,71 @@ impl Index {
                     ))
                 }
             };
-            Ok(Index { inner })
+            Ok(Index::from_inner(inner))
         })
     }
 
-    pub fn len(&self) -> usize {
+    fn from_inner(inner: Inner) -> Index {
+        Index {
+            inner,
+            ids: Ids::Range,
+            deleted: BitSet::default(),
+            next_id: 0,
+        }
+        .with_range_ids()
+    }
+
+    fn with_range_ids(mut self) -> Self {
+        self.ids = Ids::Range;
+        self.next_id = self.positions() as i64;
+        self
+    }
+
+    /// Gives the vectors the user ids `ids` (one per vector, all distinct) instead of their
+    /// positions `0..n`.
+    pub fn with_ids(mut self, ids: &[i64]) -> Result<Index> {
+        if ids.len() != self.positions() {
+            return Err(Error::InvalidInput(format!(
+                "ids: got {} ids for {} vectors",
+                ids.len(),
+                self.positions()
+            )));
+        }
+        if self.deleted.count > 0 {
+            return Err(Error::InvalidInput(
+                "ids can only be set on a freshly built index".into(),
+            ));
+        }
+        let mut pos = FxHashMap::default();
+        pos.reserve(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            if pos.insert(id, i as u32).is_some() {
+                return Err(Error::InvalidInput(format!("ids: duplicate id {id}")));
+            }
+        }
+        self.next_id = ids.iter().max().map_or(0, |&m| m.saturating_add(1));
+        self.ids = Ids::Explicit {
+            ext: ids.to_vec(),
+            pos,
+        };
+        Ok(self)
+    }
+
+    /// Stored positions, including deleted ones not yet consolidated.
+    fn positions(&self) -> usize {
         dispatch!(self, g => g.len())
+    }
+
+    /// Number of live (not deleted) vectors.
+    pub fn len(&self) -> usize {
+        self.positions() - self.deleted.count
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Number of deleted vectors whose positions are not yet reclaimed.
+    pub fn deleted_count(&self) -> usize {
+        self.deleted.count
     }
     pub fn dim(&self) -> usize {
         dispatch!(self, g => g.enc.dim())
@@ -576,7 +873,14 @@ impl Index {
         dispatch!(self, g => g.build.clone())
     }
     pub fn memory_usage(&self) -> MemoryUsage {
-        dispatch!(self, g => g.memory())
+        let mut m = dispatch!(self, g => g.memory());
+        m.ids = self.deleted.memory_bytes()
+            + match &self.ids {
+                Ids::Range => 0,
+                // the id vector plus the table's slots (key, value and a control byte each)
+                Ids::Explicit { ext, pos } => ext.capacity() * 8 + pos.capacity() * 13,
+            };
+        m
     }
     /// The graph (for tests and diagnostics).
     pub fn graph(&self) -> &Graph {
@@ -586,12 +890,291 @@ impl Index {
         dispatch!(self, g => g.entry)
     }
 
+    #[inline]
+    fn ext_id(&self, pos: u32) -> i64 {
+        match &self.ids {
+            Ids::Range => pos as i64,
+            Ids::Explicit { ext, .. } => ext[pos as usize],
+        }
+    }
+
+    /// Position of a live id.
+    fn lookup(&self, id: i64) -> Option<u32> {
+        match &self.ids {
+            Ids::Range => (id >= 0 && (id as u64) < self.positions() as u64)
+                .then_some(id as u32)
+                .filter(|&p| !self.deleted.contains(p)),
+            Ids::Explicit { pos, .. } => pos.get(&id).copied(),
+        }
+    }
+
+    /// Whether `id` is a live vector of the index.
+    pub fn contains(&self, id: i64) -> bool {
+        self.lookup(id).is_some()
+    }
+
+    /// The ids of the live vectors, in storage order.
+    pub fn ids(&self) -> Vec<i64> {
+        (0..self.positions() as u32)
+            .filter(|&p| !self.deleted.contains(p))
+            .map(|p| self.ext_id(p))
+            .collect()
+    }
+
+    fn explicit_ids(&mut self) -> (&mut Vec<i64>, &mut FxHashMap<i64, u32>) {
+        if let Ids::Range = self.ids {
+            let n = self.positions();
+            let ext: Vec<i64> = (0..n as i64).collect();
+            let pos = (0..n as u32)
+                .filter(|&p| !self.deleted.contains(p))
+                .map(|p| (p as i64, p))
+                .collect();
+            self.ids = Ids::Explicit { ext, pos };
+        }
+        match &mut self.ids {
+            Ids::Explicit { ext, pos } => (ext, pos),
+            Ids::Range => unreachable!("converted above"),
+        }
+    }
+
+    /// Checks a batch of new vectors (and their ids, if given) before anything changes.
+    fn check_new(&self, data: &[f32], dim: usize, ids: Option<&[i64]>) -> Result<usize> {
+        if dim != self.dim() {
+            return Err(Error::DimensionMismatch {
+                expected: self.dim(),
+                got: dim,
+            });
+        }
+        let m = check_matrix("vectors", data, dim)?;
+        if m == 0 {
+            return Err(Error::Empty("vectors (0 rows)"));
+        }
+        if self.positions() + m >= u32::MAX as usize {
+            return Err(Error::InvalidInput(format!(
+                "adding {m} vectors would exceed the {} this index supports",
+                u32::MAX - 1
+            )));
+        }
+        if let Some(ids) = ids {
+            if ids.len() != m {
+                return Err(Error::InvalidInput(format!(
+                    "ids: got {} ids for {m} vectors",
+                    ids.len()
+                )));
+            }
+            let mut seen = FxHashMap::default();
+            for &id in ids {
+                if seen.insert(id, ()).is_some() {
+                    return Err(Error::InvalidInput(format!("ids: duplicate id {id}")));
+                }
+            }
+        } else if self.next_id.checked_add(m as i64).is_none() {
+            return Err(Error::InvalidInput(
+                "no default ids left (an id near i64::MAX is in use); pass ids".into(),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Adds vectors (row-major, `dim` columns) with the given ids, or with ids counting up
+    /// from one past the largest id used so far. Returns the ids. Ids already in the index are
+    /// an error (use [`Index::upsert`] to replace); nothing changes on error.
+    ///
+    /// The encoding's parameters are not retrained: new vectors are encoded with the trained
+    /// ones and inserted into the graph like the build inserts them, with their neighbours
+    /// searched on the codes and pruned with exact distances when float vectors are kept (or
+    /// distances between decoded codes when they are not).
+    pub fn add(
+        &mut self,
+        data: &[f32],
+        dim: usize,
+        ids: Option<&[i64]>,
+        threads: Option<usize>,
+    ) -> Result<Vec<i64>> {
+        let m = self.check_new(data, dim, ids)?;
+        if let Some(ids) = ids {
+            if let Some(&dup) = ids.iter().find(|&&id| self.contains(id)) {
+                return Err(Error::InvalidInput(format!(
+                    "id {dup} is already in the index (use upsert to replace it)"
+                )));
+            }
+        }
+        Ok(self.add_unchecked(data, m, ids, threads))
+    }
+
+    fn add_unchecked(
+        &mut self,
+        data: &[f32],
+        m: usize,
+        ids: Option<&[i64]>,
+        threads: Option<usize>,
+    ) -> Vec<i64> {
+        let dim = self.dim();
+        let metric = self.metric();
+        let n0 = self.positions();
+        let new_ids: Vec<i64> = match ids {
+            Some(ids) => ids.to_vec(),
+            None => (self.next_id..self.next_id + m as i64).collect(),
+        };
+        let stays_range = matches!(self.ids, Ids::Range)
+            && new_ids
+                .iter()
+                .enumerate()
+                .all(|(j, &id)| id == (n0 + j) as i64);
+        if !stays_range {
+            self.explicit_ids();
+        }
+        let deleted = &self.deleted;
+        with_threads(threads, || {
+            let data = normalized_copy(data, dim, metric);
+            dispatch_mut!(self, g => g.add(&data, &|p| deleted.contains(p)));
+        });
+        if !stays_range {
+            let (ext, pos) = self.explicit_ids();
+            for (j, &id) in new_ids.iter().enumerate() {
+                ext.push(id);
+                pos.insert(id, (n0 + j) as u32);
+            }
+        }
+        if let Some(&mx) = new_ids.iter().max() {
+            self.next_id = self.next_id.max(mx.saturating_add(1));
+        }
+        new_ids
+    }
+
+    /// Deletes the vectors with these ids (unknown ids are ignored); returns how many were
+    /// deleted. They are never returned by a search from this call on. When tombstones reach
+    /// [`CONSOLIDATE_AT`] of the stored positions, the graph is repaired and compacted.
+    pub fn delete(&mut self, ids: &[i64], threads: Option<usize>) -> usize {
+        let removed = self.tombstone(ids);
+        if self.deleted.count as f64 >= CONSOLIDATE_AT * self.positions() as f64 {
+            self.consolidate(threads);
+        }
+        removed
+    }
+
+    fn tombstone(&mut self, ids: &[i64]) -> usize {
+        let mut removed = 0;
+        for &id in ids {
+            if let Some(p) = self.lookup(id) {
+                self.deleted.insert(p);
+                if let Ids::Explicit { pos, .. } = &mut self.ids {
+                    pos.remove(&id);
+                }
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Inserts the vectors, replacing the ones whose ids are already present.
+    pub fn upsert(
+        &mut self,
+        data: &[f32],
+        dim: usize,
+        ids: &[i64],
+        threads: Option<usize>,
+    ) -> Result<()> {
+        let m = self.check_new(data, dim, Some(ids))?;
+        self.tombstone(ids);
+        self.add_unchecked(data, m, Some(ids), threads);
+        if self.deleted.count as f64 >= CONSOLIDATE_AT * self.positions() as f64 {
+            self.consolidate(threads);
+        }
+        Ok(())
+    }
+
+    /// Repairs the graph around deleted vectors and drops them, reclaiming their memory.
+    pub fn consolidate(&mut self, threads: Option<usize>) {
+        if self.deleted.count == 0 {
+            return;
+        }
+        let deleted = std::mem::take(&mut self.deleted);
+        let new_id: Vec<u32> = with_threads(
+            threads,
+            || dispatch_mut!(self, g => g.consolidate(&|p| deleted.contains(p))),
+        );
+        let identity = new_id
+            .iter()
+            .enumerate()
+            .all(|(p, &q)| q == u32::MAX || q == p as u32);
+        if !(identity && matches!(self.ids, Ids::Range)) {
+            {
+                let old: Vec<i64> = (0..new_id.len() as u32).map(|p| self.ext_id(p)).collect();
+                let mut ext = Vec::with_capacity(self.positions());
+                let mut pos = FxHashMap::default();
+                pos.reserve(self.positions());
+                for (p, &q) in new_id.iter().enumerate() {
+                    if q != u32::MAX {
+                        debug_assert_eq!(q as usize, ext.len());
+                        ext.push(old[p]);
+                        pos.insert(old[p], q);
+                    }
+                }
+                self.ids = Ids::Explicit { ext, pos };
+            }
+        }
+    }
+
+    /// Positions a filter allows (live ones only).
+    fn allowed_set(&self, f: &Allowed<'_>) -> BitSet {
+        let n = self.positions();
+        let mut set = BitSet::with_len(n);
+        match *f {
+            Allowed::Ids(ids) => {
+                for &id in ids {
+                    if let Some(p) = self.lookup(id) {
+                        set.insert(p);
+                    }
+                }
+            }
+            Allowed::Mask(mask) => {
+                for p in 0..n as u32 {
+                    let id = self.ext_id(p);
+                    if id >= 0
+                        && (id as u64) < mask.len() as u64
+                        && mask[id as usize]
+                        && !self.deleted.contains(p)
+                    {
+                        set.insert(p);
+                    }
+                }
+            }
+        }
+        set
+    }
+
+    fn live_set(&self) -> BitSet {
+        let n = self.positions();
+        let mut set = BitSet::with_len(n);
+        for p in 0..n as u32 {
+            if !self.deleted.contains(p) {
+                set.insert(p);
+            }
+        }
+        set
+    }
+
     /// Searches `queries` (row-major, `dim` columns). Returns `k` (id, distance) pairs per
     /// query, nearest first, padded with (-1, +inf) when fewer exist.
     pub fn search(
         &self,
         queries: &[f32],
         p: &SearchParams,
+        threads: Option<usize>,
+    ) -> Result<(Vec<i64>, Vec<f32>)> {
+        self.search_with(queries, p, None, threads)
+    }
+
+    /// [`Index::search`] returning only vectors the filter allows. The filter is applied inside
+    /// the traversal (rejected nodes still route the search), or, when few vectors are allowed,
+    /// by scanning the allowed codes, so a selective filter still returns `k` results when `k`
+    /// exist.
+    pub fn search_with(
+        &self,
+        queries: &[f32],
+        p: &SearchParams,
+        filter: Option<&Filter<'_>>,
         threads: Option<usize>,
     ) -> Result<(Vec<i64>, Vec<f32>)> {
         let dim = self.dim();
@@ -621,6 +1204,12 @@ impl Index {
         if nq == 0 {
             return Err(Error::Empty("queries (0 rows)"));
         }
+        let allow = match filter {
+            Some(f) => Some((self.allowed_set(&f.allowed), f.strategy)),
+            None if self.deleted.count > 0 => Some((self.live_set(), FilterStrategy::Auto)),
+            None => None,
+        };
+        let allow = allow.as_ref().map(|(a, st)| (a, *st));
         let metric = self.metric();
         let k = p.k;
         let mut ids = vec![-1i64; nq * k];
@@ -632,8 +1221,13 @@ impl Index {
             }
             SCRATCH.with(|s| {
                 let s = &mut *s.borrow_mut();
-                dispatch!(self, g => g.search_one(&q, p, s, oi, od))
+                dispatch!(self, g => g.search_one(&q, p, allow, s, oi, od))
             });
+            if !matches!(self.ids, Ids::Range) {
+                for id in oi.iter_mut().filter(|id| **id >= 0) {
+                    *id = self.ext_id(*id as u32);
+                }
+            }
         };
         if nq == 1 || threads == Some(1) {
             for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
@@ -650,36 +1244,142 @@ impl Index {
         Ok((ids, dists))
     }
 
-    /// Serialises the index into a payload (see [`crate::io`]).
+    /// Serialises the index into a payload of the current format version (see [`crate::io`]).
     pub fn to_payload(&self) -> Vec<u8> {
         let mut w = Writer::default();
         dispatch!(self, g => g.write(&mut w));
+        match &self.ids {
+            Ids::Range => w.u8(0),
+            Ids::Explicit { ext, .. } => {
+                w.u8(1);
+                w.i64s(ext);
+            }
+        }
+        w.u64(self.next_id as u64);
+        w.u64(self.deleted.count as u64);
+        if self.deleted.count > 0 {
+            let words = self.positions().div_ceil(64);
+            let mut v = self.deleted.words.clone();
+            v.resize(words, 0);
+            w.u64s(&v);
+        }
         w.buf
     }
 
+    /// The index in the file format, container included (used for pickling).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        io::to_container(&self.to_payload())
+    }
+
+    /// Reads what [`Index::to_bytes`] wrote (or a whole index file's bytes).
+    pub fn from_bytes(data: Vec<u8>) -> Result<Index> {
+        let (version, payload) = io::verify_versioned(data)?;
+        Self::from_payload_version(&payload, version, None)
+    }
+
+    /// Reads a payload of the current format version.
     pub fn from_payload(payload: &[u8]) -> Result<Index> {
+        Self::from_payload_version(payload, io::FORMAT_VERSION, None)
+    }
+
+    fn from_payload_version(
+        payload: &[u8],
+        version: u32,
+        map: Option<&Arc<Mmap>>,
+    ) -> Result<Index> {
         let mut r = Reader::new(payload);
         let h = read_header(&mut r)?;
         let inner = match h.tag {
-            Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h)?),
-            Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h)?),
-            RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h)?),
-            Lvq::TAG => Inner::Lvq(GraphIndex::read(&mut r, &h)?),
-            Pq::TAG => Inner::Pq(GraphIndex::read(&mut r, &h)?),
-            TurboQuant::TAG => Inner::TurboQuant(GraphIndex::read(&mut r, &h)?),
+            Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h, version, map)?),
+            Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h, version, map)?),
+            RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h, version, map)?),
+            Lvq::TAG => Inner::Lvq(GraphIndex::read(&mut r, &h, version, map)?),
+            Pq::TAG => Inner::Pq(GraphIndex::read(&mut r, &h, version, map)?),
+            TurboQuant::TAG => Inner::TurboQuant(GraphIndex::read(&mut r, &h, version, map)?),
             t => return Err(Error::Format(format!("unknown encoding tag {t}"))),
         };
-        Ok(Index { inner })
+        let mut index = Index::from_inner(inner);
+        if version >= 2 {
+            let n = h.n;
+            match r.u8()? {
+                0 => {}
+                1 => {
+                    let ext = r.i64s(n)?;
+                    index.ids = Ids::Explicit {
+                        ext,
+                        pos: FxHashMap::default(),
+                    };
+                }
+                t => return Err(Error::Format(format!("unknown id table kind {t}"))),
+            }
+            index.next_id = r.u64()? as i64;
+            let ndel = r.count("deleted count", n as u64)?;
+            if ndel > 0 {
+                let words = r.u64s(n.div_ceil(64))?;
+                let mut set = BitSet::with_len(n);
+                for (wi, &w) in words.iter().enumerate() {
+                    for b in 0..64 {
+                        if (w >> b) & 1 == 1 {
+                            let p = wi * 64 + b;
+                            if p >= n {
+                                return Err(Error::Format("tombstone out of range".into()));
+                            }
+                            set.insert(p as u32);
+                        }
+                    }
+                }
+                if set.count != ndel {
+                    return Err(Error::Format("tombstone count mismatch".into()));
+                }
+                index.deleted = set;
+            }
+            // Live ids must be distinct; rebuild their lookup table.
+            if let Ids::Explicit { ext, .. } = &index.ids {
+                let mut pos = FxHashMap::default();
+                pos.reserve(n);
+                for (p, &id) in ext.iter().enumerate() {
+                    if !index.deleted.contains(p as u32) && pos.insert(id, p as u32).is_some() {
+                        return Err(Error::Format(format!("duplicate id {id}")));
+                    }
+                }
+                let max = ext.iter().copied().max().unwrap_or(-1);
+                if index.next_id <= max && max < i64::MAX {
+                    return Err(Error::Format("next id below a stored id".into()));
+                }
+                index.ids = Ids::Explicit {
+                    ext: ext.clone(),
+                    pos,
+                };
+            } else if index.next_id < n as i64 {
+                return Err(Error::Format("next id below a stored id".into()));
+            }
+        }
+        r.finish()?;
+        Ok(index)
     }
 
-    /// Writes the index to `path` atomically.
+    /// Writes the index to `path` atomically (a temporary file renamed into place).
     pub fn save(&self, path: &Path) -> Result<()> {
         io::write_file(path, &self.to_payload())
     }
 
-    /// Loads an index written by [`Index::save`].
+    /// Loads an index written by [`Index::save`] (any supported format version).
     pub fn load(path: &Path) -> Result<Index> {
-        let payload = io::read_file(path)?;
-        Self::from_payload(&payload)
+        let (version, payload) = io::read_file_versioned(path)?;
+        Self::from_payload_version(&payload, version, None)
+    }
+
+    /// Loads an index and serves its codes and float vectors from a memory map of the file, so
+    /// only the header, parameters, graph and ids are read: opening is fast and the pages are
+    /// shared between processes. The checksum is not verified (it would read every page); the
+    /// structure is. The first `add`/`delete` copies the mapped parts into RAM. Version-1 files
+    /// (not aligned for mapping) are read as by [`Index::load`].
+    pub fn load_mmap(path: &Path) -> Result<Index> {
+        let (version, map) = io::open_mapped(path)?;
+        if version < 2 {
+            return Self::load(path);
+        }
+        let payload = &map[io::HEADER..map.len() - 4];
+        Self::from_payload_version(payload, version, Some(&map))
     }
 }

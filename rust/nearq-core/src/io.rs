@@ -9,6 +9,9 @@
 //! 24      P     payload (little-endian fields, see index.rs)
 //! 24+P    4     CRC-32 (IEEE) of the payload
 //! ```
+//! Version 2 (this release) aligns the bulk sections of the payload (codes, float vectors) to
+//! 64-byte file offsets with zero padding, so a memory-mapped file can be searched in place
+//! ([`open_mapped`]); version 1 files (no padding, no ids or tombstones) still load.
 //! The whole file is checked (length, version, checksum) before any field is parsed, and every
 //! length read from the payload is checked against the bytes that remain before anything is
 //! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
@@ -20,8 +23,9 @@ use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER: usize = 24;
+pub const FORMAT_VERSION: u32 = 2;
+/// Bytes before the payload; payload offset `p` lies at file offset `HEADER + p`.
+pub const HEADER: usize = 24;
 
 /// Appends little-endian fields to a payload buffer.
 #[derive(Default)]
@@ -55,6 +59,22 @@ impl Writer {
             self.u32(*x);
         }
     }
+    pub fn i64s(&mut self, v: &[i64]) {
+        for x in v {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    pub fn u64s(&mut self, v: &[u64]) {
+        for x in v {
+            self.u64(*x);
+        }
+    }
+    /// Zero padding up to the next 64-byte file offset.
+    pub fn align64(&mut self) {
+        while !(HEADER + self.buf.len()).is_multiple_of(64) {
+            self.buf.push(0);
+        }
+    }
 }
 
 /// Reads little-endian fields from a payload, failing with [`Error::Format`] past its end.
@@ -69,6 +89,18 @@ impl<'a> Reader<'a> {
     }
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
+    }
+    /// Current offset in the payload.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    /// Skips the zero padding [`Writer::align64`] wrote.
+    pub fn align64(&mut self) -> Result<()> {
+        let pad = (64 - (HEADER + self.pos) % 64) % 64;
+        if self.take(pad)?.iter().any(|&b| b != 0) {
+            return Err(Error::Format("non-zero alignment padding".into()));
+        }
+        Ok(())
     }
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
@@ -105,6 +137,18 @@ impl<'a> Reader<'a> {
         let b = self.take_array(count, 4)?;
         Ok(b.chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+    pub fn i64s(&mut self, count: usize) -> Result<Vec<i64>> {
+        let b = self.take_array(count, 8)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+    pub fn u64s(&mut self, count: usize) -> Result<Vec<u64>> {
+        let b = self.take_array(count, 8)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect())
     }
     pub fn u32s(&mut self, count: usize) -> Result<Vec<u32>> {
@@ -176,12 +220,42 @@ pub fn write_file(path: &Path, payload: &[u8]) -> Result<()> {
 
 /// Reads a file and returns its verified payload.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let data = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    verify(data)
+    Ok(read_file_versioned(path)?.1)
 }
 
-/// Checks the container (magic, version, length, checksum) and returns the payload.
-pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
+/// Reads a file and returns its format version and verified payload.
+pub fn read_file_versioned(path: &Path) -> Result<(u32, Vec<u8>)> {
+    let data = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    verify_versioned(data)
+}
+
+/// Wraps a payload in the container (header, payload, checksum) in memory.
+pub fn to_container(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len() + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out
+}
+
+/// Maps a file and checks its container header (magic, version, flags, payload length)
+/// without reading the rest: the checksum is not verified, since that would read every page.
+/// Returns the format version and the map; the payload is `map[HEADER..map.len() - 4]`.
+pub fn open_mapped(path: &Path) -> Result<(u32, std::sync::Arc<memmap2::Mmap>)> {
+    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: the map is read-only and private to this index; like every memory-mapped
+    // reader we rely on the file not being truncated or rewritten in place while mapped
+    // (nearq itself only ever replaces index files by renaming a new file over them).
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| io_err(path, e))?;
+    let version = check_header(&map)?;
+    Ok((version, std::sync::Arc::new(map)))
+}
+
+/// Checks the container header against the data's length; returns the version.
+fn check_header(data: &[u8]) -> Result<u32> {
     if data.len() < HEADER + 4 {
         return Err(Error::Format(format!(
             "file is {} bytes, too short to be a nearq index",
@@ -212,6 +286,17 @@ pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
             "payload length field says {plen} bytes but the file holds {expected} (truncated or corrupt)"
         )));
     }
+    Ok(version)
+}
+
+/// Checks the container (magic, version, length, checksum) and returns the payload.
+pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
+    Ok(verify_versioned(data)?.1)
+}
+
+/// Checks the container and returns its format version and payload.
+pub fn verify_versioned(data: Vec<u8>) -> Result<(u32, Vec<u8>)> {
+    let version = check_header(&data)?;
     let crc = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
     if crc32fast::hash(&data[HEADER..data.len() - 4]) != crc {
         return Err(Error::Format(
@@ -221,5 +306,5 @@ pub fn verify(data: Vec<u8>) -> Result<Vec<u8>> {
     let mut data = data;
     data.truncate(data.len() - 4);
     data.drain(..HEADER);
-    Ok(data)
+    Ok((version, data))
 }

@@ -28,11 +28,12 @@ pub mod metric;
 pub mod parallel;
 pub mod qg;
 pub mod storage;
+mod update;
 
 pub use encoding::EncodingSpec;
 pub use error::{Error, Result};
 pub use exact::exact_search;
 pub use graph::BuildParams;
-pub use index::{Index, IndexParams, MemoryUsage, SearchParams};
+pub use index::{Allowed, Filter, FilterStrategy, Index, IndexParams, MemoryUsage, SearchParams};
 pub use metric::Metric;
 pub use nearq_kernels as kernels;

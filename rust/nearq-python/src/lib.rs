@@ -3,11 +3,14 @@
 
 use nearq_core::{self as core, EncodingSpec, Error, Metric};
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyType};
 use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 /// (ids, distances) as numpy arrays of shape (n, k).
@@ -61,16 +64,41 @@ fn to_numpy<'py>(
 }
 
 /// A graph index over encoded vectors (see `nearq.Index` for the documented wrapper).
+///
+/// The core index sits behind a readers-writer lock: searches (and saves) from any number of
+/// Python threads run together with the GIL released; `add`/`delete`/`upsert` wait for the
+/// running searches and hold off new ones while they change the index, so every search sees
+/// the index either before or after a whole change.
 #[pyclass(module = "nearq._nearq", frozen)]
 struct Index {
-    inner: core::Index,
+    inner: RwLock<core::Index>,
+}
+
+impl Index {
+    fn new(inner: core::Index) -> Self {
+        Index {
+            inner: RwLock::new(inner),
+        }
+    }
+    fn read(&self) -> RwLockReadGuard<'_, core::Index> {
+        // A panic while writing is a bug; the index is still structurally valid, so keep going.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, core::Index> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err("ids must be C-contiguous"))
 }
 
 #[pymethods]
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
@@ -87,9 +115,14 @@ impl Index {
         variant: Option<&str>,
         subspaces: Option<usize>,
         opq: bool,
+        ids: Option<PyReadonlyArray1<'_, i64>>,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
+        let ids = match &ids {
+            Some(a) => Some(ids_slice(a)?),
+            None => None,
+        };
         let params = (|| {
             Ok::<_, Error>(core::IndexParams {
                 metric: Metric::parse(metric)?,
@@ -106,6 +139,18 @@ impl Index {
             })
         })()
         .map_err(|e| to_py(py, e))?;
+        if let Some(ids) = ids {
+            if ids.len() != data.shape()[0] {
+                return Err(to_py(
+                    py,
+                    Error::InvalidInput(format!(
+                        "ids: got {} ids for {} vectors",
+                        ids.len(),
+                        data.shape()[0]
+                    )),
+                ));
+            }
+        }
         let start = Instant::now();
         let report = move |done: usize, total: usize| {
             if progress && start.elapsed().as_secs_f32() > 0.3 {
@@ -126,11 +171,18 @@ impl Index {
                 }
             }
         };
-        let r = py.detach(|| core::Index::build(x, dim, &params, threads, &report));
-        r.map(|inner| Index { inner }).map_err(|e| to_py(py, e))
+        let r = py.detach(|| {
+            let index = core::Index::build(x, dim, &params, threads, &report)?;
+            match ids {
+                Some(ids) => index.with_ids(ids),
+                None => Ok(index),
+            }
+        });
+        r.map(Index::new).map_err(|e| to_py(py, e))
     }
 
-    #[pyo3(signature = (queries, k, ef=None, rerank=None, threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (queries, k, ef=None, rerank=None, threads=None, filter_ids=None, filter_mask=None, filter_strategy=None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -139,77 +191,178 @@ impl Index {
         ef: Option<usize>,
         rerank: Option<usize>,
         threads: Option<usize>,
+        filter_ids: Option<PyReadonlyArray1<'py, i64>>,
+        filter_mask: Option<PyReadonlyArray1<'py, bool>>,
+        filter_strategy: Option<&str>,
     ) -> PyResult<Neighbors<'py>> {
         let dim = queries.shape()[1];
         let nq = queries.shape()[0];
-        if dim != self.inner.dim() {
-            return Err(to_py(
-                py,
-                Error::DimensionMismatch {
-                    expected: self.inner.dim(),
-                    got: dim,
-                },
-            ));
-        }
         let q = slice(&queries, "queries")?;
+        let strategy = match filter_strategy.unwrap_or("auto") {
+            "auto" => core::FilterStrategy::Auto,
+            "graph" => core::FilterStrategy::Graph,
+            "scan" => core::FilterStrategy::Scan,
+            other => {
+                return Err(to_py(
+                    py,
+                    Error::param(
+                        "filter_strategy",
+                        format!("must be \"auto\", \"graph\" or \"scan\", got {other:?}"),
+                    ),
+                ))
+            }
+        };
+        let allowed = match (&filter_ids, &filter_mask) {
+            (Some(a), None) => Some(core::Allowed::Ids(ids_slice(a)?)),
+            (None, Some(m)) => {
+                Some(core::Allowed::Mask(m.as_slice().map_err(|_| {
+                    PyValueError::new_err("filter mask must be C-contiguous")
+                })?))
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err("pass filter ids or a mask, not both"))
+            }
+        };
+        let filter = allowed.map(|allowed| core::Filter { allowed, strategy });
         let p = core::SearchParams { k, ef, rerank };
         let (ids, d) = py
-            .detach(|| self.inner.search(q, &p, threads))
+            .detach(|| {
+                let index = self.read();
+                if dim != index.dim() {
+                    return Err(Error::DimensionMismatch {
+                        expected: index.dim(),
+                        got: dim,
+                    });
+                }
+                index.search_with(q, &p, filter.as_ref(), threads)
+            })
             .map_err(|e| to_py(py, e))?;
         to_numpy(py, ids, d, nq, k)
     }
 
+    #[pyo3(signature = (data, ids=None, threads=None))]
+    fn add<'py>(
+        &self,
+        py: Python<'py>,
+        data: PyReadonlyArray2<'py, f32>,
+        ids: Option<PyReadonlyArray1<'py, i64>>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let dim = data.shape()[1];
+        let x = slice(&data, "vectors")?;
+        let ids = match &ids {
+            Some(a) => Some(ids_slice(a)?),
+            None => None,
+        };
+        let out = py
+            .detach(|| self.write().add(x, dim, ids, threads))
+            .map_err(|e| to_py(py, e))?;
+        Ok(out.into_pyarray(py))
+    }
+
+    #[pyo3(signature = (ids, threads=None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray1<'_, i64>,
+        threads: Option<usize>,
+    ) -> PyResult<usize> {
+        let ids = ids_slice(&ids)?;
+        Ok(py.detach(|| self.write().delete(ids, threads)))
+    }
+
+    #[pyo3(signature = (data, ids, threads=None))]
+    fn upsert(
+        &self,
+        py: Python<'_>,
+        data: PyReadonlyArray2<'_, f32>,
+        ids: PyReadonlyArray1<'_, i64>,
+        threads: Option<usize>,
+    ) -> PyResult<()> {
+        let dim = data.shape()[1];
+        let x = slice(&data, "vectors")?;
+        let ids = ids_slice(&ids)?;
+        py.detach(|| self.write().upsert(x, dim, ids, threads))
+            .map_err(|e| to_py(py, e))
+    }
+
+    #[pyo3(signature = (threads=None))]
+    fn consolidate(&self, py: Python<'_>, threads: Option<usize>) {
+        py.detach(|| self.write().consolidate(threads))
+    }
+
+    fn ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        py.detach(|| self.read().ids()).into_pyarray(py)
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.read().contains(id)
+    }
+
+    #[getter]
+    fn deleted_count(&self) -> usize {
+        self.read().deleted_count()
+    }
+
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| self.inner.save(&path))
+        py.detach(|| self.read().save(&path))
             .map_err(|e| to_py(py, e))
     }
 
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Index> {
-        py.detach(|| core::Index::load(&path))
-            .map(|inner| Index { inner })
-            .map_err(|e| to_py(py, e))
+    #[pyo3(signature = (path, mmap=false))]
+    fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<Index> {
+        py.detach(|| {
+            if mmap {
+                core::Index::load_mmap(&path)
+            } else {
+                core::Index::load(&path)
+            }
+        })
+        .map(Index::new)
+        .map_err(|e| to_py(py, e))
     }
 
     /// The index as bytes in the file format (used for pickling).
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let payload = py.detach(|| self.inner.to_payload());
-        Ok(pyo3::types::PyBytes::new(py, &payload))
+        let bytes = py.detach(|| self.read().to_bytes());
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
     }
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Index> {
-        py.detach(|| core::Index::from_payload(&data))
-            .map(|inner| Index { inner })
+        py.detach(|| core::Index::from_bytes(data))
+            .map(Index::new)
             .map_err(|e| to_py(py, e))
     }
 
     fn __len__(&self) -> usize {
-        self.inner.len()
+        self.read().len()
     }
     #[getter]
     fn dim(&self) -> usize {
-        self.inner.dim()
+        self.read().dim()
     }
     #[getter]
     fn metric(&self) -> &'static str {
-        self.inner.metric().name()
+        self.read().metric().name()
     }
     #[getter]
     fn encoding(&self) -> &'static str {
-        self.inner.encoding()
+        self.read().encoding()
     }
     #[getter]
     fn keep_vectors(&self) -> bool {
-        self.inner.keep_vectors()
+        self.read().keep_vectors()
     }
     #[getter]
     fn degree(&self) -> usize {
-        self.inner.graph().degree()
+        self.read().graph().degree()
     }
     #[getter]
     fn build_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let b = self.inner.build_params();
+        let b = self.read().build_params();
         let d = PyDict::new(py);
         d.set_item("degree", b.degree)?;
         d.set_item("build_ef", b.build_ef)?;
@@ -218,14 +371,15 @@ impl Index {
         Ok(d)
     }
     fn memory_usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let m = self.inner.memory_usage();
+        let m = self.read().memory_usage();
         let d = PyDict::new(py);
         d.set_item("codes", m.codes)?;
         d.set_item("graph", m.graph)?;
         d.set_item("vectors", m.vectors)?;
         d.set_item("params", m.params)?;
+        d.set_item("ids", m.ids)?;
         d.set_item("total", m.total())?;
-        d.set_item("mmap", 0)?;
+        d.set_item("mmap", m.mapped)?;
         Ok(d)
     }
 }

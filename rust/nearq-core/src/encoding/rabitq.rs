@@ -99,7 +99,7 @@ pub const MAX_CENTRES: usize = 256;
 const WINDOW_START: [f64; 8] = [0.0, 0.12, 0.18, 0.30, 0.45, 0.60, 0.66, 0.68];
 
 /// 1-bit factor block: f_add, f_rescale, f_err (f32), popcount(b) (u32), centre id (u32),
-/// 4 bytes reserved (keeps the code a multiple of 8 bytes).
+/// `||r||` (f32, used only by `decode`; 0 in codes written before it was stored).
 const F1_BYTES: usize = 24;
 /// Ex factor block: f_rescale_ex, f_err_ex (f32).
 const FEX_BYTES: usize = 8;
@@ -806,6 +806,7 @@ impl RaBitQ {
         wr_f32(out, pb + 8, err_factor(cos1));
         out[pb + 12..pb + 16].copy_from_slice(&popcnt.to_le_bytes());
         out[pb + 16..pb + 20].copy_from_slice(&(cid as u32).to_le_bytes());
+        wr_f32(out, pb + 20, norm as f32);
         if self.bits == 1 {
             return;
         }
@@ -873,6 +874,53 @@ impl Encoding for RaBitQ {
     fn encode(&self, v: &[f32], out: &mut [u8]) {
         self.encode_with(v, out, self.fast_encode)
     }
+    /// Reconstruction `c + P^T ŷ`: `ŷ` is the quantised direction (`2b_i - 1`, or `u_i + c_B`
+    /// for B bits) scaled to the stored residual norm `||r||`. Used where geometry between
+    /// stored vectors is needed (pruning the graph when vectors are added to, or deleted from,
+    /// an index that keeps no float vectors).
+    fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
+        let d = self.pad;
+        let pb = self.plane_bytes();
+        let bit = |plane: usize, i: usize| (code[plane + i / 8] >> (i % 8)) & 1;
+        let mut y = vec![0.0f32; d];
+        if self.bits == 1 {
+            let f = rd_f32(code, pb + 4);
+            for (i, yi) in y.iter_mut().enumerate() {
+                *yi = if bit(0, i) == 1 { f } else { -f };
+            }
+        } else {
+            let ex_bits = self.bits as usize - 1;
+            let f = rd_f32(code, self.ex_factor_offset());
+            let cb = -(((1u32 << self.bits) - 1) as f32) / 2.0;
+            let eo = self.ex_offset();
+            for (i, yi) in y.iter_mut().enumerate() {
+                let mut u = (bit(0, i) as u32) << ex_bits;
+                for j in 0..ex_bits {
+                    u |= (bit(eo + j * pb, i) as u32) << j;
+                }
+                *yi = f * (u as f32 + cb);
+            }
+        }
+        // Rescale to the residual's stored norm: the estimator's implicit vector is longer
+        // than `r` by `1/<x̄, ŷ>`, which would distort distances between decoded vectors.
+        let norm = rd_f32(code, pb + 20);
+        let cur = y.iter().map(|&v| v * v).sum::<f32>().sqrt();
+        if norm.is_finite() && norm > 0.0 && cur > 0.0 {
+            let s = norm / cur;
+            y.iter_mut().for_each(|v| *v *= s);
+        }
+        let mut r = vec![0.0f32; d];
+        self.rot.apply_inverse(&y, &mut r);
+        let at = pb + 16;
+        let j = u32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]]) as usize;
+        let j = j.min(self.centres.len() / self.dim - 1);
+        let c = &self.centres[j * self.dim..(j + 1) * self.dim];
+        for ((o, &ri), &ci) in out.iter_mut().zip(&r).zip(c) {
+            *o = ci + ri;
+        }
+        true
+    }
+
     fn prepare(&self, q: &[f32]) -> RaBitQQuery {
         let d = self.pad;
         let w = self.words();

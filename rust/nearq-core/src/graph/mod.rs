@@ -19,7 +19,7 @@ pub mod prune;
 pub mod search;
 
 pub use build::{build_graph, BuildParams};
-pub use search::{beam_search, Pool, Scorer, Visited};
+pub use search::{beam_search, beam_search_filtered, Pool, Scorer, Visited};
 
 /// Fixed-degree adjacency storage.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +70,33 @@ impl Graph {
         row[0] = nb.len() as u32;
         row[1..1 + nb.len()].copy_from_slice(nb);
         row[1 + nb.len()..].fill(0);
+    }
+
+    /// Appends `m` empty rows.
+    pub fn grow(&mut self, m: usize) {
+        self.adj.resize(self.adj.len() + m * (self.degree + 1), 0);
+    }
+
+    /// Keeps the rows whose `new_id` is not `u32::MAX`, renumbered by `new_id`, dropping edges
+    /// to removed rows (compaction after deletes).
+    pub fn compact(&self, new_id: &[u32]) -> Graph {
+        let live = new_id.iter().filter(|&&x| x != u32::MAX).count();
+        let mut g = Graph::new(self.degree, live);
+        let mut nb = Vec::with_capacity(self.degree);
+        for (i, &ni) in new_id.iter().enumerate() {
+            if ni == u32::MAX {
+                continue;
+            }
+            nb.clear();
+            nb.extend(
+                self.neighbors(i as u32)
+                    .iter()
+                    .map(|&u| new_id[u as usize])
+                    .filter(|&u| u != u32::MAX),
+            );
+            g.set_neighbors(ni, &nb);
+        }
+        g
     }
 
     pub fn memory_bytes(&self) -> usize {

@@ -165,6 +165,8 @@ pub struct SearchScratch {
     pub visited: Visited,
     pub pool: Pool,
     pub buf: Vec<u32>,
+    /// Accepted candidates of a filtered search.
+    pub results: Pool,
 }
 
 /// Beam search from `entry` with a pool of `ef` candidates; results are left in `s.pool`.
@@ -204,6 +206,60 @@ pub fn beam_search<S: Scorer>(
             let u = s.buf[i];
             let d = scorer.dist(u);
             s.pool.insert(d, u);
+        }
+    }
+}
+
+/// Beam search that routes through every node but collects only the nodes `accept` allows
+/// into `s.results` (capacity `res_cap`), so a filter (or the tombstones of deleted nodes)
+/// is applied inside the traversal: the beam of `ef` candidates keeps expanding through
+/// rejected nodes, and the results hold the nearest accepted nodes it met.
+pub fn beam_search_filtered<S: Scorer, F: Fn(u32) -> bool>(
+    graph: &Graph,
+    entries: &[u32],
+    scorer: &S,
+    ef: usize,
+    res_cap: usize,
+    accept: F,
+    s: &mut SearchScratch,
+) {
+    const LOOKAHEAD: usize = 3;
+    s.visited.reset(graph.len());
+    s.pool.reset(ef);
+    s.results.reset(res_cap);
+    for &e in entries {
+        if !s.visited.check_and_mark(e) {
+            let d = scorer.dist(e);
+            s.pool.insert(d, e);
+            if accept(e) {
+                s.results.insert(d, e);
+            }
+        }
+    }
+    while let Some(v) = s.pool.pop() {
+        let nb = graph.neighbors(v);
+        for &u in nb {
+            s.visited.prefetch(u);
+        }
+        s.buf.clear();
+        for &u in nb {
+            if !s.visited.check_and_mark(u) {
+                s.buf.push(u);
+            }
+        }
+        for &u in s.buf.iter().take(LOOKAHEAD) {
+            scorer.prefetch(u);
+        }
+        for i in 0..s.buf.len() {
+            if let Some(&u) = s.buf.get(i + LOOKAHEAD) {
+                scorer.prefetch(u);
+            }
+            let u = s.buf[i];
+            let d = scorer.dist(u);
+            s.pool.insert(d, u);
+            if d < s.results.threshold() && accept(u) {
+                s.results.insert(d, u);
+            }
         }
     }
 }
