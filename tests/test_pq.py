@@ -101,3 +101,17 @@ def test_bad_parameters(kw, word):
     kw = {"encoding": "pq", **kw}
     with pytest.raises(nearq.InvalidInputError, match=word):
         nearq.Index.build(x, **kw)
+
+
+def test_training_progress_is_shown(capfd):
+    """progress=True reports PQ (and OPQ) training as well as the graph build, on stderr."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 32)).astype(np.float32)
+    nearq.Index.build(x, encoding="pq", subspaces=8, opq=True, progress=True, threads=1)
+    out, err = capfd.readouterr()
+    assert out == ""
+    train_lines = [l for l in err.replace("\r", "\n").splitlines() if "training pq" in l]
+    assert train_lines and "100.0%" in train_lines[-1], err
+    assert "building graph" in err
+    nearq.Index.build(x, encoding="pq", subspaces=8, progress=False, threads=1)
+    assert capfd.readouterr().err == ""

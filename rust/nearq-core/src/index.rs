@@ -650,6 +650,10 @@ pub struct Index {
     next_id: i64,
 }
 
+/// Progress stage names of [`Index::build_reporting`].
+pub const STAGE_TRAIN: &str = "train";
+pub const STAGE_GRAPH: &str = "graph";
+
 /// Fraction of tombstoned positions at which a delete consolidates the index.
 pub const CONSOLIDATE_AT: f64 = 0.1;
 
@@ -686,7 +690,8 @@ fn normalized_copy(data: &[f32], dim: usize, metric: Metric) -> Vec<f32> {
 }
 
 impl Index {
-    /// Builds an index over `data` (row-major, `dim` columns) on `threads` threads.
+    /// Builds an index over `data` (row-major, `dim` columns) on `threads` threads;
+    /// `progress(done, total)` follows the graph construction.
     pub fn build(
         data: &[f32],
         dim: usize,
@@ -694,6 +699,25 @@ impl Index {
         threads: Option<usize>,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Index> {
+        Self::build_reporting(data, dim, params, threads, &|stage, done, total| {
+            if stage == STAGE_GRAPH {
+                progress(done, total)
+            }
+        })
+    }
+
+    /// [`Index::build`] reporting every stage: `progress(stage, done, total)` with stage
+    /// [`STAGE_TRAIN`] (training the encoding, where it reports) or [`STAGE_GRAPH`].
+    pub fn build_reporting(
+        data: &[f32],
+        dim: usize,
+        params: &IndexParams,
+        threads: Option<usize>,
+        progress: &(dyn Fn(&str, usize, usize) + Sync),
+    ) -> Result<Index> {
+        let train_progress = |done: usize, total: usize| progress(STAGE_TRAIN, done, total);
+        let graph_progress = |done: usize, total: usize| progress(STAGE_GRAPH, done, total);
+        let progress = &graph_progress;
         let n = check_matrix("vectors", data, dim)?;
         if n == 0 {
             return Err(Error::Empty("vectors (0 rows)"));
@@ -744,7 +768,13 @@ impl Index {
                     ))
                 }
                 EncodingSpec::Pq { m, bits, opq } => {
-                    let enc = Pq::train(&data, dim, metric, &PqConfig::new(m, bits, opq, b.seed))?;
+                    let enc = Pq::train_with_progress(
+                        &data,
+                        dim,
+                        metric,
+                        &PqConfig::new(m, bits, opq, b.seed),
+                        &train_progress,
+                    )?;
                     Inner::Pq(GraphIndex::build(
                         enc,
                         data,

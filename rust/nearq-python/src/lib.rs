@@ -152,13 +152,20 @@ impl Index {
             }
         }
         let start = Instant::now();
-        let report = move |done: usize, total: usize| {
-            if progress && start.elapsed().as_secs_f32() > 0.3 {
+        let enc_name = encoding.to_string();
+        let report = move |stage: &str, done: usize, total: usize| {
+            // Updates only once a stage takes a moment; every stage's final line always.
+            if progress && (start.elapsed().as_secs_f32() > 0.3 || done >= total) {
                 let pct = 100.0 * done as f64 / total.max(1) as f64;
                 let w = 30usize;
                 let filled = ((pct / 100.0) * w as f64) as usize;
+                let what = if stage == core::index::STAGE_TRAIN {
+                    format!("training {enc_name}")
+                } else {
+                    "building graph".to_string()
+                };
                 eprint!(
-                    "\rnearq build [{}{}] {:5.1}% {}/{} {:.1}s",
+                    "\rnearq {what:<16} [{}{}] {:5.1}% {}/{} {:.1}s",
                     "#".repeat(filled),
                     ".".repeat(w - filled),
                     pct,
@@ -172,7 +179,7 @@ impl Index {
             }
         };
         let r = py.detach(|| {
-            let index = core::Index::build(x, dim, &params, threads, &report)?;
+            let index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
             match ids {
                 Some(ids) => index.with_ids(ids),
                 None => Ok(index),

@@ -194,7 +194,25 @@ fn rotate_rows(k: &Kernels, r: &[f32], data: &[f32], d: usize) -> Vec<f32> {
 impl Pq {
     /// Trains on `data` (row-major, `dim` columns, normalised for cosine).
     pub fn train(data: &[f32], dim: usize, metric: Metric, cfg: &PqConfig) -> Result<Self> {
+        Self::train_with_progress(data, dim, metric, cfg, &|_, _| {})
+    }
+
+    /// [`Pq::train`] calling `progress(done, total)` as OPQ rounds and sub-quantizer
+    /// codebooks finish (`total` = OPQ rounds + M).
+    pub fn train_with_progress(
+        data: &[f32],
+        dim: usize,
+        metric: Metric,
+        cfg: &PqConfig,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Self> {
         let m = cfg.subspaces(dim)?;
+        let total = m + if cfg.opq { cfg.opq_iters } else { 0 };
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let step = || {
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress(d, total);
+        };
         let ksub = 1usize << cfg.bits;
         let k = kernels();
         let sample = kmeans::sample_rows(
@@ -205,7 +223,7 @@ impl Pq {
         );
         let offs = offsets(dim, m);
         let rotation = if cfg.opq {
-            Some(train_opq(&sample, dim, &offs, ksub, cfg, k))
+            Some(train_opq(&sample, dim, &offs, ksub, cfg, k, &step))
         } else {
             None
         };
@@ -213,7 +231,8 @@ impl Pq {
             Some(r) => rotate_rows(k, r, &sample, dim),
             None => sample,
         };
-        let codebooks = train_codebooks(&sample, dim, &offs, ksub, None, cfg.iters, cfg.seed);
+        let codebooks =
+            train_codebooks(&sample, dim, &offs, ksub, None, cfg.iters, cfg.seed, &step);
         Ok(Self::from_parts(
             dim, metric, m, cfg.bits, codebooks, rotation,
         ))
@@ -332,6 +351,7 @@ fn train_codebooks(
     init: Option<&[f32]>,
     iters: usize,
     seed: u64,
+    on_done: &(dyn Fn() + Sync),
 ) -> Vec<f32> {
     let n = sample.len() / dim;
     let m = offs.len() - 1;
@@ -343,7 +363,7 @@ fn train_codebooks(
             let sub: Vec<f32> = (0..n)
                 .flat_map(|i| sample[i * dim + a..i * dim + b].iter().copied())
                 .collect();
-            match init {
+            let book = match init {
                 Some(c) => kmeans::train_from(&sub, ds, c[ksub * a..ksub * b].to_vec(), iters),
                 None => {
                     let mut cfg = KMeansConfig::new(ksub, seed.wrapping_add(j as u64));
@@ -352,7 +372,9 @@ fn train_codebooks(
                     kmeans::train(&sub, ds, &cfg)
                 }
             }
-            .centroids
+            .centroids;
+            on_done();
+            book
         })
         .collect();
     books.concat()
@@ -390,6 +412,7 @@ fn train_opq(
     ksub: usize,
     cfg: &PqConfig,
     k: &Kernels,
+    on_round: &(dyn Fn() + Sync),
 ) -> Vec<f32> {
     let x = kmeans::sample_rows(sample, dim, OPQ_MAX_SAMPLE, cfg.seed ^ 0x0B0);
     let n = x.len() / dim;
@@ -406,7 +429,16 @@ fn train_opq(
         } else {
             OPQ_PQ_ITERS
         };
-        let b = train_codebooks(&xr, dim, offs, ksub, books.as_deref(), iters, cfg.seed);
+        let b = train_codebooks(
+            &xr,
+            dim,
+            offs,
+            ksub,
+            books.as_deref(),
+            iters,
+            cfg.seed,
+            &|| {},
+        );
         let y = reconstruct(&xr, dim, offs, ksub, &b);
         books = Some(b);
         // M = Yᵀ X: M[a][c] = Σ_i y_i[a] x_i[c].
@@ -421,6 +453,7 @@ fn train_opq(
         let (polar, vnext) = polar_factor(&mm, dim, &v);
         r = polar.iter().map(|&a| a as f32).collect();
         v = vnext;
+        on_round();
     }
     r
 }

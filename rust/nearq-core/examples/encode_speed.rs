@@ -1,0 +1,93 @@
+//! Encoding throughput: training time and vectors encoded per second for every encoding, on
+//! a raw little-endian f32 file of row vectors (write one with `bench/encode_speed.py`, which
+//! also times faiss PQ on the same data for comparison).
+//!
+//! ```text
+//! cargo run --release -p nearq-core --example encode_speed -- FILE DIM [THREADS]
+//! ```
+//! Prints one line per encoding: name, train seconds, encode seconds, vectors/s (train +
+//! encode, and encode only), on THREADS threads (default 1).
+
+use nearq_core::encoding::{
+    Encoding, Lvq, Pq, PqConfig, RaBitQ, RaBitQConfig, Sq8, TurboQuant, TurboQuantVariant,
+};
+use nearq_core::Metric;
+use rayon::prelude::*;
+use std::time::Instant;
+
+fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl FnOnce() -> E) {
+    let t0 = Instant::now();
+    let enc = train();
+    let t_train = t0.elapsed().as_secs_f64();
+    let n = data.len() / dim;
+    let cs = enc.code_size();
+    let mut codes = vec![0u8; n * cs];
+    let t1 = Instant::now();
+    codes
+        .par_chunks_exact_mut(cs)
+        .zip(data.par_chunks_exact(dim))
+        .for_each(|(c, v)| enc.encode(v, c));
+    let t_enc = t1.elapsed().as_secs_f64();
+    println!(
+        "{name:<22} train {t_train:8.3}s  encode {t_enc:8.3}s  total {:>12.0} vec/s  encode-only {:>12.0} vec/s  ({cs} B/vec)",
+        n as f64 / (t_train + t_enc),
+        n as f64 / t_enc
+    );
+    std::hint::black_box(&codes);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: encode_speed FILE DIM [THREADS]");
+        std::process::exit(2);
+    }
+    let dim: usize = args[2].parse().expect("DIM");
+    let threads: usize = args.get(3).map_or(1, |t| t.parse().expect("THREADS"));
+    let bytes = std::fs::read(&args[1]).expect("read FILE");
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let m = Metric::Cosine;
+    println!(
+        "{} vectors of dimension {dim}, {threads} thread(s)",
+        data.len() / dim
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let d = &data;
+        run("sq8", d, dim, || Sq8::train(d, dim, m));
+        run("lvq-8", d, dim, || Lvq::train(d, dim, m, 8, 0));
+        run("lvq-4x8", d, dim, || Lvq::train(d, dim, m, 4, 8));
+        for bits in [1u32, 4, 8] {
+            let mut cfg = RaBitQConfig::new(bits, 0);
+            run(&format!("rabitq-{bits}"), d, dim, || {
+                RaBitQ::train(d, dim, m, &cfg)
+            });
+            if bits > 1 {
+                cfg.fast_encode = true;
+                run(&format!("rabitq-{bits}-fast"), d, dim, || {
+                    RaBitQ::train(d, dim, m, &cfg)
+                });
+            }
+        }
+        for bits in [2u32, 4, 8] {
+            run(&format!("turboquant-{bits}-mse"), d, dim, || {
+                TurboQuant::new(dim, m, bits, TurboQuantVariant::Mse, 0)
+            });
+        }
+        run("turboquant-4-prod", d, dim, || {
+            TurboQuant::new(dim, m, 4, TurboQuantVariant::Prod, 0)
+        });
+        run("pq-m96-8bit", d, dim, || {
+            Pq::train(d, dim, m, &PqConfig::new(Some(96), 8, false, 0)).unwrap()
+        });
+        run("pq-m192-4bit", d, dim, || {
+            Pq::train(d, dim, m, &PqConfig::new(Some(192), 4, false, 0)).unwrap()
+        });
+    });
+}
