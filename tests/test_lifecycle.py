@@ -157,6 +157,10 @@ def test_mmap_load_serves_from_the_file(minilm, tmp_path):
     assert -2 in m and path.read_bytes() == before
     with pytest.raises(nearq.InvalidInputError):
         nearq.Index.load(path, mmap="yes")
+    v = nearq.Index.load(path, mmap="vectors")
+    np.testing.assert_array_equal(v.search(test, K).ids, a.ids)
+    mv = v.memory_usage(detail=True)
+    assert mv["codes"] > 0 and mv["vectors"] == 0 and mv["mmap"] == len(train) * 384 * 4
 
 
 def test_pickle_keeps_ids_and_deletes(minilm):

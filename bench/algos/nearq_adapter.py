@@ -1,4 +1,11 @@
-"""nearq (this project): graph index with flat or sq8 encoding."""
+"""nearq (this project): the graph index with any encoding.
+
+``mmap=True`` builds with float vectors kept, saves the index and reloads it with
+``mmap="vectors"``: the codes are in RAM and the float vectors, read only to re-rank, are
+served from a memory map and not counted by ``memory_usage()``."""
+import os
+import tempfile
+
 import numpy as np
 
 from .base import Algo, import_or_skip
@@ -26,6 +33,11 @@ class NearQ(Algo):
             seed=0,
             **{k: p[k] for k in ("variant", "subspaces", "opq") if k in p},
         )
+        if p.get("mmap"):
+            self._tmp = tempfile.TemporaryDirectory()
+            path = os.path.join(self._tmp.name, "index.nearq")
+            self.index.save(path)
+            self.index = nearq.Index.load(path, mmap="vectors")
 
     def set_query_arg(self, ef):
         self.query_arg = ef
@@ -43,4 +55,6 @@ class NearQ(Algo):
         )
 
     def memory_bytes(self):
-        return int(self.index.memory_usage()), "nearq.memory_usage()"
+        m = self.index.memory_usage(detail=True)
+        how = "nearq.memory_usage()" + (f" (+{m['mmap']} B memory-mapped)" if m.get("mmap") else "")
+        return int(m["total"]), how

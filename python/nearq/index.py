@@ -212,7 +212,7 @@ class Index:
         self._inner.save(_fspath(path))
 
     @classmethod
-    def load(cls, path: PathLike, mmap: bool = False) -> "Index":
+    def load(cls, path: PathLike, mmap: Union[bool, str] = False) -> "Index":
         """Loads an index written by :meth:`save` (this or an earlier format version).
 
         Raises :class:`~nearq.IndexFormatError` for a corrupt, truncated, foreign or too-new
@@ -226,10 +226,18 @@ class Index:
         first change (``add``/``delete``) copies the mapped parts into RAM; the file itself is
         never modified. Do not overwrite the file in place while it is mapped (:meth:`save`
         replaces files atomically, which is safe).
+
+        ``mmap="vectors"`` maps only the float vectors: the codes, read at every hop, are
+        loaded into RAM, and the vectors, read only to re-rank a few candidates per query,
+        stay on disk (the low-memory way to re-rank exactly).
         """
-        if not isinstance(mmap, (bool, np.bool_)):
-            raise InvalidInputError(f"mmap must be a bool, got {mmap!r}")
-        return cls(_nearq.Index.load(_fspath(path), bool(mmap)))
+        if isinstance(mmap, str) and mmap == "vectors":
+            mode = 2
+        elif isinstance(mmap, (bool, np.bool_)):
+            mode = int(bool(mmap))
+        else:
+            raise InvalidInputError(f'mmap must be a bool or "vectors", got {mmap!r}')
+        return cls(_nearq.Index.load(_fspath(path), mode))
 
     def __len__(self) -> int:
         """Number of vectors (deleted ones excluded)."""

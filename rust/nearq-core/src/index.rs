@@ -439,9 +439,15 @@ impl<E: Encoding> GraphIndex<E> {
     }
 
     /// Reads what [`GraphIndex::write`] wrote (or the version-1 layout). With `map` (the file
-    /// mapped, the payload at file offset [`io::HEADER`]) the codes and vectors of a version-2
-    /// file are served from the map instead of being read.
-    fn read(r: &mut Reader, h: &Header, version: u32, map: Option<&Arc<Mmap>>) -> Result<Self> {
+    /// mapped, the payload at file offset [`io::HEADER`]) the vectors (and, with `map_codes`,
+    /// the codes) of a version-2 file are served from the map instead of being read.
+    fn read(
+        r: &mut Reader,
+        h: &Header,
+        version: u32,
+        map: Option<&Arc<Mmap>>,
+        map_codes: bool,
+    ) -> Result<Self> {
         let enc = E::read_params(r, h.dim, h.metric)?;
         if enc.code_size() != h.code_size {
             return Err(Error::Format(format!(
@@ -459,7 +465,8 @@ impl<E: Encoding> GraphIndex<E> {
             r.align64()?;
             let at = io::HEADER + r.pos();
             let raw = r.take_array(h.n, stride_of(h.code_size))?;
-            match map.and_then(|m| CodeStore::mapped(h.code_size, h.n, m.clone(), at)) {
+            let code_map = map.filter(|_| map_codes);
+            match code_map.and_then(|m| CodeStore::mapped(h.code_size, h.n, m.clone(), at)) {
                 Some(c) => c,
                 None => {
                     let mut codes = CodeStore::with_len(h.code_size, h.n);
@@ -1317,15 +1324,26 @@ impl Index {
         version: u32,
         map: Option<&Arc<Mmap>>,
     ) -> Result<Index> {
+        Self::from_payload_mapped(payload, version, map, true)
+    }
+
+    fn from_payload_mapped(
+        payload: &[u8],
+        version: u32,
+        map: Option<&Arc<Mmap>>,
+        map_codes: bool,
+    ) -> Result<Index> {
         let mut r = Reader::new(payload);
         let h = read_header(&mut r)?;
         let inner = match h.tag {
-            Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h, version, map)?),
-            Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h, version, map)?),
-            RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h, version, map)?),
-            Lvq::TAG => Inner::Lvq(GraphIndex::read(&mut r, &h, version, map)?),
-            Pq::TAG => Inner::Pq(GraphIndex::read(&mut r, &h, version, map)?),
-            TurboQuant::TAG => Inner::TurboQuant(GraphIndex::read(&mut r, &h, version, map)?),
+            Flat::TAG => Inner::Flat(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
+            Sq8::TAG => Inner::Sq8(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
+            RaBitQ::TAG => Inner::RaBitQ(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
+            Lvq::TAG => Inner::Lvq(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
+            Pq::TAG => Inner::Pq(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
+            TurboQuant::TAG => {
+                Inner::TurboQuant(GraphIndex::read(&mut r, &h, version, map, map_codes)?)
+            }
             t => return Err(Error::Format(format!("unknown encoding tag {t}"))),
         };
         let mut index = Index::from_inner(inner);
@@ -1405,11 +1423,18 @@ impl Index {
     /// structure is. The first `add`/`delete` copies the mapped parts into RAM. Version-1 files
     /// (not aligned for mapping) are read as by [`Index::load`].
     pub fn load_mmap(path: &Path) -> Result<Index> {
+        Self::load_mapped(path, true)
+    }
+
+    /// [`Index::load_mmap`] serving only the float vectors from the map (`map_codes = false`):
+    /// the codes, read at every hop of a search, stay in RAM, while the float vectors, read
+    /// only to re-rank a few candidates per query, stay on disk.
+    pub fn load_mapped(path: &Path, map_codes: bool) -> Result<Index> {
         let (version, map) = io::open_mapped(path)?;
         if version < 2 {
             return Self::load(path);
         }
         let payload = &map[io::HEADER..map.len() - 4];
-        Self::from_payload_version(payload, version, Some(&map))
+        Self::from_payload_mapped(payload, version, Some(&map), map_codes)
     }
 }

@@ -318,14 +318,13 @@ impl Index {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (path, mmap=false))]
-    fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<Index> {
-        py.detach(|| {
-            if mmap {
-                core::Index::load_mmap(&path)
-            } else {
-                core::Index::load(&path)
-            }
+    /// `mmap`: 0 reads the file, 1 maps codes and vectors, 2 maps the vectors only.
+    #[pyo3(signature = (path, mmap=0))]
+    fn load(py: Python<'_>, path: PathBuf, mmap: u8) -> PyResult<Index> {
+        py.detach(|| match mmap {
+            0 => core::Index::load(&path),
+            1 => core::Index::load_mapped(&path, true),
+            _ => core::Index::load_mapped(&path, false),
         })
         .map(Index::new)
         .map_err(|e| to_py(py, e))
