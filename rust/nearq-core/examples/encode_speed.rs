@@ -3,8 +3,9 @@
 //! also times faiss PQ on the same data for comparison).
 //!
 //! ```text
-//! cargo run --release -p nearq-core --example encode_speed -- FILE DIM [THREADS]
+//! cargo run --release -p nearq-core --example encode_speed -- FILE DIM [THREADS] [FILTER]
 //! ```
+//! (FILTER: run only the encodings whose name contains it.)
 //! Prints one line per encoding: name, train seconds, encode seconds, vectors/s (train +
 //! encode, and encode only), on THREADS threads (default 1).
 
@@ -16,6 +17,11 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl FnOnce() -> E) {
+    if let Some(f) = std::env::args().nth(4) {
+        if !name.contains(&f) {
+            return;
+        }
+    }
     let t0 = Instant::now();
     let enc = train();
     let t_train = t0.elapsed().as_secs_f64();
