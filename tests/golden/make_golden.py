@@ -22,9 +22,13 @@ def main() -> None:
     x = rng.standard_normal((200, 16)).astype(np.float32)
     q = rng.standard_normal((10, 16)).astype(np.float32)
     for metric, encoding, keep in CASES:
+        # Since format v2: user ids, an incremental add and a few tombstones are stored too.
         idx = nearq.Index.build(
-            x, metric=metric, encoding=encoding, keep_vectors=keep, degree=8, threads=1, seed=0
+            x[:180], metric=metric, encoding=encoding, keep_vectors=keep, degree=8, threads=1,
+            seed=0, ids=np.arange(180) * 7 + 3,
         )
+        idx.add(x[180:], threads=1)
+        idx.delete([3, 10, 17 * 7 + 3], threads=1)
         path = HERE / f"tmp-{metric}-{encoding}.nearq"
         idx.save(path)
         version = int.from_bytes(path.read_bytes()[8:12], "little")
