@@ -69,3 +69,34 @@ def test_save_load(tmp_path):
         QuantizedGraph.load(tmp_path / "t.nearq")
     with pytest.raises(nearq.NearqIOError):
         QuantizedGraph.load(tmp_path / "missing.nearq")
+
+
+def test_search_input_forms_agree():
+    """The fast path (float32 arrays, plain ints) and the converting path give one answer."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    q = rng.standard_normal((7, 32)).astype(np.float32)
+    g = QuantizedGraph.build(x, metric="l2", threads=1)
+    want = g.search(q, k=5, ef=40)
+    for form in (
+        q.astype(np.float64),
+        np.asfortranarray(q),
+        q.tolist(),
+        np.repeat(q, 2, axis=1)[:, ::2],
+    ):
+        got = g.search(form, k=5, ef=40)
+        assert (got.ids == want.ids).all() and np.array_equal(got.distances, want.distances)
+    one = g.search(q[3], k=np.int64(5), ef=40, threads=1)
+    assert one.ids.shape == (1, 5) and (one.ids[0] == want.ids[3]).all()
+    assert isinstance(want, nearq.SearchResult) and want.ids is want[0]
+    with pytest.raises(nearq.DimensionMismatchError):
+        g.search(q[:, :31])
+    with pytest.raises(nearq.DimensionMismatchError):
+        g.search(q[0, :31])
+    with pytest.raises(nearq.InvalidInputError):
+        g.search(q.reshape(7, 2, 16))
+    with pytest.raises(nearq.InvalidInputError):
+        g.search(q[:0])
+    for bad in (dict(k=0), dict(ef=0), dict(k=True), dict(threads=0), dict(k=2.0)):
+        with pytest.raises(nearq.InvalidInputError):
+            g.search(q, **bad)

@@ -28,7 +28,7 @@ def test_without_vectors_uses_less_memory(real_data, real_truth):
     idx = nearq.Index.build(x, metric="cosine", encoding="turboquant", bits=4, keep_vectors=False)
     assert idx.memory_usage() <= 0.5 * flat.memory_usage()
     assert idx.memory_usage(detail=True)["vectors"] == 0
-    # No finer code: the traversal estimates are returned.
+    # The candidates are re-ranked with the float-codebook estimate (distance_fine).
     ids = idx.search(q, k=10, ef=128).ids
     assert _recall(ids, truth) >= 0.75
 

@@ -11,8 +11,10 @@ class NearQG(Algo):
 
         metric = {"euclidean": "l2", "angular": "cosine"}[self.metric]
         p = self.params
+        extra = {"alpha": p["alpha"]} if "alpha" in p else {}
         self.index = QuantizedGraph.build(
-            X, metric=metric, degree=p.get("degree", 32), build_ef=p.get("build_ef", 128), threads=build_threads
+            X, metric=metric, degree=p.get("degree", 32), build_ef=p.get("build_ef", 128), threads=build_threads,
+            **extra,
         )
 
     def set_query_arg(self, ef):
@@ -20,7 +22,7 @@ class NearQG(Algo):
 
     def query(self, q, k):
         ids = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads).ids[0]
-        return ids[ids >= 0]
+        return ids if ids[-1] >= 0 else ids[ids >= 0]
 
     def batch_query(self, Q, k):
         return np.asarray(self.index.search(Q, k=k, ef=self.query_arg, threads=self.threads).ids)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 from . import _nearq
 from ._validate import as_float, as_int, as_matrix, as_str
 from .errors import DimensionMismatchError
-from .index import PathLike, SearchResult, _fspath, _threads
+from .index import _MAX_THREADS, PathLike, SearchResult, _fspath, _threads
+
+_F32 = np.dtype(np.float32)
+_result = tuple.__new__
 
 
 class QuantizedGraph:
@@ -33,11 +38,15 @@ class QuantizedGraph:
         metric: str = "l2",
         degree: int = 32,
         build_ef: int = 128,
-        alpha: float = 1.2,
+        alpha: float = 1.1,
         threads: Optional[int] = None,
         seed: int = 0,
     ) -> "QuantizedGraph":
-        """Builds the graph (``degree`` is rounded up to a multiple of 32)."""
+        """Builds the graph (``degree`` is rounded up to a multiple of 32).
+
+        ``alpha`` defaults lower than :meth:`nearq.Index.build`'s 1.2: every row is filled up
+        to ``degree`` with near neighbours anyway (a FastScan block scores all its slots at the
+        same cost), so fewer long edges leave room for more local ones."""
         x = as_matrix(vectors, "vectors", allow_1d=False)
         inner = _nearq.QuantizedGraph.build(
             x,
@@ -52,6 +61,20 @@ class QuantizedGraph:
 
     def search(self, queries: Any, k: int = 10, ef: int = 64, threads: Optional[int] = None) -> SearchResult:
         """The ``k`` nearest neighbours of each query, exact distances, nearest first."""
+        # Fast path for the common call (a float32 array, plain ints in range), which matters
+        # for one query per call: the shape and dimension are checked natively, and a
+        # SearchResult is a tuple, built without its Python-level constructor.
+        if (
+            type(queries) is np.ndarray
+            and type(k) is int
+            and type(ef) is int
+            and queries.dtype == _F32
+            and 1 <= k <= 1_000_000
+            and 1 <= ef <= 1_000_000
+            and (threads is None or (type(threads) is int and 1 <= threads <= _MAX_THREADS))
+            and queries.size > 0
+        ):
+            return _result(SearchResult, self._inner.search(queries, k, ef, threads))
         q = as_matrix(queries, "queries", allow_1d=True)
         if q.shape[1] != self.dim:
             raise DimensionMismatchError(

@@ -71,6 +71,7 @@ class Index:
             metric: ``"l2"``, ``"ip"`` or ``"cosine"``.
             encoding: ``"flat"`` (float32) or ``"sq8"`` (8-bit scalar quantisation).
             bits: bits per dimension where the encoding offers a choice (``None``: default);
+                for ``"saq"`` an average budget, fractional allowed (e.g. ``3.5``; default 4);
                 for ``"lvq"`` 4 or 8, or two levels ``(primary, residual)`` such as ``(4, 8)``
                 (also written ``"4x8"``; default ``(4, 8)``).
             keep_vectors: keep full-precision vectors in RAM to re-rank the candidates of an
@@ -98,6 +99,12 @@ class Index:
         metric = as_str("metric", metric)
         encoding = as_str("encoding", encoding)
         variant = None if variant is None else as_str("variant", variant)
+        saq_bits = None
+        if encoding.lower() == "saq" and bits is not None:
+            # SAQ takes an average budget, fractional allowed (e.g. 3.5 bits per dimension).
+            if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, float, np.integer, np.floating)):
+                raise InvalidInputError(f"saq bits must be a number in (0, 12], got {bits!r}")
+            saq_bits, bits = float(bits), None
         bits_list = as_bits(bits)
         subspaces = as_int("subspaces", subspaces, lo=1, hi=2**32 - 1, optional=True)
         if not isinstance(opq, (bool, np.bool_)):
@@ -110,7 +117,7 @@ class Index:
         inner = _nearq.Index.build(
             x, metric, encoding, bits_list, bool(keep_vectors), degree, build_ef, alpha,
             _threads(threads), seed, bool(progress), variant=variant,
-            subspaces=subspaces, opq=bool(opq), ids=id_array,
+            subspaces=subspaces, opq=bool(opq), ids=id_array, saq_bits=saq_bits,
         )
         return cls(inner)
 
@@ -261,6 +268,14 @@ class Index:
     @property
     def keep_vectors(self) -> bool:
         return self._inner.keep_vectors
+
+    @property
+    def bit_allocation(self) -> Optional[list]:
+        """For ``"saq"``: the bits chosen per segment of principal directions, as
+        ``[(dimensions, bits), ...]`` from the leading (highest-variance) segment on;
+        ``None`` for other encodings."""
+        a = self._inner.bit_allocation
+        return None if a is None else [tuple(x) for x in a]
 
     @property
     def build_params(self) -> Dict[str, Any]:

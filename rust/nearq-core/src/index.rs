@@ -2,7 +2,7 @@
 //! for re-ranking.
 
 use crate::encoding::{Encoding, EncodingSpec, Flat, RaBitQ, RaBitQConfig, Sq8, TurboQuant};
-use crate::encoding::{Lvq, Pq, PqConfig};
+use crate::encoding::{Lvq, Pq, PqConfig, Saq, SaqConfig};
 use crate::error::{Error, Result};
 use crate::graph::search::{beam_search_filtered, SearchScratch};
 use crate::graph::{beam_search, build_graph, BuildParams, Graph, Scorer};
@@ -209,12 +209,17 @@ impl<E: Encoding> Scorer for CodeScorer<'_, E> {
     fn dist(&self, id: u32) -> f32 {
         self.enc.distance(self.q, self.codes.get(id as usize))
     }
+    /// The `lines` cache lines from the one holding the start of the code.
     #[inline(always)]
     fn prefetch(&self, id: u32) {
-        let p = self.codes.ptr(id as usize);
+        let p = (self.codes.ptr(id as usize) as usize & !63) as *const u8;
         for l in 0..self.lines {
             crate::graph::search::prefetch_ptr(p.wrapping_add(64 * l));
         }
+    }
+    #[inline(always)]
+    fn dist_batch(&self, ids: &[u32], out: &mut [f32]) {
+        self.enc.distance_ids(self.q, self.codes, ids, out);
     }
 }
 
@@ -297,7 +302,12 @@ impl<E: Encoding> GraphIndex<E> {
         };
         let ef = beam.max(rerank);
         let pq = self.enc.prepare(q);
-        let lines = self.enc.code_size().div_ceil(64).min(8);
+        // The lines a code's traversal bytes can span: codes start at any multiple of
+        // gcd(stride, 64) within a line.
+        let align = 1usize << self.codes.stride().trailing_zeros().min(6);
+        let lines = (self.enc.traversal_bytes() + 64 - align)
+            .div_ceil(64)
+            .min(8);
         let scorer = CodeScorer {
             enc: &self.enc,
             q: &pq,
@@ -351,6 +361,16 @@ impl<E: Encoding> GraphIndex<E> {
                 let metric = self.enc.metric();
                 let code = |id: u32| self.codes.get(id as usize);
                 let mut cands: Vec<(f32, u32)> = found.iter().take(rerank).collect();
+                // Their finer codes (beyond what the traversal read) are fetched all at once.
+                if E::HAS_FINE && (src.is_none() || self.enc.fine_prefilters()) {
+                    let cs = self.enc.code_size();
+                    for &(_, id) in &cands {
+                        let p = self.codes.ptr(id as usize) as usize;
+                        for a in (p & !63..p + cs).step_by(64) {
+                            crate::graph::search::prefetch_ptr(a as *const u8);
+                        }
+                    }
+                }
                 // With a finer code, re-score the candidates from it first (codes are compact
                 // and mostly cached), so only the best few need their float vectors, which are
                 // the expensive, cache-missing reads.
@@ -612,6 +632,7 @@ enum Inner {
     Lvq(GraphIndex<Lvq>),
     Pq(GraphIndex<Pq>),
     TurboQuant(GraphIndex<TurboQuant>),
+    Saq(GraphIndex<Saq>),
 }
 
 macro_rules! dispatch {
@@ -623,6 +644,7 @@ macro_rules! dispatch {
             Inner::Lvq($g) => $e,
             Inner::Pq($g) => $e,
             Inner::TurboQuant($g) => $e,
+            Inner::Saq($g) => $e,
         }
     };
 }
@@ -636,6 +658,7 @@ macro_rules! dispatch_mut {
             Inner::Lvq($g) => $e,
             Inner::Pq($g) => $e,
             Inner::TurboQuant($g) => $e,
+            Inner::Saq($g) => $e,
         }
     };
 }
@@ -820,6 +843,16 @@ impl Index {
                         progress,
                     ))
                 }
+                EncodingSpec::Saq { bits } => {
+                    let enc = Saq::train(&data, dim, metric, &SaqConfig::new(bits, b.seed))?;
+                    Inner::Saq(GraphIndex::build(
+                        enc,
+                        data,
+                        params.keep_vectors,
+                        b.clone(),
+                        progress,
+                    ))
+                }
             };
             Ok(Index::from_inner(inner))
         })
@@ -901,6 +934,7 @@ impl Index {
             Inner::Lvq(_) => Lvq::NAME,
             Inner::Pq(_) => Pq::NAME,
             Inner::TurboQuant(_) => TurboQuant::NAME,
+            Inner::Saq(_) => Saq::NAME,
         }
     }
     pub fn keep_vectors(&self) -> bool {
@@ -918,6 +952,14 @@ impl Index {
                 Ids::Explicit { ext, pos } => ext.capacity() * 8 + pos.capacity() * 13,
             };
         m
+    }
+    /// SAQ's bit allocation, `(dimensions, bits)` per segment in PCA order (None for other
+    /// encodings).
+    pub fn bit_allocation(&self) -> Option<Vec<(usize, u32)>> {
+        match &self.inner {
+            Inner::Saq(g) => Some(g.enc.allocation()),
+            _ => None,
+        }
     }
     /// The graph (for tests and diagnostics).
     pub fn graph(&self) -> &Graph {
@@ -1344,6 +1386,7 @@ impl Index {
             TurboQuant::TAG => {
                 Inner::TurboQuant(GraphIndex::read(&mut r, &h, version, map, map_codes)?)
             }
+            Saq::TAG => Inner::Saq(GraphIndex::read(&mut r, &h, version, map, map_codes)?),
             t => return Err(Error::Format(format!("unknown encoding tag {t}"))),
         };
         let mut index = Index::from_inner(inner);

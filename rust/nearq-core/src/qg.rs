@@ -23,19 +23,30 @@
 //! `<b, q'>` is one FastScan pass: sub-quantizer `j` covers dimensions `4j..4j+4`, its table
 //! holds `Σ_t bit_t(c) q'_{4j+t}` for the 16 nibbles `c`, quantised to u8 once per query.
 //! Squared L2 is searched; cosine indexes store unit vectors and report `||q - u||^2 / 2`.
+//!
+//! # Search cost
+//! A query is rotated and tabled once (`fwht_f32` and `fastscan_lut_u8` kernels); then each
+//! expansion is one row (3456 bytes at d = 384, R = 32): an exact distance, one FastScan pass,
+//! 32 estimates compared with the beam's threshold in one go, and insertions for the few that
+//! pass. The rows live in storage advised to use transparent huge pages (a row per 4 KiB page
+//! would cost a TLB miss per expansion), and the next expansion's row is prefetched into L2
+//! while the current one is processed: the pool's next candidate at the start, the best new
+//! estimate as soon as it beats that, the actual next candidate at the end if both guesses
+//! missed. The candidate pool is a sorted array whose insertions count (vectorised) rather
+//! than binary-search and shift inline rather than call `memmove`.
 
 use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
-use crate::graph::search::{prefetch_ptr, Pool, Visited};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
-use crate::storage::CodeStore;
 use crate::Index;
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 const EMPTY: u32 = u32::MAX;
+/// Node ids stay below 2^31: the search pool keeps an "expanded" flag in bit 31.
+const MAX_NODES: usize = 1 << 31;
 /// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
 const PAYLOAD_KIND: u8 = 0xA0;
 
@@ -46,26 +57,27 @@ pub struct QgIndex {
     degree: usize,
     metric: Metric,
     rot: Rotation,
+    qrot: QueryRot,
     row_bytes: usize,
     /// Rows in 64-byte aligned storage (the row size is a multiple of 64).
-    rows: CodeStore,
+    rows: Rows,
     entry: u32,
     n: usize,
     k: &'static Kernels,
 }
 
+#[derive(Default)]
 struct Scratch {
     visited: Visited,
     pool: Pool,
     res: Vec<(f32, u32)>,
+    q: Vec<f32>,
+    qr: Vec<f32>,
+    lut: Vec<u8>,
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        visited: Visited::new(),
-        pool: Pool::default(),
-        res: Vec::new(),
-    });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl QgIndex {
@@ -100,6 +112,11 @@ impl QgIndex {
         if n != index.len() {
             return Err(Error::InvalidInput("data and index sizes differ".into()));
         }
+        if n > MAX_NODES {
+            return Err(Error::InvalidInput(format!(
+                "the quantized graph holds at most {MAX_NODES} vectors"
+            )));
+        }
         let g = index.graph();
         let degree = g.degree().div_ceil(32) * 32;
         let pad = dim.div_ceil(64) * 64;
@@ -124,9 +141,10 @@ impl QgIndex {
             pad,
             degree,
             metric,
+            qrot: QueryRot::new(&rot),
             rot,
             row_bytes: 0,
-            rows: CodeStore::new(64),
+            rows: Rows::default(),
             entry: index.entry_point(),
             n,
             k: kernels(),
@@ -134,7 +152,7 @@ impl QgIndex {
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
         let rb = q.row_bytes;
         let kern = q.k;
-        let mut rows = CodeStore::with_len(rb, n);
+        let mut rows = Rows::zeroed(rb * n);
         let (cb, oc, ofa, ofr, oid) = (
             q.code_bytes(),
             q.off_codes(),
@@ -282,7 +300,7 @@ impl QgIndex {
             w.u64(x);
         }
         for v in 0..self.n {
-            w.bytes(self.rows.get(v));
+            w.bytes(self.row(v as u32));
         }
         w.buf
     }
@@ -300,7 +318,7 @@ impl QgIndex {
         let pad = r.u32()? as usize;
         let degree = r.u32()? as usize;
         let entry = r.u32()?;
-        let n = r.count("vector count", u32::MAX as u64 - 1)?;
+        let n = r.count("vector count", MAX_NODES as u64)?;
         let row_bytes = r.count("row size", 1 << 30)?;
         if metric == Metric::InnerProduct
             || dim == 0
@@ -324,9 +342,10 @@ impl QgIndex {
             pad,
             degree,
             metric,
+            qrot: QueryRot::new(&rot),
             rot,
             row_bytes,
-            rows: CodeStore::new(64),
+            rows: Rows::default(),
             entry,
             n,
             k: kernels(),
@@ -336,16 +355,21 @@ impl QgIndex {
         }
         let raw = r.take_array(n, row_bytes)?;
         r.finish()?;
-        let mut rows = CodeStore::with_len(row_bytes, n);
+        let mut rows = Rows::zeroed(raw.len());
         rows.bytes_mut().copy_from_slice(raw);
         q.rows = rows;
         for v in 0..n as u32 {
             let row = q.row(v);
             let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
+            let fadd: &[f32] = bytemuck::cast_slice(&row[q.off_fadd()..q.off_fadd() + degree * 4]);
+            let fres: &[f32] = bytemuck::cast_slice(&row[q.off_fres()..q.off_fres() + degree * 4]);
             let ids: &[u32] = bytemuck::cast_slice(&row[q.off_ids()..q.off_ids() + degree * 4]);
-            if x.iter().any(|f| !f.is_finite())
-                || ids.iter().any(|&u| u != EMPTY && u as usize >= n)
-            {
+            // An empty slot must never pass the beam's threshold (its estimate is +inf).
+            let slot_ok = |i: usize| match ids[i] {
+                EMPTY => fadd[i] == f32::INFINITY && fres[i] == 0.0,
+                u => (u as usize) < n && fadd[i].is_finite() && fres[i].is_finite(),
+            };
+            if x.iter().any(|f| !f.is_finite()) || !(0..degree).all(slot_ok) {
                 return Err(bad("a row holds a non-finite value or an out-of-range id"));
             }
         }
@@ -376,53 +400,121 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.memory_bytes() + self.rot.memory_bytes()
+        self.rows.bytes().len() + self.rot.memory_bytes()
     }
 
     #[inline(always)]
     fn row(&self, v: u32) -> &[u8] {
-        self.rows.get(v as usize)
+        let rb = self.row_bytes;
+        &self.rows.bytes()[v as usize * rb..(v as usize + 1) * rb]
     }
 
     /// Searches one query; returns up to `k` (distance, id) pairs nearest first.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<(f32, u32)> {
-        let (dim, pad) = (self.dim, self.pad);
-        let mut q = query.to_vec();
+        self.search_counted(query, k, ef).0
+    }
+
+    /// [`QgIndex::search`], also returning the number of nodes expanded (for benchmarks).
+    pub fn search_counted(&self, query: &[f32], k: usize, ef: usize) -> (Vec<(f32, u32)>, usize) {
+        assert_eq!(query.len(), self.dim, "query dimension");
+        if self.n == 0 {
+            return (Vec::new(), 0);
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let hops = self.search_in(query, k, ef, s);
+            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
+            (s.res.iter().map(|&(d, id)| (d * scale, id)).collect(), hops)
+        })
+    }
+
+    #[doc(hidden)]
+    /// Times the query preparation (rotation, tables) alone: returns (rotation, all) seconds.
+    pub fn bench_prepare(&self, queries: &[f32]) -> (f64, f64) {
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let t = std::time::Instant::now();
+            for q in queries.chunks_exact(self.dim) {
+                s.q.clear();
+                s.q.extend_from_slice(q);
+                s.qr.resize(self.pad, 0.0);
+                self.qrot.apply(self.k, &s.q, &mut s.qr);
+                std::hint::black_box(&s.qr);
+            }
+            let r = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for q in queries.chunks_exact(self.dim) {
+                std::hint::black_box(self.prepare(q, s));
+            }
+            (r, t.elapsed().as_secs_f64())
+        })
+    }
+
+    /// Rotates the query and builds its u8 FastScan tables into `s`; returns the affine map
+    /// `(a, b)` with `est = f_add + ||q - v||^2 - f_rescale (a acc + b)`.
+    fn prepare(&self, query: &[f32], s: &mut Scratch) -> (f32, f32) {
+        let (dim, pad, k) = (self.dim, self.pad, self.k);
+        s.q.clear();
+        s.q.extend_from_slice(query);
         if self.metric.normalizes() {
-            crate::metric::normalize(&mut q);
+            let n2 = (k.dot_f32)(&s.q, &s.q);
+            if n2 > 0.0 {
+                let inv = 1.0 / n2.sqrt();
+                s.q.iter_mut().for_each(|x| *x *= inv);
+            }
         }
-        let mut qp = vec![0f32; pad];
-        qp[..dim].copy_from_slice(&q);
-        let mut qr = vec![0f32; pad];
-        self.rot.apply(&qp, &mut qr);
-        // u8 look-up tables: entry c of sub-quantizer j is Σ_t bit_t(c) q'_{4j+t}.
+        s.qr.resize(pad, 0.0);
+        self.qrot.apply(k, &s.q[..dim], &mut s.qr);
+        // Sub-quantizer j covers dimensions 4j..4j+4; entry c of its table is
+        // Σ_t bit_t(c) q'_{4j+t} - lo_j, with lo_j the sum of its negative coordinates (the
+        // smallest entry), so every entry lies in [0, w_j], w_j = Σ_t |q'_{4j+t}|. One pass for
+        // max w_j, Σ w_j, Σ lo_j and Σ q'_i, over four groups at a time.
+        let qr = &s.qr;
+        let (mut width, mut total, mut lo_sum, mut sum_q) =
+            ([0f32; 4], [0f32; 4], [0f32; 4], [0f32; 4]);
+        for c in qr.chunks_exact(16) {
+            for j in 0..4 {
+                let g = &c[4 * j..4 * j + 4];
+                let w = (g[0].abs() + g[1].abs()) + (g[2].abs() + g[3].abs());
+                width[j] = width[j].max(w);
+                total[j] += w;
+                lo_sum[j] += (g[0].min(0.0) + g[1].min(0.0)) + (g[2].min(0.0) + g[3].min(0.0));
+                sum_q[j] += (g[0] + g[1]) + (g[2] + g[3]);
+            }
+        }
+        let width = width.iter().copied().fold(0.0, f32::max);
+        let (total, lo_sum, sum_q): (f32, f32, f32) =
+            (total.iter().sum(), lo_sum.iter().sum(), sum_q.iter().sum());
         let m = pad / 4;
-        let mut lut_f = vec![0f32; m * 16];
-        let mut lo_sum = 0f32;
-        let mut width = 0f32;
-        for j in 0..m {
-            let t = &mut lut_f[j * 16..j * 16 + 16];
-            // Subset sums: nibble c adds its lowest set bit's coordinate to c without that bit.
-            for c in 1..16usize {
-                t[c] = t[c & (c - 1)] + qr[4 * j + c.trailing_zeros() as usize];
-            }
-            let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            lo_sum += lo;
-            width = width.max(hi - lo);
-        }
-        let delta = if width > 0.0 { width / 255.0 } else { 1.0 };
-        let mut lut = vec![0u8; m * 16];
-        for j in 0..m {
-            let t = &lut_f[j * 16..j * 16 + 16];
-            let lo = t.iter().copied().fold(f32::INFINITY, f32::min);
-            for c in 0..16 {
-                lut[j * 16 + c] = ((t[c] - lo) / delta).round().clamp(0.0, 255.0) as u8;
-            }
-        }
-        let sum_q: f32 = qr.iter().sum();
+        // One scale for all tables: entries in [0, 255], and sums of m entries within u16
+        // (which binds above 1028 dimensions).
+        let inv = (255.0 / width).min((65535.0 - 0.5 * m as f32) / total);
+        let (inv, delta) = if width > 0.0 && inv.is_finite() {
+            (inv, 1.0 / inv)
+        } else {
+            (1.0, 1.0)
+        };
+        s.lut.resize(m * 16, 0);
+        (k.fastscan_lut_u8)(qr, inv, &mut s.lut);
+        // <b, q'> ~ delta acc + lo_sum; est = f_add + g - 2 f_rescale (2 <b, q'> - Σ q')
+        (4.0 * delta, 4.0 * lo_sum - 2.0 * sum_q)
+    }
+
+    /// Beam search; leaves the `k` nearest expanded nodes (exact squared L2) in `s.res` and
+    /// returns the number of nodes expanded.
+    ///
+    /// The pool holds the `ef` best estimates. A node is marked visited when it is expanded,
+    /// not when it is estimated: a neighbour whose first estimate (from a far parent) missed
+    /// the beam can still enter it later from a nearer parent, whose estimate is more precise
+    /// (the error scales with `||u - v||`). A node can thus enter the pool twice; the second
+    /// copy is skipped when popped. (Replacing an expanded node's estimate by its exact distance
+    /// was tried: fewer expansions per recall on real embeddings, but on data whose distances
+    /// all lie within the estimator's noise, e.g. random vectors, the beam then keeps admitting
+    /// lucky estimates and the search nearly visits the whole graph.)
+    fn search_in(&self, query: &[f32], k: usize, ef: usize, s: &mut Scratch) -> usize {
+        let (a_mul, b_add) = self.prepare(query, s);
         let kern = self.k;
-        let ef = ef.max(k);
+        let (dim, deg) = (self.dim, self.degree);
         let (cb, oc, ofa, ofr, oid) = (
             self.code_bytes(),
             self.off_codes(),
@@ -431,58 +523,436 @@ impl QgIndex {
             self.off_ids(),
         );
         let lines = self.row_bytes / 64;
-        SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            s.visited.reset(self.n);
-            s.pool.reset(ef);
-            s.res.clear();
-            let e = self.entry;
-            s.visited.check_and_mark(e);
-            s.pool.insert(0.0, e);
-            let mut acc = [0u16; 32];
-            while let Some(v) = s.pool.pop() {
-                if let Some(nx) = s.pool.peek() {
-                    let p = self.row(nx).as_ptr();
-                    for l in 0..lines {
-                        prefetch_ptr(p.wrapping_add(64 * l));
-                    }
+        s.visited.reset(self.n);
+        s.pool.reset(ef.max(k));
+        s.res.clear();
+        let q = &s.q[..dim];
+        let lut = &s.lut[..];
+        // Rows are prefetched into L2 (software prefetches into L1 would hold the few L1
+        // miss buffers for a whole row and stall the pipeline).
+        let prefetch_row = |v: u32| {
+            let p = self.row(v).as_ptr();
+            for l in 0..lines {
+                prefetch_l2(p.wrapping_add(64 * l));
+            }
+        };
+        s.pool.insert(0.0, self.entry);
+        let mut expanded = 0;
+        let mut acc = [0u16; 32];
+        let mut est = [0f32; 32];
+        while let Some(v) = s.pool.pop() {
+            // A node can sit in the pool more than once (estimated from several parents).
+            if s.visited.mark(v) {
+                continue;
+            }
+            expanded += 1;
+            // The next expansion unless a neighbour of `v` gets ahead of it: fetched while
+            // `v` is processed, and re-fetched below if the guess proves wrong.
+            let (next, mut next_d) = match s.pool.peek(&s.visited) {
+                Some((i, d)) => (Some(i), d),
+                None => (None, f32::INFINITY),
+            };
+            if let Some(nx) = next {
+                prefetch_row(nx);
+            }
+            let mut early = None;
+            let row = self.row(v);
+            let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
+            let g_add = (kern.l2sq_f32)(q, x);
+            if s.res.len() < k || g_add < s.res[s.res.len() - 1].0 {
+                if s.res.len() < k {
+                    s.res.push((g_add, v));
                 }
-                let row = self.row(v);
-                let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
-                let g_add = (kern.l2sq_f32)(&q, x);
-                // exact result
-                if s.res.len() < k || g_add < s.res[s.res.len() - 1].0 {
-                    let pos = s.res.partition_point(|r| r.0 <= g_add);
-                    s.res.insert(pos, (g_add, v));
-                    s.res.truncate(k);
+                let pos = s.res[..s.res.len() - 1].partition_point(|r| r.0 <= g_add);
+                let end = s.res.len() - 1;
+                shift_right(&mut s.res, pos, end);
+                s.res[pos] = (g_add, v);
+            }
+            let fadd: &[f32] = bytemuck::cast_slice(&row[ofa..ofa + deg * 4]);
+            let fres: &[f32] = bytemuck::cast_slice(&row[ofr..ofr + deg * 4]);
+            let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + deg * 4]);
+            for blk in 0..deg / 32 {
+                (kern.fastscan_u16)(&row[oc + blk * cb..oc + (blk + 1) * cb], lut, &mut acc);
+                let fa: &[f32; 32] = fadd[blk * 32..blk * 32 + 32].try_into().unwrap();
+                let fr: &[f32; 32] = fres[blk * 32..blk * 32 + 32].try_into().unwrap();
+                let ids: &[u32; 32] = ids[blk * 32..blk * 32 + 32].try_into().unwrap();
+                for l in 0..32 {
+                    est[l] = fa[l] + g_add - fr[l] * (a_mul * acc[l] as f32 + b_add);
                 }
-                let fadd: &[f32] = bytemuck::cast_slice(&row[ofa..ofa + self.degree * 4]);
-                let fres: &[f32] = bytemuck::cast_slice(&row[ofr..ofr + self.degree * 4]);
-                let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
-                let mut est = [0f32; 32];
-                for blk in 0..self.degree / 32 {
-                    (kern.fastscan_u16)(&row[oc + blk * cb..oc + (blk + 1) * cb], &lut, &mut acc);
-                    let (fa, fr) = (
-                        &fadd[blk * 32..blk * 32 + 32],
-                        &fres[blk * 32..blk * 32 + 32],
-                    );
-                    for l in 0..32 {
-                        let bq = delta * acc[l] as f32 + lo_sum;
-                        est[l] = fa[l] + g_add - 2.0 * fr[l] * (2.0 * bq - sum_q);
-                    }
-                    for (l, &e) in est.iter().enumerate() {
-                        let u = ids[blk * 32 + l];
-                        // Empty slots carry f_add = +inf.
-                        if e.is_infinite() || s.visited.check_and_mark(u) {
-                            continue;
+                // Only the lanes inside the beam are looked at (empty slots have f_add = +inf).
+                let thr = s.pool.threshold();
+                let mut mask = 0u32;
+                for (l, &e) in est.iter().enumerate() {
+                    mask |= ((e < thr) as u32) << l;
+                }
+                if mask != 0 {
+                    // The nearest new candidate, if it will be expanded next, is fetched now,
+                    // before the insertions, rather than after them.
+                    let mut m = mask;
+                    let mut best = (f32::INFINITY, 0usize);
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        if est[l] < best.0 {
+                            best = (est[l], l);
                         }
-                        s.pool.insert(e, u);
+                    }
+                    if best.0 < next_d && !s.visited.get(ids[best.1]) {
+                        prefetch_row(ids[best.1]);
+                        early = Some(ids[best.1]);
+                        next_d = best.0;
+                    }
+                }
+                while mask != 0 {
+                    let l = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    if !s.visited.get(ids[l]) {
+                        s.pool.insert(est[l], ids[l]);
                     }
                 }
             }
-            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
-            s.res.iter().map(|&(d, id)| (d * scale, id)).collect()
-        })
+            let nx = s.pool.peek(&s.visited).map(|p| p.0);
+            if nx != next && nx != early {
+                if let Some(nx) = nx {
+                    prefetch_row(nx);
+                }
+            }
+        }
+        if s.res.len() < k {
+            self.top_up(q, k, &mut s.res, &mut s.visited);
+        }
+        expanded
+    }
+
+    /// Fewer than `k` nodes were expanded (the pool can hold a node twice): adds the nodes
+    /// around the results, breadth first, at their exact distances.
+    #[cold]
+    fn top_up(&self, q: &[f32], k: usize, res: &mut Vec<(f32, u32)>, visited: &mut Visited) {
+        let oid = self.off_ids();
+        let mut i = 0;
+        while res.len() < k && i < res.len() {
+            let row = self.row(res[i].1);
+            let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
+            for &u in ids {
+                if u != EMPTY && !visited.mark(u) {
+                    let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
+                    res.push(((self.k.l2sq_f32)(q, x), u));
+                }
+            }
+            i += 1;
+        }
+        res.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        res.truncate(k);
+    }
+}
+
+#[inline(always)]
+fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p as *const i8, core::arch::x86_64::_MM_HINT_T1);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The query-side copy of [`Rotation`], bit-identical to [`Rotation::apply`] (the same
+/// operations in the same order) but faster: the sign flips are XOR masks and the
+/// Walsh–Hadamard transforms run in the `fwht_f32` kernel.
+struct QueryRot {
+    pad: usize,
+    /// `ROUNDS · pad` masks, `0x8000_0000` where the coordinate is negated.
+    masks: Vec<u32>,
+}
+
+impl QueryRot {
+    fn new(rot: &Rotation) -> QueryRot {
+        let pad = rot.pad();
+        let w = rot.sign_words();
+        let masks = (0..crate::encoding::rotation::ROUNDS * pad)
+            .map(|i| ((w[i / 64] >> (i % 64)) as u32 & 1) << 31)
+            .collect();
+        QueryRot { pad, masks }
+    }
+
+    /// `out = P · [x, 0...]`.
+    fn apply(&self, k: &Kernels, x: &[f32], out: &mut [f32]) {
+        let d = self.pad;
+        out[..x.len()].copy_from_slice(x);
+        out[x.len()..d].fill(0.0);
+        let out = &mut out[..d];
+        let t = 1usize << (usize::BITS - 1 - d.leading_zeros());
+        let scale = 1.0 / (t as f32).sqrt();
+        for (r, masks) in self.masks.chunks_exact(d).enumerate() {
+            for (o, &m) in out.iter_mut().zip(masks) {
+                *o = f32::from_bits(o.to_bits() ^ m);
+            }
+            let start = if r % 2 == 0 { 0 } else { d - t };
+            let block = &mut out[start..start + t];
+            (k.fwht_f32)(block);
+            for v in block.iter_mut() {
+                *v *= scale;
+            }
+            if t < d {
+                let (a, b) = out.split_at_mut(d / 2);
+                butterflies(a, b, std::f32::consts::FRAC_1_SQRT_2);
+            }
+        }
+    }
+}
+
+/// `(a, b) <- ((a + b) s, (a - b) s)`, elementwise.
+#[inline(never)]
+fn butterflies(a: &mut [f32], b: &mut [f32], s: f32) {
+    for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+        let (p, q) = (*u, *v);
+        *u = (p + q) * s;
+        *v = (p - q) * s;
+    }
+}
+
+const EXPANDED: u32 = 1 << 31;
+
+/// Candidate pool: at most `cap` (distance, id) entries sorted by distance, with a cursor on
+/// the nearest entry not yet expanded (bit 31 of an id marks an expanded entry; ids are below
+/// 2^31). A linear buffer beats heaps for pools up to a few hundred entries.
+#[derive(Default)]
+struct Pool {
+    dist: Vec<f32>,
+    ids: Vec<u32>,
+    len: usize,
+    cap: usize,
+    cursor: usize,
+}
+
+impl Pool {
+    fn reset(&mut self, cap: usize) {
+        self.cap = cap.max(1);
+        // room for `shift_right_padded`
+        self.dist.resize(self.cap + 9, 0.0);
+        self.ids.resize(self.cap + 9, 0);
+        self.len = 0;
+        self.cursor = 0;
+    }
+
+    /// Distance of the worst entry when full, +inf otherwise.
+    #[inline(always)]
+    fn threshold(&self) -> f32 {
+        if self.len < self.cap {
+            f32::INFINITY
+        } else {
+            self.dist[self.len - 1]
+        }
+    }
+
+    /// Number of entries at distance <= `d` (where `d` goes, after its equals).
+    #[inline(always)]
+    fn position(&self, d: f32) -> usize {
+        let live = &self.dist[..self.len];
+        if live.len() <= 128 {
+            // a branch-free count (vectorised) beats a binary search's dependent loads
+            live.iter().fold(0u32, |c, &x| c + (x <= d) as u32) as usize
+        } else {
+            live.partition_point(|&x| x <= d)
+        }
+    }
+
+    /// Inserts (d, id) unless the pool is full of nearer entries (or d is NaN).
+    #[inline(always)]
+    fn insert(&mut self, d: f32, id: u32) {
+        if d.is_nan() || d >= self.threshold() {
+            return;
+        }
+        let pos = self.position(d);
+        self.put(pos, d, id);
+    }
+
+    /// Writes (d, id) at `pos <= len`, shifting the entries after it (the last one falls off
+    /// when full).
+    #[inline(always)]
+    fn put(&mut self, pos: usize, d: f32, id: u32) {
+        let end = self.len.min(self.cap - 1);
+        shift_right_padded(&mut self.dist, pos, end);
+        shift_right_padded(&mut self.ids, pos, end);
+        self.dist[pos] = d;
+        self.ids[pos] = id;
+        self.len = end + 1;
+        if pos < self.cursor {
+            self.cursor = pos;
+        }
+    }
+
+    /// Takes the nearest unexpanded entry, marking it expanded.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<u32> {
+        while self.cursor < self.len {
+            let c = self.cursor;
+            self.cursor += 1;
+            if self.ids[c] & EXPANDED == 0 {
+                self.ids[c] |= EXPANDED;
+                return Some(self.ids[c] & !EXPANDED);
+            }
+        }
+        None
+    }
+
+    /// The nearest unexpanded entry not yet visited (the next expansion, barring inserts).
+    #[inline(always)]
+    fn peek(&self, visited: &Visited) -> Option<(u32, f32)> {
+        (self.cursor..self.len)
+            .find(|&c| self.ids[c] & EXPANDED == 0 && !visited.get(self.ids[c]))
+            .map(|c| (self.ids[c], self.dist[c]))
+    }
+}
+
+/// Zero-initialised bytes aligned to 64 (to 2 MiB from 2 MiB up, and advised to be backed by
+/// transparent huge pages on Linux: a search touches rows all over the array, and with 4 KiB
+/// pages nearly every row costs a TLB miss).
+struct Rows {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Rows` owns its allocation exclusively, like a `Vec<u8>`.
+unsafe impl Send for Rows {}
+// SAFETY: shared access is read-only.
+unsafe impl Sync for Rows {}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int)
+        -> std::ffi::c_int;
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Rows {
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+        }
+    }
+}
+
+impl Rows {
+    fn layout(len: usize) -> std::alloc::Layout {
+        let align = if len >= HUGE_PAGE { HUGE_PAGE } else { 64 };
+        std::alloc::Layout::from_size_align(len.div_ceil(align) * align, align)
+            .expect("row storage size overflows")
+    }
+
+    fn zeroed(len: usize) -> Rows {
+        if len == 0 {
+            return Rows::default();
+        }
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if layout.align() == HUGE_PAGE {
+            // MADV_HUGEPAGE; advice only (the result is ignored: without THP support the
+            // pages stay small). Given before the first write, so the faults map huge pages.
+            // SAFETY: the range is the allocation just made, aligned to the huge page size.
+            unsafe {
+                madvise(p.cast(), layout.size(), 14);
+            }
+        }
+        // SAFETY: `p` is valid for `layout.size() >= len` bytes.
+        unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+        Rows { ptr, len }
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` holds `len` initialised bytes (or is dangling with `len == 0`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) };
+        }
+    }
+}
+
+/// Moves `a[pos..end]` one place right, inline (the shifts are short and frequent: a call to
+/// `memmove` per insertion costs more than the copy).
+#[inline(always)]
+fn shift_right<T: Copy>(a: &mut [T], pos: usize, end: usize) {
+    let mut i = end;
+    while i > pos {
+        a[i] = a[i - 1];
+        i -= 1;
+    }
+}
+
+/// [`shift_right`] in blocks of 8 with no element loop, for slices with at least `pos + 9`
+/// elements (the pool pads its arrays): the first block is read before the others move and
+/// written last, one place right, which also covers the remainder; slots past `end` may be
+/// overwritten.
+#[inline(always)]
+fn shift_right_padded<T: Copy>(a: &mut [T], pos: usize, end: usize) {
+    if end <= pos {
+        return;
+    }
+    let head: [T; 8] = a[pos..pos + 8].try_into().unwrap();
+    let mut i = end;
+    while i > pos + 8 {
+        let t: [T; 8] = a[i - 8..i].try_into().unwrap();
+        a[i - 7..i + 1].copy_from_slice(&t);
+        i -= 8;
+    }
+    a[pos + 1..pos + 9].copy_from_slice(&head);
+}
+
+/// Visited set: a bitset that is all zero between queries; the ids marked by a query are
+/// remembered and their words cleared when the next query starts.
+#[derive(Default)]
+struct Visited {
+    bits: Vec<u64>,
+    marked: Vec<u32>,
+}
+
+impl Visited {
+    fn reset(&mut self, n: usize) {
+        for &i in &self.marked {
+            self.bits[i as usize / 64] = 0;
+        }
+        self.marked.clear();
+        if self.bits.len() < n.div_ceil(64) {
+            self.bits.resize(n.div_ceil(64), 0);
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: u32) -> bool {
+        self.bits[i as usize / 64] & (1u64 << (i % 64)) != 0
+    }
+
+    /// Marks `i`; returns whether it was marked already.
+    #[inline(always)]
+    fn mark(&mut self, i: u32) -> bool {
+        let (w, b) = (i as usize / 64, 1u64 << (i % 64));
+        let old = self.bits[w];
+        if old & b != 0 {
+            return true;
+        }
+        self.bits[w] = old | b;
+        self.marked.push(i);
+        false
     }
 }
 
@@ -519,4 +989,69 @@ fn full_row(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_shift_matches_element_shift() {
+        for n in 0..40 {
+            for pos in 0..=n {
+                for end in pos..n {
+                    let mut a: Vec<u32> = (0..n as u32 + 9).collect();
+                    let mut b = a.clone();
+                    shift_right(&mut a, pos, end);
+                    shift_right_padded(&mut b, pos, end);
+                    assert_eq!(a[..=end], b[..=end], "n={n} pos={pos} end={end}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn query_rotation_is_the_rotation() {
+        let mut rng = crate::encoding::rotation::SplitMix::new(11);
+        for (pad, dim) in [(64, 64), (128, 100), (384, 384), (448, 390), (1024, 1000)] {
+            let rot = Rotation::new(pad, 5);
+            let qrot = QueryRot::new(&rot);
+            let x: Vec<f32> = (0..dim).map(|_| rng.gauss() as f32).collect();
+            let (mut a, mut b) = (vec![0f32; pad], vec![1f32; pad]);
+            rot.apply(&x, &mut a);
+            for k in nearq_kernels::all_variants() {
+                qrot.apply(k, &x, &mut b);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "pad={pad} {}", k.isa);
+            }
+        }
+    }
+
+    #[test]
+    fn pool_keeps_the_nearest_in_order() {
+        let mut rng = crate::encoding::rotation::SplitMix::new(3);
+        for cap in [1usize, 2, 7, 8, 9, 33, 130, 300] {
+            let mut pool = Pool::default();
+            pool.reset(cap);
+            let mut want: Vec<(f32, u32)> = Vec::new();
+            for id in 0..2000u32 {
+                // coarse values, so that ties occur
+                let d = (rng.next_f64() * 50.0).floor() as f32;
+                pool.insert(d, id);
+                want.push((d, id));
+                // stable: equal distances keep their insertion order
+                want.sort_by(|a, b| a.0.total_cmp(&b.0));
+                want.truncate(cap);
+                if id % 3 == 0 {
+                    if let Some(v) = pool.pop() {
+                        assert!(want.iter().any(|w| w.1 == v));
+                    }
+                }
+                let got: Vec<(f32, u32)> = (0..pool.len)
+                    .map(|i| (pool.dist[i], pool.ids[i] & !EXPANDED))
+                    .collect();
+                assert_eq!(got, want, "cap={cap} id={id}");
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! The `#[target_feature]` functions in `imp` are reachable only through [`TABLE`], which
 //! [`table`] returns only after detecting NEON.
 //!
-//! - f32 kernels: four 4-lane FMA accumulators (16 elements per iteration).
+//! - f32 kernels: four 4-lane FMA accumulators (16 elements per iteration). `matvec_f32`
+//!   runs four rows at a time, two accumulators each, so each load of `x` serves four rows.
 //! - `dot_u8_i8`: widen to i16 and multiply-accumulate into i32 (`smlal`), exact.
 //!   `dot_u8`: `umull` (255^2 fits u16) and pairwise accumulate into u32 (`uadalp`).
 //! - `dot_u4_i8`: a 64-dimension block is two 16-byte loads whose low nibbles are dimensions
@@ -12,7 +13,14 @@
 //!   and `sadalp` accumulates pairs into i32.
 //! - Popcount: `cnt` per byte, pairwise accumulated into u16 (`uadalp`), flushed into u32
 //!   lanes before a u16 lane can overflow.
+//! - `dot_f32_bitplanes`: a nibble of a plane, broadcast to 4 lanes and tested against
+//!   `1, 2, 4, 8` (`cmtst`), is the lane mask of 4 weights; plane by plane into four
+//!   accumulators, each plane's sum scaled by `2^j` into the total.
 //! - FastScan: `tbl` (`vqtbl1q_u8`) looks up one sub-quantizer per op, widened into u16 lanes.
+//! - `fwht_f32`: stages 1 and 2 inside each register (`rev64`, `ext`, then `bsl` of the sum
+//!   and the difference), the larger ones between registers.
+//! - `fastscan_lut_u8`: one 4-dimension group per step, four nibbles per register, `xtn`
+//!   twice for the low bytes.
 
 use crate::{Kernels, SimdLevel};
 
@@ -26,12 +34,19 @@ static TABLE: Kernels = Kernels {
     isa: "neon",
     l2sq_f32,
     dot_f32,
+    matvec_f32,
     dot_f32_u8,
+    dot_f32_bitplanes,
     dot_u8_i8,
     dot_u8,
     dot_u4_i8,
+    dot_u4_i8_split,
+    dot_f32_u4_split,
+    dot_u4_i8_split_gather,
     and_popcount_u64,
     fastscan_u16,
+    fwht_f32,
+    fastscan_lut_u8,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -52,6 +67,16 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
     unsafe { imp::dot_f32_u8(a, b) }
 }
 
+fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::dot_f32_bitplanes(a, planes) }
+}
+
 fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::dot_u8_i8(a, b) }
@@ -67,6 +92,28 @@ fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
     unsafe { imp::dot_u4_i8(packed, b) }
 }
 
+fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::dot_u4_i8_split(p, lo, hi) }
+}
+
+fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::dot_f32_u4_split(p, lo, hi) }
+}
+
+fn dot_u4_i8_split_gather(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    out: &mut [i32],
+) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::dot_u4_i8_split_gather(base, stride, ids, lo, hi, out) }
+}
+
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::and_popcount_u64(a, b) }
@@ -75,6 +122,16 @@ fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
 fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::fastscan_u16(codes, luts, out) }
+}
+
+fn fwht_f32(x: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::fwht_f32(x) }
+}
+
+fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::fastscan_lut_u8(w, scale, out) }
 }
 
 mod imp {
@@ -187,6 +244,107 @@ mod imp {
     }
 
     #[target_feature(enable = "neon")]
+    pub(super) fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f32: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: elements i .. i + 8 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = [vld1q_f32(px.add(i)), vld1q_f32(px.add(i + 4))];
+                    for k in 0..4 {
+                        for h in 0..2 {
+                            acc[k][h] = vfmaq_f32(acc[k][h], vld1q_f32(p[k].add(i + 4 * h)), xv[h]);
+                        }
+                    }
+                }
+                i += 8;
+            }
+            for (k, o) in o.iter_mut().enumerate() {
+                let mut s = vaddvq_f32(vaddq_f32(acc[k][0], acc[k][1]));
+                for e in i..n {
+                    // SAFETY: e < n: element e of row r + k.
+                    s += unsafe { *p[k].add(e) } * x[e];
+                }
+                *o = s;
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            *o = dot_f32(row, x);
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+        let k = crate::scalar::bitplane_count(a.len(), planes);
+        let n = a.len();
+        let pb = n.div_ceil(8);
+        let pa = a.as_ptr();
+        let bits: [u32; 4] = [1, 2, 4, 8];
+        // SAFETY: `bits` holds 4 u32.
+        let bit = unsafe { vld1q_u32(bits.as_ptr()) };
+        // Lanes of `x` whose bit is set in the low nibble of `nib`.
+        let select = |nib: u8, x: float32x4_t| {
+            let m = vtstq_u32(vdupq_n_u32(nib as u32), bit);
+            vreinterpretq_f32_u32(vandq_u32(m, vreinterpretq_u32_f32(x)))
+        };
+        let mut total = 0.0f32;
+        for j in 0..k {
+            let p = &planes[j * pb..(j + 1) * pb];
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                let (b0, b1) = (p[i / 8], p[i / 8 + 1]);
+                // SAFETY: elements i .. i + 16 <= n of `a`.
+                let x = unsafe {
+                    [
+                        vld1q_f32(pa.add(i)),
+                        vld1q_f32(pa.add(i + 4)),
+                        vld1q_f32(pa.add(i + 8)),
+                        vld1q_f32(pa.add(i + 12)),
+                    ]
+                };
+                acc[0] = vaddq_f32(acc[0], select(b0 & 15, x[0]));
+                acc[1] = vaddq_f32(acc[1], select(b0 >> 4, x[1]));
+                acc[2] = vaddq_f32(acc[2], select(b1 & 15, x[2]));
+                acc[3] = vaddq_f32(acc[3], select(b1 >> 4, x[3]));
+                i += 16;
+            }
+            let mut t = vaddvq_f32(vaddq_f32(
+                vaddq_f32(acc[0], acc[1]),
+                vaddq_f32(acc[2], acc[3]),
+            ));
+            for (e, &x) in a.iter().enumerate().skip(i) {
+                if (p[e / 8] >> (e % 8)) & 1 == 1 {
+                    t += x;
+                }
+            }
+            total += (1u32 << j) as f32 * t;
+        }
+        total
+    }
+
+    #[target_feature(enable = "neon")]
     pub(super) fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
         assert_eq!(a.len(), b.len());
         let n = a.len();
@@ -278,6 +436,91 @@ mod imp {
         vaddvq_s32(vaddq_s32(acc[0], acc[1])).wrapping_add(tail)
     }
 
+    /// 16 bytes per step: the two nibbles (valid i8) times their weights with `smull` /
+    /// `smlal` into i16 lanes (2 products of at most 15 * 128 per lane), `sadalp` into i32;
+    /// scalar tail.
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+        assert!(
+            p.len() == lo.len() && p.len() == hi.len(),
+            "dot_u4_i8_split: slices of different lengths"
+        );
+        let n = p.len();
+        let nib = vdupq_n_u8(0x0f);
+        let mut acc = [vdupq_n_s32(0); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: bytes i .. i + 16 <= n of the three slices.
+            let (x, l, h) = unsafe {
+                (
+                    vld1q_u8(p.as_ptr().add(i)),
+                    vld1q_s8(lo.as_ptr().add(i)),
+                    vld1q_s8(hi.as_ptr().add(i)),
+                )
+            };
+            let cl = vreinterpretq_s8_u8(vandq_u8(x, nib));
+            let ch = vreinterpretq_s8_u8(vshrq_n_u8::<4>(x));
+            let a = vmlal_s8(vmull_s8(vget_low_s8(cl), vget_low_s8(l)), vget_low_s8(ch), vget_low_s8(h));
+            let b = vmlal_high_s8(vmull_high_s8(cl, l), ch, h);
+            acc[0] = vpadalq_s16(acc[0], a);
+            acc[1] = vpadalq_s16(acc[1], b);
+            i += 16;
+        }
+        let tail = crate::scalar::dot_u4_i8_split(&p[i..], &lo[i..], &hi[i..]);
+        vaddvq_s32(vaddq_s32(acc[0], acc[1])).wrapping_add(tail)
+    }
+
+    /// 8 codes per step: bytes widened to u16, nibbles split, widened to u32, converted to
+    /// f32 and multiplied into FMA accumulators; scalar tail.
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+        assert!(
+            p.len() == lo.len() && p.len() == hi.len(),
+            "dot_f32_u4_split: slices of different lengths"
+        );
+        let n = p.len();
+        let nib = vdupq_n_u16(0x0f);
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: elements i .. i + 8 <= n of the three slices.
+            let (x, l, h) = unsafe {
+                (
+                    vmovl_u8(vld1_u8(p.as_ptr().add(i))),
+                    [vld1q_f32(lo.as_ptr().add(i)), vld1q_f32(lo.as_ptr().add(i + 4))],
+                    [vld1q_f32(hi.as_ptr().add(i)), vld1q_f32(hi.as_ptr().add(i + 4))],
+                )
+            };
+            let cl = vandq_u16(x, nib);
+            let ch = vshrq_n_u16::<4>(x);
+            let f = |v: uint32x4_t| vcvtq_f32_u32(v);
+            acc[0] = vfmaq_f32(acc[0], f(vmovl_u16(vget_low_u16(cl))), l[0]);
+            acc[1] = vfmaq_f32(acc[1], f(vmovl_high_u16(cl)), l[1]);
+            acc[0] = vfmaq_f32(acc[0], f(vmovl_u16(vget_low_u16(ch))), h[0]);
+            acc[1] = vfmaq_f32(acc[1], f(vmovl_high_u16(ch)), h[1]);
+            i += 8;
+        }
+        let tail = crate::scalar::dot_f32_u4_split(&p[i..], &lo[i..], &hi[i..]);
+        vaddvq_f32(vaddq_f32(acc[0], acc[1])) + tail
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_u4_i8_split_gather(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        out: &mut [i32],
+    ) {
+        assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+        let len = lo.len();
+        for (o, &id) in out.iter_mut().zip(ids) {
+            let at = id as usize * stride;
+            *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+        }
+    }
+
     #[target_feature(enable = "neon")]
     pub(super) fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
         assert_eq!(a.len(), b.len());
@@ -334,6 +577,91 @@ mod imp {
         for (q, v) in acc.into_iter().enumerate() {
             // SAFETY: 8q + 8 <= 32 = out.len().
             unsafe { vst1q_u16(po.add(8 * q), v) };
+        }
+    }
+
+    /// Stages `h = 1, 2` inside each 4-lane register (`rev64` / `ext` pair `x[i]` with
+    /// `x[i ^ h]`; lanes with bit `h` clear keep the sum, the others the difference), then
+    /// `h >= 4` between registers.
+    #[target_feature(enable = "neon")]
+    pub(super) fn fwht_f32(x: &mut [f32]) {
+        let n = crate::scalar::fwht_len(x);
+        if n < 4 {
+            return crate::scalar::fwht_f32(x);
+        }
+        let p = x.as_mut_ptr();
+        let odd = vreinterpretq_u32_u64(vdupq_n_u64(0xffff_ffff_0000_0000));
+        let high = vcombine_u32(vdup_n_u32(0), vdup_n_u32(u32::MAX));
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 4 <= n, as n is a multiple of 4.
+            let mut v = unsafe { vld1q_f32(p.add(i)) };
+            let s = vrev64q_f32(v);
+            v = vbslq_f32(odd, vsubq_f32(s, v), vaddq_f32(v, s));
+            let s = vextq_f32::<2>(v, v);
+            v = vbslq_f32(high, vsubq_f32(s, v), vaddq_f32(v, s));
+            // SAFETY: as above.
+            unsafe { vst1q_f32(p.add(i), v) };
+            i += 4;
+        }
+        let mut h = 4;
+        while h < n {
+            let mut b = 0;
+            while b < n {
+                let mut j = b;
+                while j < b + h {
+                    // SAFETY: j + 4 <= b + h and j + h + 4 <= b + 2h <= n.
+                    unsafe {
+                        let u = vld1q_f32(p.add(j));
+                        let v = vld1q_f32(p.add(j + h));
+                        vst1q_f32(p.add(j), vaddq_f32(u, v));
+                        vst1q_f32(p.add(j + h), vsubq_f32(u, v));
+                    }
+                    j += 4;
+                }
+                b += 2 * h;
+            }
+            h *= 2;
+        }
+    }
+
+    /// One group per step: nibbles `4q .. 4q + 4` in one register (their bits 0 and 1 vary by
+    /// lane, bits 2 and 3 are those of `q`), the scalar reference's operation order, and
+    /// `xtn` twice for the low bytes.
+    #[target_feature(enable = "neon")]
+    pub(super) fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+        use crate::scalar::{lut_groups, lut_lo, ROUND_MAGIC};
+        let m = lut_groups(w, out);
+        let bits = |b: u32| {
+            let lanes = [0u32, 1, 2, 3].map(|c| if c & b != 0 { u32::MAX } else { 0 });
+            // SAFETY: `lanes` holds 4 u32.
+            unsafe { vld1q_u32(lanes.as_ptr()) }
+        };
+        let (m0, m1) = (bits(1), bits(2));
+        let sc = vdupq_n_f32(scale);
+        let magic = vdupq_n_f32(ROUND_MAGIC);
+        let top = vdupq_n_f32(ROUND_MAGIC + 255.0);
+        for (j, g) in w.chunks_exact(4).enumerate().take(m) {
+            let lo = vdupq_n_f32(lut_lo(g));
+            let sel = |mask: uint32x4_t, x: f32| {
+                vreinterpretq_f32_u32(vandq_u32(mask, vreinterpretq_u32_f32(vdupq_n_f32(x))))
+            };
+            let l = vaddq_f32(sel(m0, g[0]), sel(m1, g[1]));
+            let a = vmulq_f32(vsubq_f32(l, lo), sc);
+            let mut r = [vdupq_n_u32(0); 4];
+            for (q, r) in r.iter_mut().enumerate() {
+                let pick = |bit: usize, x: f32| if q & bit != 0 { x } else { 0.0 };
+                // the same value in every lane, as the scalar reference computes it
+                let h = vdupq_n_f32(pick(1, g[2]) + pick(2, g[3]));
+                let x = vaddq_f32(a, vmulq_f32(h, sc));
+                let v = vminq_f32(vmaxq_f32(vaddq_f32(x, magic), magic), top);
+                *r = vreinterpretq_u32_f32(v);
+            }
+            let lo16 = vcombine_u16(vmovn_u32(r[0]), vmovn_u32(r[1]));
+            let hi16 = vcombine_u16(vmovn_u32(r[2]), vmovn_u32(r[3]));
+            let b = vcombine_u8(vmovn_u16(lo16), vmovn_u16(hi16));
+            // SAFETY: 16j + 16 <= 16m = out.len().
+            unsafe { vst1q_u8(out.as_mut_ptr().add(16 * j), b) };
         }
     }
 }

@@ -93,8 +93,9 @@ impl std::fmt::Display for SimdLevel {
 
 /// A table of kernels for one instruction-set level.
 ///
-/// All slices passed to one call have equal length (for `fastscan_u16` and `dot_u4_i8`, see
-/// [`scalar::fastscan_u16`] and [`scalar::dot_u4_i8`]); kernels panic otherwise. Lengths may
+/// All slices passed to one call have equal length (for `fastscan_u16`, `dot_u4_i8`,
+/// `dot_f32_bitplanes` and `matvec_f32`, see [`scalar::fastscan_u16`], [`scalar::dot_u4_i8`],
+/// [`scalar::dot_f32_bitplanes`] and [`scalar::matvec_f32`]); kernels panic otherwise. Lengths may
 /// be anything, including 0,
 /// and slices need no alignment.
 pub struct Kernels {
@@ -105,8 +106,13 @@ pub struct Kernels {
     pub l2sq_f32: fn(&[f32], &[f32]) -> f32,
     /// Inner product: `sum a[i] * b[i]`.
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// Matrix-vector product, `m` row-major; see [`scalar::matvec_f32`].
+    pub matvec_f32: fn(m: &[f32], x: &[f32], out: &mut [f32]),
     /// Inner product of f32 weights with u8 codes: `sum a[i] * (b[i] as f32)`.
     pub dot_f32_u8: fn(&[f32], &[u8]) -> f32,
+    /// Inner product of f32 weights with unsigned codes stored as bit planes; see
+    /// [`scalar::dot_f32_bitplanes`] for the layout.
+    pub dot_f32_bitplanes: fn(a: &[f32], planes: &[u8]) -> f32,
     /// Exact `sum a[i] as i32 * b[i] as i32` (wrapping on i32 overflow).
     pub dot_u8_i8: fn(&[u8], &[i8]) -> i32,
     /// Exact `sum a[i] as u32 * b[i] as u32` (wrapping on u32 overflow).
@@ -114,11 +120,28 @@ pub struct Kernels {
     /// Exact `sum code(i) * b[i]` over 4-bit codes packed as in [`scalar::u4_position`]
     /// (`packed.len() == ceil(b.len() / 2)`; wrapping on i32 overflow).
     pub dot_u4_i8: fn(packed: &[u8], b: &[i8]) -> i32,
+    /// Exact `sum (p[j] & 15) * lo[j] + (p[j] >> 4) * hi[j]`: packed 4-bit codes against
+    /// per-nibble weights ([`scalar::u4_split_weights`]); see [`scalar::dot_u4_i8_split`].
+    pub dot_u4_i8_split: fn(p: &[u8], lo: &[i8], hi: &[i8]) -> i32,
+    /// `sum (p[j] & 15) * lo[j] + (p[j] >> 4) * hi[j]` with f32 weights; see
+    /// [`scalar::dot_f32_u4_split`].
+    pub dot_f32_u4_split: fn(p: &[u8], lo: &[f32], hi: &[f32]) -> f32,
+    /// `dot_u4_i8_split` of the codes `base[ids[i] * stride ..][.. lo.len()]` into `out[i]`;
+    /// see [`scalar::dot_u4_i8_split_gather`].
+    #[allow(clippy::type_complexity)]
+    pub dot_u4_i8_split_gather:
+        fn(base: &[u8], stride: usize, ids: &[u32], lo: &[i8], hi: &[i8], out: &mut [i32]),
     /// `sum popcount(a[i] & b[i])`.
     pub and_popcount_u64: fn(&[u64], &[u64]) -> u32,
     /// 4-bit FastScan look-up accumulate over a block of 32 codes; see
     /// [`scalar::fastscan_u16`] for the layout.
     pub fastscan_u16: fn(codes: &[u8], luts: &[u8], out: &mut [u16; 32]),
+    /// In-place unnormalised Walsh–Hadamard transform (length a power of two); bit-identical
+    /// to [`scalar::fwht_f32`].
+    pub fwht_f32: fn(x: &mut [f32]),
+    /// The u8 FastScan tables of 4-dimension groups of float weights; bit-identical to
+    /// [`scalar::fastscan_lut_u8`].
+    pub fastscan_lut_u8: fn(w: &[f32], scale: f32, out: &mut [u8]),
 }
 
 impl std::fmt::Debug for Kernels {
@@ -135,12 +158,19 @@ static SCALAR: Kernels = Kernels {
     isa: "scalar",
     l2sq_f32: scalar::l2sq_f32,
     dot_f32: scalar::dot_f32,
+    matvec_f32: scalar::matvec_f32,
     dot_f32_u8: scalar::dot_f32_u8,
+    dot_f32_bitplanes: scalar::dot_f32_bitplanes,
     dot_u8_i8: scalar::dot_u8_i8,
     dot_u8: scalar::dot_u8,
     dot_u4_i8: scalar::dot_u4_i8,
+    dot_u4_i8_split: scalar::dot_u4_i8_split,
+    dot_f32_u4_split: scalar::dot_f32_u4_split,
+    dot_u4_i8_split_gather: scalar::dot_u4_i8_split_gather,
     and_popcount_u64: scalar::and_popcount_u64,
     fastscan_u16: scalar::fastscan_u16,
+    fwht_f32: scalar::fwht_f32,
+    fastscan_lut_u8: scalar::fastscan_lut_u8,
 };
 
 /// The kernel table for `level`, or `None` if this CPU cannot run it.

@@ -105,6 +105,141 @@ pub fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
     s
 }
 
+/// The weights of the low and high nibbles of packed 4-bit codes: with `b` one weight per
+/// dimension (in the layout of [`u4_position`] for `n = b.len()` dimensions), `lo[j]` and
+/// `hi[j]` are the weights of the dimensions held in the low and the high nibble of byte `j`
+/// (0 for an unused high nibble), so `dot_u4_i8(p, b) == dot_u4_i8_split(p, lo, hi)`.
+/// `lo` and `hi` have `ceil(n / 2)` entries.
+pub fn u4_split_weights(b: &[i8], lo: &mut [i8], hi: &mut [i8]) {
+    let n = b.len();
+    assert!(
+        lo.len() == n.div_ceil(2) && hi.len() == lo.len(),
+        "u4_split_weights: lo and hi must have ceil(n / 2) entries"
+    );
+    hi.fill(0);
+    for (i, &w) in b.iter().enumerate() {
+        match u4_position(n, i) {
+            (j, false) => lo[j] = w,
+            (j, true) => hi[j] = w,
+        }
+    }
+}
+
+/// Exact inner product of packed nibbles with one weight per nibble:
+/// `sum_j (p[j] & 15) * lo[j] + (p[j] >> 4) * hi[j]` (wrapping on i32 overflow). All three
+/// slices have the same length. With the weights of [`u4_split_weights`] it equals
+/// [`dot_u4_i8`] whatever the layout, and SIMD versions need no shuffles or query reloads.
+pub fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    assert!(
+        p.len() == lo.len() && p.len() == hi.len(),
+        "dot_u4_i8_split: slices of different lengths"
+    );
+    let mut s = 0i32;
+    for ((&x, &l), &h) in p.iter().zip(lo).zip(hi) {
+        s = s
+            .wrapping_add((x & 15) as i32 * l as i32)
+            .wrapping_add((x >> 4) as i32 * h as i32);
+    }
+    s
+}
+
+/// Inner product of packed nibbles with one f32 weight per nibble:
+/// `sum_j (p[j] & 15) * lo[j] + (p[j] >> 4) * hi[j]`, the float counterpart of
+/// [`dot_u4_i8_split`] (SIMD versions differ only in summation order). Equal lengths.
+pub fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+    assert!(
+        p.len() == lo.len() && p.len() == hi.len(),
+        "dot_f32_u4_split: slices of different lengths"
+    );
+    let mut s = 0f32;
+    for ((&x, &l), &h) in p.iter().zip(lo).zip(hi) {
+        s += (x & 15) as f32 * l + (x >> 4) as f32 * h;
+    }
+    s
+}
+
+/// [`dot_u4_i8_split`] of several codes of one array: code `i` is
+/// `base[ids[i] * stride ..][.. lo.len()]` and `out[i]` its product with `lo`, `hi`.
+/// Panics if a code does not lie inside `base` or if `out.len() != ids.len()`.
+pub fn dot_u4_i8_split_gather(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    out: &mut [i32],
+) {
+    assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+    let len = lo.len();
+    for (o, &id) in out.iter_mut().zip(ids) {
+        let at = id as usize * stride;
+        *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+    }
+}
+
+/// Matrix-vector product: `out[r] = sum_i m[r * n + i] * x[i]` with `n = x.len()`, `m` row-major
+/// with `out.len()` rows (`m.len() == out.len() * n`).
+pub fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        m.len(),
+        out.len() * x.len(),
+        "matvec_f32: m must be out.len() × x.len()"
+    );
+    if x.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(m.chunks_exact(x.len())) {
+        *o = dot_f32(row, x);
+    }
+}
+
+/// Most bit planes [`dot_f32_bitplanes`] takes (weights up to `2^15` are exact in f32).
+pub const MAX_BITPLANES: usize = 16;
+
+/// Number of bit planes of `n` values held in `planes` (see [`dot_f32_bitplanes`]), checking
+/// the slice lengths.
+#[inline]
+pub(crate) fn bitplane_count(n: usize, planes: &[u8]) -> usize {
+    if n == 0 {
+        assert!(
+            planes.is_empty(),
+            "dot_f32_bitplanes: planes of an empty vector"
+        );
+        return 0;
+    }
+    let pb = n.div_ceil(8);
+    assert!(
+        planes.len().is_multiple_of(pb) && planes.len() / pb <= MAX_BITPLANES,
+        "dot_f32_bitplanes: planes.len() must be k * ceil(n / 8) with k <= {MAX_BITPLANES}"
+    );
+    planes.len() / pb
+}
+
+/// Inner product of f32 weights with unsigned codes stored as bit planes:
+/// `sum_i a[i] * c_i`, `c_i = sum_j 2^j * bit j of c_i`.
+///
+/// With `n = a.len()` and `pb = ceil(n / 8)`, `planes` holds `k <= 16` planes of `pb` bytes
+/// each, plane `j` (bit `j` of every code) at `planes[j * pb .. (j + 1) * pb]`, the bit of
+/// element `i` at bit `i % 8` of byte `i / 8` (so a plane is also a sequence of little-endian
+/// u64 words when `n` is a multiple of 64). Bits past `n` in the last byte are ignored.
+pub fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+    let k = bitplane_count(a.len(), planes);
+    let pb = a.len().div_ceil(8);
+    let mut s = 0.0f32;
+    for j in 0..k {
+        let p = &planes[j * pb..(j + 1) * pb];
+        let t: f32 = a
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (p[i / 8] >> (i % 8)) & 1 == 1)
+            .map(|(_, &x)| x)
+            .sum();
+        s += (1u32 << j) as f32 * t;
+    }
+    s
+}
+
 /// Exact integer inner product of unsigned bytes (wrapping on u32 overflow).
 pub fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
     assert_eq!(a.len(), b.len());
@@ -153,6 +288,93 @@ pub fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
         for (i, &c) in codes[16 * j..16 * j + 16].iter().enumerate() {
             out[i] = out[i].wrapping_add(lut[(c & 15) as usize] as u16);
             out[i + 16] = out[i + 16].wrapping_add(lut[(c >> 4) as usize] as u16);
+        }
+    }
+}
+
+/// In-place unnormalised Walsh–Hadamard transform, `x <- H x`; `x.len()` must be a power of
+/// two (or 0).
+///
+/// Stage `h = 1, 2, 4, ...` replaces every pair `(x[i], x[i + h])` with `i & h == 0` by
+/// `(x[i] + x[i + h], x[i] - x[i + h])`. The SIMD variants perform the same additions in the
+/// same stage order, so their results are bit-identical to this one.
+pub fn fwht_f32(x: &mut [f32]) {
+    let n = fwht_len(x);
+    let mut h = 1;
+    while h < n {
+        for block in x.chunks_exact_mut(2 * h) {
+            let (a, b) = block.split_at_mut(h);
+            for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+                let (p, q) = (*u, *v);
+                *u = p + q;
+                *v = p - q;
+            }
+        }
+        h *= 2;
+    }
+}
+
+/// `x.len()`, checked to be a power of two or 0.
+#[inline]
+pub(crate) fn fwht_len(x: &[f32]) -> usize {
+    let n = x.len();
+    assert!(
+        n == 0 || n.is_power_of_two(),
+        "fwht: the length must be a power of two"
+    );
+    n
+}
+
+/// `1.5 * 2^23`: adding it to a float in `[0, 2^22)` leaves the value rounded to an integer
+/// (ties to even) in the low mantissa bits.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// Checks the lengths of [`fastscan_lut_u8`]'s arguments; returns the number of groups.
+#[inline]
+pub(crate) fn lut_groups(w: &[f32], out: &[u8]) -> usize {
+    assert!(
+        w.len().is_multiple_of(4),
+        "fastscan_lut: w.len() must be a multiple of 4"
+    );
+    assert_eq!(
+        out.len(),
+        4 * w.len(),
+        "fastscan_lut: out.len() must be 4 * w.len()"
+    );
+    w.len() / 4
+}
+
+/// `lo` of one group of [`fastscan_lut_u8`], in the order every variant uses.
+#[inline(always)]
+pub(crate) fn lut_lo(g: &[f32]) -> f32 {
+    ((g[0].min(0.0) + g[1].min(0.0)) + g[2].min(0.0)) + g[3].min(0.0)
+}
+
+/// 4-bit FastScan look-up tables from float weights (e.g. a rotated query for 1-bit codes).
+///
+/// For group `j` (weights `g = w[4j .. 4j + 4]`) and nibble `c`, with `s_t = g[t]` if bit `t`
+/// of `c` is set and `0` otherwise, and `lo = min(g0, 0) + .. + min(g3, 0)` (the smallest
+/// subset sum):
+///
+/// ```text
+/// x = ((s0 + s1) - lo) * scale + (s2 + s3) * scale
+/// out[16 j + c] = x rounded to an integer (ties to even), clamped to [0, 255]
+/// ```
+///
+/// evaluated in exactly this order (the rounding adds `1.5 * 2^23`, so `x` must be finite and
+/// below `2^22`), which the SIMD variants follow, so their results are bit-identical.
+/// `w.len()` must be a multiple of 4 and `out.len() == 4 * w.len()`.
+pub fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+    lut_groups(w, out);
+    for (g, t) in w.chunks_exact(4).zip(out.chunks_exact_mut(16)) {
+        let lo = lut_lo(g);
+        let sel = |c: usize, bit: usize, x: f32| if c & bit != 0 { x } else { 0.0 };
+        for (c, o) in t.iter_mut().enumerate() {
+            let l = sel(c, 1, g[0]) + sel(c, 2, g[1]);
+            let h = sel(c, 4, g[2]) + sel(c, 8, g[3]);
+            let x = (l - lo) * scale + h * scale;
+            let v = (x + ROUND_MAGIC).clamp(ROUND_MAGIC, ROUND_MAGIC + 255.0);
+            *o = v.to_bits() as u8;
         }
     }
 }

@@ -4,7 +4,8 @@
 //! [`table`] returns only after detecting every feature they enable.
 //!
 //! - f32 kernels: four independent 8-lane FMA accumulators (32 elements per iteration) hide
-//!   the FMA latency; the tail uses a masked load, so there is no scalar loop.
+//!   the FMA latency; the tail uses a masked load, so there is no scalar loop. `matvec_f32`
+//!   runs four rows at a time, one accumulator each, so each load of `x` serves four FMAs.
 //! - Integer dot products widen bytes to i16 and use `vpmaddwd`. `vpmaddubsw` would be faster
 //!   but saturates (255 * 127 * 2 > i16::MAX), and these kernels must be exact.
 //! - `dot_u4_i8`: one 32-byte load is one 64-dimension block of the packed layout (low
@@ -12,7 +13,14 @@
 //!   saturate here (2 * 15 * 128 < i16::MAX), and two of its results are added in i16 before
 //!   `vpmaddwd` with ones widens to i32 (4 * 15 * 128 < i16::MAX).
 //! - Popcount: nibble look-up with `vpshufb`, summed with `vpsadbw` (Mula's method).
+//! - `dot_f32_bitplanes`: one byte of a plane, broadcast to 8 lanes, AND-ed with
+//!   `1, 2, ..., 128` and compared for equality, is the lane mask of 8 weights; plane by plane
+//!   into four accumulators, each plane's sum scaled by `2^j` with one FMA into the total.
 //! - FastScan: `vpshufb` looks up two sub-quantizers per 256-bit op (one per 128-bit lane).
+//! - `fwht_f32`: stages 1, 2, 4 inside each register (a lane permute pairs `x[i]` with
+//!   `x[i ^ h]`, a blend keeps the sum or the difference), the larger ones between registers.
+//! - `fastscan_lut_u8`: one 4-dimension group per step, its nibbles 0..8 and 8..16 in two
+//!   registers; the low bytes are packed with `packus` and a dword permute.
 
 use crate::{Kernels, SimdLevel};
 
@@ -29,12 +37,19 @@ static TABLE: Kernels = Kernels {
     isa: "avx2+fma",
     l2sq_f32,
     dot_f32,
+    matvec_f32,
     dot_f32_u8,
+    dot_f32_bitplanes,
     dot_u8_i8,
     dot_u8,
     dot_u4_i8,
+    dot_u4_i8_split,
+    dot_f32_u4_split,
+    dot_u4_i8_split_gather,
     and_popcount_u64,
     fastscan_u16,
+    fwht_f32,
+    fastscan_lut_u8,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -55,6 +70,16 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
     unsafe { imp::dot_f32_u8(a, b) }
 }
 
+fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_f32_bitplanes(a, planes) }
+}
+
 fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::dot_u8_i8(a, b) }
@@ -70,6 +95,28 @@ fn dot_u4_i8(packed: &[u8], b: &[i8]) -> i32 {
     unsafe { imp::dot_u4_i8(packed, b) }
 }
 
+fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_u4_i8_split(p, lo, hi) }
+}
+
+fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_f32_u4_split(p, lo, hi) }
+}
+
+fn dot_u4_i8_split_gather(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    out: &mut [i32],
+) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_u4_i8_split_gather(base, stride, ids, lo, hi, out) }
+}
+
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::and_popcount_u64(a, b) }
@@ -78,6 +125,16 @@ fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
 fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::fastscan_u16(codes, luts, out) }
+}
+
+fn fwht_f32(x: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::fwht_f32(x) }
+}
+
+fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::fastscan_lut_u8(w, scale, out) }
 }
 
 mod imp {
@@ -196,6 +253,104 @@ mod imp {
             _mm256_add_ps(acc[0], acc[1]),
             _mm256_add_ps(acc[2], acc[3]),
         ))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f32: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let tail = tail_mask(n % 8);
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: elements i .. i + 8 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = _mm256_loadu_ps(px.add(i));
+                    for k in 0..4 {
+                        acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(p[k].add(i)), xv, acc[k]);
+                    }
+                }
+                i += 8;
+            }
+            if i < n {
+                // SAFETY: the mask enables only elements i..n of x and of each row.
+                unsafe {
+                    let xv = _mm256_maskload_ps(px.add(i), tail);
+                    for k in 0..4 {
+                        acc[k] = _mm256_fmadd_ps(_mm256_maskload_ps(p[k].add(i), tail), xv, acc[k]);
+                    }
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = hsum_ps(a);
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            *o = dot_f32(row, x);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+        let k = crate::scalar::bitplane_count(a.len(), planes);
+        let n = a.len();
+        let pb = n.div_ceil(8);
+        let pa = a.as_ptr();
+        let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        // Lanes of `x` whose bit is set in `byte`.
+        let select = |byte: u8, x: __m256| {
+            let b = _mm256_and_si256(_mm256_set1_epi32(byte as i32), bit);
+            _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, bit)), x)
+        };
+        let mut total = _mm256_setzero_ps();
+        for j in 0..k {
+            let p = &planes[j * pb..(j + 1) * pb];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let at = i + 8 * h;
+                    // SAFETY: elements at .. at + 8 <= i + 32 <= n of `a`.
+                    let x = unsafe { _mm256_loadu_ps(pa.add(at)) };
+                    *acc = _mm256_add_ps(*acc, select(p[at / 8], x));
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                // SAFETY: elements i .. i + 8 <= n of `a`.
+                let x = unsafe { _mm256_loadu_ps(pa.add(i)) };
+                acc[0] = _mm256_add_ps(acc[0], select(p[i / 8], x));
+                i += 8;
+            }
+            if i < n {
+                // SAFETY: the mask enables only lanes i..n of `a`; the other lanes read as 0,
+                // so bits past n in the last byte add nothing.
+                let x = unsafe { _mm256_maskload_ps(pa.add(i), tail_mask(n - i)) };
+                acc[1] = _mm256_add_ps(acc[1], select(p[i / 8], x));
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            total = _mm256_fmadd_ps(sum, _mm256_set1_ps((1u32 << j) as f32), total);
+        }
+        hsum_ps(total)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -357,6 +512,87 @@ mod imp {
         hsum_epi32(_mm256_add_epi32(acc[0], acc[1])).wrapping_add(tail)
     }
 
+    /// 32 bytes per step: `vpmaddubsw` of the masked nibbles with their weights (exact for
+    /// 4-bit codes: 2 * 15 * 128 < i16::MAX), `vpmaddwd` by ones into i32; scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+        assert!(
+            p.len() == lo.len() && p.len() == hi.len(),
+            "dot_u4_i8_split: slices of different lengths"
+        );
+        let n = p.len();
+        let nib = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: bytes i .. i + 32 <= n of the three slices.
+            let (x, l, h) = unsafe {
+                (
+                    _mm256_loadu_si256(p.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(lo.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(hi.as_ptr().add(i).cast()),
+                )
+            };
+            let s16 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(_mm256_and_si256(x, nib), l),
+                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), h),
+            );
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones));
+            i += 32;
+        }
+        let tail = crate::scalar::dot_u4_i8_split(&p[i..], &lo[i..], &hi[i..]);
+        hsum_epi32(acc).wrapping_add(tail)
+    }
+
+    /// 8 codes per step: bytes widened to i32 lanes, nibbles split, converted to f32 and
+    /// multiplied into two FMA accumulators; scalar tail.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+        assert!(
+            p.len() == lo.len() && p.len() == hi.len(),
+            "dot_f32_u4_split: slices of different lengths"
+        );
+        let n = p.len();
+        let nib = _mm256_set1_epi32(0x0f);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: elements i .. i + 8 <= n of the three slices.
+            let (x, l, h) = unsafe {
+                (
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.as_ptr().add(i).cast())),
+                    _mm256_loadu_ps(lo.as_ptr().add(i)),
+                    _mm256_loadu_ps(hi.as_ptr().add(i)),
+                )
+            };
+            let cl = _mm256_cvtepi32_ps(_mm256_and_si256(x, nib));
+            let ch = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(x));
+            acc[0] = _mm256_fmadd_ps(cl, l, acc[0]);
+            acc[1] = _mm256_fmadd_ps(ch, h, acc[1]);
+            i += 8;
+        }
+        let tail = crate::scalar::dot_f32_u4_split(&p[i..], &lo[i..], &hi[i..]);
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + tail
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_u4_i8_split_gather(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        out: &mut [i32],
+    ) {
+        assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+        let len = lo.len();
+        for (o, &id) in out.iter_mut().zip(ids) {
+            let at = id as usize * stride;
+            *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,popcnt")]
     pub(super) fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
         assert_eq!(a.len(), b.len());
@@ -469,5 +705,93 @@ mod imp {
         );
         let o = _mm_add_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
         (_mm_unpacklo_epi16(e, o), _mm_unpackhi_epi16(e, o))
+    }
+
+    /// Stages `h = 1, 2, 4` inside each 8-lane register (a lane permute pairs `x[i]` with
+    /// `x[i ^ h]`; lanes with bit `h` clear keep the sum, the others the difference), then
+    /// `h >= 8` between registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn fwht_f32(x: &mut [f32]) {
+        let n = crate::scalar::fwht_len(x);
+        if n < 8 {
+            return crate::scalar::fwht_f32(x);
+        }
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 8 <= n, as n is a multiple of 8.
+            let mut v = unsafe { _mm256_loadu_ps(p.add(i)) };
+            let s = _mm256_permute_ps::<0b10_11_00_01>(v);
+            v = _mm256_blend_ps::<0b1010_1010>(_mm256_add_ps(v, s), _mm256_sub_ps(s, v));
+            let s = _mm256_permute_ps::<0b01_00_11_10>(v);
+            v = _mm256_blend_ps::<0b1100_1100>(_mm256_add_ps(v, s), _mm256_sub_ps(s, v));
+            let s = _mm256_permute2f128_ps::<0x01>(v, v);
+            v = _mm256_blend_ps::<0b1111_0000>(_mm256_add_ps(v, s), _mm256_sub_ps(s, v));
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(p.add(i), v) };
+            i += 8;
+        }
+        let mut h = 8;
+        while h < n {
+            let mut b = 0;
+            while b < n {
+                let mut j = b;
+                while j < b + h {
+                    // SAFETY: j + 8 <= b + h and j + h + 8 <= b + 2h <= n.
+                    unsafe {
+                        let u = _mm256_loadu_ps(p.add(j));
+                        let v = _mm256_loadu_ps(p.add(j + h));
+                        _mm256_storeu_ps(p.add(j), _mm256_add_ps(u, v));
+                        _mm256_storeu_ps(p.add(j + h), _mm256_sub_ps(u, v));
+                    }
+                    j += 8;
+                }
+                b += 2 * h;
+            }
+            h *= 2;
+        }
+    }
+
+    /// One group per step: nibbles 0..8 and 8..16 in two registers, subset sums by masking
+    /// the broadcast weights, the same operation order as the scalar reference; the low bytes
+    /// of the 16 results are packed with `packus` and a dword permute.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+        use crate::scalar::{lut_groups, lut_lo, ROUND_MAGIC};
+        let m = lut_groups(w, out);
+        let lane = |bit: i32| {
+            let l = [0, 1, 2, 3, 4, 5, 6, 7].map(|c: i32| -i32::from(c & bit != 0));
+            _mm256_castsi256_ps(_mm256_setr_epi32(
+                l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7],
+            ))
+        };
+        // lanes of nibbles 0..8; for 8..16 bit 3 is set in every lane
+        let (m0, m1, m2) = (lane(1), lane(2), lane(4));
+        let ones = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        let sc = _mm256_set1_ps(scale);
+        let magic = _mm256_set1_ps(ROUND_MAGIC);
+        let top = _mm256_set1_ps(ROUND_MAGIC + 255.0);
+        let byte = _mm256_set1_epi32(0xff);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let zero = _mm256_setzero_ps();
+        for (j, g) in w.chunks_exact(4).enumerate().take(m) {
+            let lo = _mm256_set1_ps(lut_lo(g));
+            let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|t| _mm256_set1_ps(g[t]));
+            let l = _mm256_add_ps(_mm256_and_ps(w0, m0), _mm256_and_ps(w1, m1));
+            let a = _mm256_mul_ps(_mm256_sub_ps(l, lo), sc);
+            let q = |h3: __m256| {
+                let h = _mm256_add_ps(_mm256_and_ps(w2, m2), _mm256_and_ps(w3, h3));
+                let x = _mm256_add_ps(a, _mm256_mul_ps(h, sc));
+                let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(x, magic), magic), top);
+                _mm256_and_si256(_mm256_castps_si256(v), byte)
+            };
+            let (v0, v1) = (q(zero), q(ones));
+            // u16: [v0 0..4, v1 0..4 | v0 4..8, v1 4..8]; u8 likewise, twice per lane
+            let b = _mm256_packus_epi16(_mm256_packus_epi32(v0, v1), _mm256_setzero_si256());
+            // dwords [v0 0..4, v1 0..4, 0, 0 | v0 4..8, v1 4..8, 0, 0] -> dwords 0, 4, 1, 5
+            let b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, order));
+            // SAFETY: 16j + 16 <= 16m = out.len().
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(16 * j).cast(), b) };
+        }
     }
 }

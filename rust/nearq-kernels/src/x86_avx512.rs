@@ -7,7 +7,8 @@
 //! only after detecting every feature their functions enable.
 //!
 //! - f32 kernels: four 16-lane FMA accumulators (64 elements per iteration); the tail is one
-//!   masked load, so there is no scalar loop.
+//!   masked load, so there is no scalar loop. `matvec_f32` runs four rows at a time, one
+//!   accumulator each, so each load of `x` serves four FMAs.
 //! - `dot_u8_i8`: VNNI `vpdpbusd` (u8 x i8, non-saturating) or, without VNNI, widening to i16
 //!   and `vpmaddwd`. `dot_u8` with VNNI uses `a . b = a . (b - 128) + 128 * sum(a)`, where
 //!   `b - 128` is `b ^ 0x80` read as i8 and `sum(a)` comes from `vpsadbw`.
@@ -17,8 +18,16 @@
 //!   multiplies u8 codes by i8 query bytes directly; without VNNI `vpmaddubsw` is exact for
 //!   4-bit codes (2 * 15 * 128 < i16::MAX) and `vpmaddwd` with ones widens to i32.
 //! - Popcount: `vpopcntq`, or the `vpshufb` nibble look-up with `vpsadbw`.
+//! - `dot_f32_bitplanes`: two bytes of a plane are the `__mmask16` of a masked add
+//!   (`vaddps` with a write mask) of 16 weights; plane by plane into two accumulators, each
+//!   plane's sum scaled by `2^j` with one FMA into the total.
 //! - FastScan: `vpshufb` looks up four sub-quantizers per 512-bit op (one per 128-bit lane);
 //!   the last 1-3 sub-quantizers use zero-masked loads, and a zero table looks up zeros.
+//! - `fwht_f32`: stages 1, 2, 4, 8 inside each register (`vpermilps` / `vshuff32x4` pair
+//!   `x[i]` with `x[i ^ h]`, a mask blend keeps the sum or the difference), the larger ones
+//!   between registers.
+//! - `fastscan_lut_u8`: one 4-dimension group per step, its 16 nibbles in one register
+//!   (zero-masked broadcasts of the weights), `vpmovdb` for the low bytes.
 
 use std::sync::OnceLock;
 
@@ -66,16 +75,31 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         },
         l2sq_f32,
         dot_f32,
+        matvec_f32,
         dot_f32_u8,
+        dot_f32_bitplanes,
         dot_u8_i8: if vnni { dot_u8_i8_vnni } else { dot_u8_i8 },
         dot_u8: if vnni { dot_u8_vnni } else { dot_u8 },
         dot_u4_i8: if vnni { dot_u4_i8_vnni } else { dot_u4_i8 },
+        dot_u4_i8_split: if vnni {
+            dot_u4_i8_split_vnni
+        } else {
+            dot_u4_i8_split
+        },
+        dot_f32_u4_split,
+        dot_u4_i8_split_gather: if vnni {
+            dot_u4_i8_split_gather_vnni
+        } else {
+            dot_u4_i8_split_gather
+        },
         and_popcount_u64: if vpopcntdq {
             and_popcount_u64_vpopcntdq
         } else {
             and_popcount_u64
         },
         fastscan_u16,
+        fwht_f32,
+        fastscan_lut_u8,
     }))
 }
 
@@ -95,6 +119,16 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::dot_f32_u8(a, b) }
+}
+
+fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_f32_bitplanes(a, planes) }
 }
 
 fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
@@ -127,6 +161,45 @@ fn dot_u4_i8_vnni(packed: &[u8], b: &[i8]) -> i32 {
     unsafe { imp::dot_u4_i8_vnni(packed, b) }
 }
 
+fn dot_u4_i8_split(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u4_i8_split(p, lo, hi) }
+}
+
+fn dot_u4_i8_split_vnni(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u4_i8_split_vnni(p, lo, hi) }
+}
+
+fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_f32_u4_split(p, lo, hi) }
+}
+
+fn dot_u4_i8_split_gather(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    out: &mut [i32],
+) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u4_i8_split_gather(base, stride, ids, lo, hi, out) }
+}
+
+fn dot_u4_i8_split_gather_vnni(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    out: &mut [i32],
+) {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u4_i8_split_gather_vnni(base, stride, ids, lo, hi, out) }
+}
+
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::and_popcount_u64(a, b) }
@@ -140,6 +213,16 @@ fn and_popcount_u64_vpopcntdq(a: &[u64], b: &[u64]) -> u32 {
 fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::fastscan_u16(codes, luts, out) }
+}
+
+fn fwht_f32(x: &mut [f32]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::fwht_f32(x) }
+}
+
+fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::fastscan_lut_u8(w, scale, out) }
 }
 
 mod imp {
@@ -244,6 +327,103 @@ mod imp {
             _mm512_add_ps(acc[0], acc[1]),
             _mm512_add_ps(acc[2], acc[3]),
         ))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f32: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let tail = mask16(n % 16);
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                // SAFETY: elements i .. i + 16 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = _mm512_loadu_ps(px.add(i));
+                    for k in 0..4 {
+                        acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(p[k].add(i)), xv, acc[k]);
+                    }
+                }
+                i += 16;
+            }
+            if i < n {
+                // SAFETY: the mask enables only elements i..n of x and of each row; masked-off
+                // lanes are not read and cannot fault.
+                unsafe {
+                    let xv = _mm512_maskz_loadu_ps(tail, px.add(i));
+                    for k in 0..4 {
+                        acc[k] =
+                            _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, p[k].add(i)), xv, acc[k]);
+                    }
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = _mm512_reduce_add_ps(a);
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            *o = dot_f32(row, x);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
+        let k = crate::scalar::bitplane_count(a.len(), planes);
+        let n = a.len();
+        let pb = n.div_ceil(8);
+        let pa = a.as_ptr();
+        let mut total = _mm512_setzero_ps();
+        for j in 0..k {
+            let p = &planes[j * pb..(j + 1) * pb];
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let at = i + 16 * h;
+                    let m = u16::from_le_bytes([p[at / 8], p[at / 8 + 1]]);
+                    // SAFETY: elements at .. at + 16 <= i + 32 <= n of `a`.
+                    let x = unsafe { _mm512_loadu_ps(pa.add(at)) };
+                    *acc = _mm512_mask_add_ps(*acc, m, *acc, x);
+                }
+                i += 32;
+            }
+            while i < n {
+                let r = (n - i).min(16);
+                let lo = p[i / 8] as u16;
+                let hi = if r > 8 { p[i / 8 + 1] as u16 } else { 0 };
+                let live = if r == 16 { u16::MAX } else { mask16(r) };
+                // SAFETY: the mask enables only elements i .. i + r <= n of `a`; masked-off
+                // lanes are not read and cannot fault.
+                let x = unsafe { _mm512_maskz_loadu_ps(live, pa.add(i)) };
+                acc[0] = _mm512_mask_add_ps(acc[0], (lo | hi << 8) & live, acc[0], x);
+                i += r;
+            }
+            total = _mm512_fmadd_ps(
+                _mm512_add_ps(acc[0], acc[1]),
+                _mm512_set1_ps((1u32 << j) as f32),
+                total,
+            );
+        }
+        _mm512_reduce_add_ps(total)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -575,6 +755,186 @@ mod imp {
         s.wrapping_add(crate::scalar::dot_u4_i8(&packed[i / 2..], &b[i..]))
     }
 
+    /// Mask of the bytes of 64-byte step `c` of a `len`-byte vector (`64c < len`).
+    #[inline]
+    fn step_mask(len: usize, c: usize) -> __mmask64 {
+        let r = len - 64 * c;
+        if r >= 64 {
+            u64::MAX
+        } else {
+            mask64(r)
+        }
+    }
+
+    /// `dot_u4_i8_split` and its gather, once per way of multiplying bytes: `$mul(acc, codes,
+    /// weights)` adds the products of unsigned 4-bit codes with i8 weights into the i32 lanes
+    /// of `acc`. Each 64-byte step is one masked load of codes and of each weight vector; the
+    /// gather keeps the weights in registers when a code is at most 256 bytes (512
+    /// dimensions), so it loads only codes.
+    macro_rules! split_kernels {
+        ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $mul:ident) => {
+            #[target_feature(enable = $feat)]
+            pub(super) fn $single(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
+                assert!(
+                    p.len() == lo.len() && p.len() == hi.len(),
+                    "dot_u4_i8_split: slices of different lengths"
+                );
+                let n = p.len();
+                let nib = _mm512_set1_epi8(0x0f);
+                let mut acc = [_mm512_setzero_si512(); 2];
+                for c in 0..n.div_ceil(64) {
+                    let m = step_mask(n, c);
+                    // SAFETY: the mask enables only bytes 64c .. min(64c + 64, n) of the three
+                    // slices; masked-off bytes are not read and cannot fault.
+                    let (x, l, h) = unsafe {
+                        (
+                            _mm512_maskz_loadu_epi8(m, p.as_ptr().add(64 * c).cast()),
+                            _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast()),
+                            _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast()),
+                        )
+                    };
+                    acc[0] = $mul(acc[0], _mm512_and_si512(x, nib), l);
+                    acc[1] = $mul(acc[1], _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), h);
+                }
+                _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
+            }
+
+            #[target_feature(enable = $feat)]
+            fn $gather_n<const N: usize>(
+                base: &[u8],
+                stride: usize,
+                ids: &[u32],
+                lo: &[i8],
+                hi: &[i8],
+                out: &mut [i32],
+            ) {
+                let len = lo.len();
+                debug_assert!(len.div_ceil(64) == N);
+                let nib = _mm512_set1_epi8(0x0f);
+                let mut wl = [_mm512_setzero_si512(); N];
+                let mut wh = [_mm512_setzero_si512(); N];
+                for c in 0..N {
+                    let m = step_mask(len, c);
+                    // SAFETY: the mask enables only bytes 64c .. min(64c + 64, len) of lo and
+                    // hi (both `len` long).
+                    unsafe {
+                        wl[c] = _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast());
+                        wh[c] = _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast());
+                    }
+                }
+                for (o, &id) in out.iter_mut().zip(ids) {
+                    let at = id as usize * stride;
+                    assert!(
+                        at <= base.len() && len <= base.len() - at,
+                        "dot_u4_i8_split_gather: code {id} outside base"
+                    );
+                    let pc = base[at..].as_ptr();
+                    let mut acc = [_mm512_setzero_si512(); 2];
+                    for c in 0..N {
+                        // SAFETY: the mask enables only bytes at + 64c .. at + min(64c + 64,
+                        // len) <= base.len(), checked above.
+                        let x = unsafe {
+                            _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
+                        };
+                        acc[0] = $mul(acc[0], _mm512_and_si512(x, nib), wl[c]);
+                        acc[1] = $mul(
+                            acc[1],
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib),
+                            wh[c],
+                        );
+                    }
+                    *o = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]));
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn $gather(
+                base: &[u8],
+                stride: usize,
+                ids: &[u32],
+                lo: &[i8],
+                hi: &[i8],
+                out: &mut [i32],
+            ) {
+                assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+                assert_eq!(lo.len(), hi.len(), "dot_u4_i8_split: slices of different lengths");
+                match lo.len().div_ceil(64) {
+                    1 => $gather_n::<1>(base, stride, ids, lo, hi, out),
+                    2 => $gather_n::<2>(base, stride, ids, lo, hi, out),
+                    3 => $gather_n::<3>(base, stride, ids, lo, hi, out),
+                    4 => $gather_n::<4>(base, stride, ids, lo, hi, out),
+                    _ => {
+                        let len = lo.len();
+                        for (o, &id) in out.iter_mut().zip(ids) {
+                            let at = id as usize * stride;
+                            *o = $single(&base[at..at + len], lo, hi);
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    /// 16 codes per step: bytes widened to i32 lanes, nibbles split, converted to f32 and
+    /// multiplied into two FMA accumulators; the tail is one masked step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32_u4_split(p: &[u8], lo: &[f32], hi: &[f32]) -> f32 {
+        assert!(
+            p.len() == lo.len() && p.len() == hi.len(),
+            "dot_f32_u4_split: slices of different lengths"
+        );
+        let n = p.len();
+        let nib = _mm512_set1_epi32(0x0f);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i < n {
+            let m = if n - i >= 16 { u16::MAX } else { mask16(n - i) };
+            // SAFETY: the mask enables only elements i .. min(i + 16, n) of the three slices;
+            // masked-off elements are not read and cannot fault.
+            let (x, l, h) = unsafe {
+                (
+                    _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p.as_ptr().add(i).cast())),
+                    _mm512_maskz_loadu_ps(m, lo.as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(m, hi.as_ptr().add(i)),
+                )
+            };
+            let cl = _mm512_cvtepi32_ps(_mm512_and_si512(x, nib));
+            let ch = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(x));
+            acc[0] = _mm512_fmadd_ps(cl, l, acc[0]);
+            acc[1] = _mm512_fmadd_ps(ch, h, acc[1]);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    /// `vpdpbusd`: u8 x i8 products summed in fours into the i32 lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn mul_vnni(acc: __m512i, codes: __m512i, w: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, codes, w)
+    }
+
+    /// `vpmaddubsw` (exact for 4-bit codes: 2 * 15 * 128 < i16::MAX), then `vpmaddwd` by ones.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn mul_bw(acc: __m512i, codes: __m512i, w: __m512i) -> __m512i {
+        let s16 = _mm512_maddubs_epi16(codes, w);
+        _mm512_add_epi32(acc, _mm512_madd_epi16(s16, _mm512_set1_epi16(1)))
+    }
+
+    split_kernels!(
+        "avx512f,avx512bw,avx512vl",
+        dot_u4_i8_split,
+        dot_u4_i8_split_gather,
+        split_gather_n,
+        mul_bw
+    );
+    split_kernels!(
+        "avx512f,avx512bw,avx512vl,avx512vnni",
+        dot_u4_i8_split_vnni,
+        dot_u4_i8_split_gather_vnni,
+        split_gather_n_vnni,
+        mul_vnni
+    );
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
         assert_eq!(a.len(), b.len());
@@ -726,5 +1086,84 @@ mod imp {
         };
         let (e, o) = (fold(even), fold(b));
         (_mm_unpacklo_epi16(e, o), _mm_unpackhi_epi16(e, o))
+    }
+
+    /// Stages `h = 1, 2, 4, 8` inside each 16-lane register (a lane permute pairs `x[i]` with
+    /// `x[i ^ h]`; lanes with bit `h` clear keep the sum, the others the difference), then
+    /// `h >= 16` between registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn fwht_f32(x: &mut [f32]) {
+        let n = crate::scalar::fwht_len(x);
+        if n < 16 {
+            return crate::scalar::fwht_f32(x);
+        }
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 16 <= n, as n is a multiple of 16.
+            let mut v = unsafe { _mm512_loadu_ps(p.add(i)) };
+            let s = _mm512_permute_ps::<0b10_11_00_01>(v);
+            v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+            let s = _mm512_permute_ps::<0b01_00_11_10>(v);
+            v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+            let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(v, v);
+            v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+            let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v);
+            v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(p.add(i), v) };
+            i += 16;
+        }
+        let mut h = 16;
+        while h < n {
+            let mut b = 0;
+            while b < n {
+                let mut j = b;
+                while j < b + h {
+                    // SAFETY: j + 16 <= b + h and j + h + 16 <= b + 2h <= n.
+                    unsafe {
+                        let u = _mm512_loadu_ps(p.add(j));
+                        let v = _mm512_loadu_ps(p.add(j + h));
+                        _mm512_storeu_ps(p.add(j), _mm512_add_ps(u, v));
+                        _mm512_storeu_ps(p.add(j + h), _mm512_sub_ps(u, v));
+                    }
+                    j += 16;
+                }
+                b += 2 * h;
+            }
+            h *= 2;
+        }
+    }
+
+    /// One group per step, its 16 nibbles in one register: subset sums by masking the
+    /// broadcast weights (lane `c` takes `g[t]` where bit `t` of `c` is set), the scalar
+    /// reference's operation order, and `vpmovdb` for the low bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
+        use crate::scalar::{lut_groups, lut_lo, ROUND_MAGIC};
+        let m = lut_groups(w, out);
+        let sc = _mm512_set1_ps(scale);
+        let magic = _mm512_set1_ps(ROUND_MAGIC);
+        let top = _mm512_set1_ps(ROUND_MAGIC + 255.0);
+        for (j, g) in w.chunks_exact(4).enumerate().take(m) {
+            let lo = _mm512_set1_ps(lut_lo(g));
+            let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|t| _mm512_set1_ps(g[t]));
+            let l = _mm512_add_ps(
+                _mm512_maskz_mov_ps(0xAAAA, w0),
+                _mm512_maskz_mov_ps(0xCCCC, w1),
+            );
+            let h = _mm512_add_ps(
+                _mm512_maskz_mov_ps(0xF0F0, w2),
+                _mm512_maskz_mov_ps(0xFF00, w3),
+            );
+            let x = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_sub_ps(l, lo), sc),
+                _mm512_mul_ps(h, sc),
+            );
+            let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(x, magic), magic), top);
+            let b = _mm512_cvtepi32_epi8(_mm512_castps_si512(v));
+            // SAFETY: 16j + 16 <= 16m = out.len().
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(16 * j).cast(), b) };
+        }
     }
 }

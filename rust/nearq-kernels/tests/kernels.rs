@@ -89,6 +89,59 @@ fn check_f32_u8(k: &Kernels, a: &[f32], b: &[u8]) {
     );
 }
 
+/// `m` holds at least `rows * x.len()` values.
+fn check_matvec(k: &Kernels, m: &[f32], x: &[f32], rows: usize) {
+    let n = x.len();
+    let m = &m[..rows * n];
+    let mut want = vec![0.0f32; rows];
+    scalar::matvec_f32(m, x, &mut want);
+    let mut got = vec![f32::NAN; rows]; // the kernel must overwrite
+    (k.matvec_f32)(m, x, &mut got);
+    for r in 0..rows {
+        let terms: f32 = m[r * n..(r + 1) * n]
+            .iter()
+            .zip(x)
+            .map(|(a, b)| (a * b).abs())
+            .sum();
+        assert!(
+            close(got[r], want[r], terms),
+            "{} matvec_f32 rows={rows} n={n} row {r}: {} vs {}",
+            k.isa,
+            got[r],
+            want[r]
+        );
+    }
+}
+
+/// `planes` holds at least `MAX_BITPLANES * ceil(a.len() / 8)` bytes; checks every plane
+/// count from 0 to `max_planes`.
+fn check_bitplanes(k: &Kernels, a: &[f32], planes: &[u8], max_planes: usize) {
+    let pb = a.len().div_ceil(8);
+    for np in 0..=max_planes {
+        if a.is_empty() && np > 0 {
+            break;
+        }
+        let p = &planes[..np * pb];
+        let terms: f32 = a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let c: u32 = (0..np)
+                    .map(|j| ((p[j * pb + i / 8] >> (i % 8)) as u32 & 1) << j)
+                    .sum();
+                (x * c as f32).abs()
+            })
+            .sum();
+        let (got, want) = ((k.dot_f32_bitplanes)(a, p), scalar::dot_f32_bitplanes(a, p));
+        assert!(
+            close(got, want, terms),
+            "{} dot_f32_bitplanes n={} planes={np}: {got} vs {want}",
+            k.isa,
+            a.len()
+        );
+    }
+}
+
 fn check_bytes(k: &Kernels, a: &[u8], b: &[u8]) {
     let bi: Vec<i8> = b.iter().map(|&x| x as i8).collect();
     assert_eq!(
@@ -233,9 +286,18 @@ fn every_length_and_offset() {
             for (oa, ob) in [(0, 0), (1, 3), (3, 1), (7, 5)] {
                 check_f32(k, &fa[oa..oa + n], &fb[ob..ob + n]);
                 check_f32_u8(k, &fa[oa..oa + n], &bb[ob..ob + n]);
+                check_bitplanes(k, &fa[oa..oa + n], &bb[ob..], 3);
                 check_bytes(k, &ba[oa..oa + n], &bb[ob..ob + n]);
                 if n <= 40 {
                     check_popcount(k, &wa[oa..oa + n], &wb[ob..ob + n]);
+                }
+            }
+        }
+        let big = rng.floats(9 * 300);
+        for rows in 0..=9 {
+            for n in (0..=70).chain([128, 255, 256, 257, 300]) {
+                for off in [0, 3] {
+                    check_matvec(k, &big[off..], &fa[off..off + n.min(300 - off)], rows);
                 }
             }
         }
@@ -315,6 +377,50 @@ fn long_inputs_wrap_like_scalar() {
 }
 
 #[test]
+fn bitplanes_match_plain_codes() {
+    // Planes built from explicit codes: the kernel equals dot_f32_u8 on the codes (up to
+    // float rounding), every plane count, with garbage bits past n in the last byte.
+    let mut rng = Rng(13);
+    for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 128, 300] {
+        let a = rng.floats(n);
+        for np in 0..=scalar::MAX_BITPLANES {
+            if n == 0 && np > 0 {
+                break;
+            }
+            let codes: Vec<u32> = (0..n)
+                .map(|_| (rng.next() as u32) & ((1u64 << np) - 1) as u32)
+                .collect();
+            let pb = n.div_ceil(8);
+            let mut planes = rng.bytes(np * pb); // garbage past n stays
+            for j in 0..np {
+                for (i, &c) in codes.iter().enumerate() {
+                    let b = &mut planes[j * pb + i / 8];
+                    *b = (*b & !(1 << (i % 8))) | ((((c >> j) & 1) as u8) << (i % 8));
+                }
+            }
+            let want: f64 = a
+                .iter()
+                .zip(&codes)
+                .map(|(&x, &c)| x as f64 * c as f64)
+                .sum();
+            let terms: f64 = a
+                .iter()
+                .zip(&codes)
+                .map(|(&x, &c)| (x as f64 * c as f64).abs())
+                .sum();
+            for k in all_variants() {
+                let got = (k.dot_f32_bitplanes)(&a, &planes) as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * terms + 1e-5,
+                    "{} n={n} planes={np}: {got} vs {want}",
+                    k.isa
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn u4_layout_round_trips_and_matches_plain_dot() {
     let mut rng = Rng(11);
     for n in 0..=300 {
@@ -341,7 +447,253 @@ fn u4_layout_round_trips_and_matches_plain_dot() {
     assert_eq!(scalar::u4_position(70, 64 + 4), (32 + 1, true));
 }
 
+#[test]
+fn u4_split_kernels_match_the_packed_dot() {
+    let mut rng = Rng(23);
+    for n in 0..=600 {
+        let codes: Vec<u8> = rng.bytes(n).iter().map(|c| c & 15).collect();
+        let q: Vec<i8> = rng.bytes(n).iter().map(|&c| c as i8).collect();
+        let h = n.div_ceil(2);
+        // Unused high nibbles (odd block lengths) hold garbage: their weight is 0.
+        let mut packed = rng.bytes(h);
+        scalar::pack_u4(&codes, &mut packed);
+        if n % 2 == 1 {
+            let last = packed.len() - 1;
+            packed[last] |= 0xF0;
+        }
+        let (mut lo, mut hi) = (vec![7i8; h], vec![7i8; h]);
+        scalar::u4_split_weights(&q, &mut lo, &mut hi);
+        let want = scalar::dot_u4_i8(&packed, &q);
+        assert_eq!(scalar::dot_u4_i8_split(&packed, &lo, &hi), want, "n={n}");
+        for k in simd_tables() {
+            assert_eq!((k.dot_u4_i8_split)(&packed, &lo, &hi), want, "{} n={n}", k.isa);
+        }
+    }
+}
+
+#[test]
+fn u4_split_kernels_are_exact_at_extremes() {
+    for n in [1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 192, 255, 256, 257, 300, 513] {
+        let full = vec![0xFFu8; n];
+        for (wl, wh) in [(i8::MIN, i8::MIN), (i8::MAX, i8::MAX), (i8::MIN, i8::MAX)] {
+            let (lo, hi) = (vec![wl; n], vec![wh; n]);
+            let want = 15 * (wl as i32 + wh as i32) * n as i32;
+            for k in all_variants() {
+                assert_eq!((k.dot_u4_i8_split)(&full, &lo, &hi), want, "{} n={n}", k.isa);
+            }
+        }
+    }
+}
+
+#[test]
+fn u4_split_gather_matches_single_codes() {
+    let mut rng = Rng(29);
+    for len in (0..=140).chain([191, 192, 193, 255, 256, 257, 300]) {
+        for stride in [len, len + 1, len + 4, 2 * len + 3] {
+            if stride == 0 {
+                continue;
+            }
+            let n = 9;
+            let base = rng.bytes(stride * (n - 1) + len + 5);
+            let lo: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
+            let hi: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
+            let ids: Vec<u32> = [3u32, 0, 8, 8, 1, 5, 7, 2, 6, 4].to_vec();
+            let want: Vec<i32> = ids
+                .iter()
+                .map(|&i| {
+                    let at = i as usize * stride;
+                    scalar::dot_u4_i8_split(&base[at..at + len], &lo, &hi)
+                })
+                .collect();
+            for k in all_variants() {
+                for m in [0, 1, ids.len()] {
+                    let mut out = vec![i32::MIN; m];
+                    (k.dot_u4_i8_split_gather)(&base, stride, &ids[..m], &lo, &hi, &mut out);
+                    assert_eq!(out, want[..m], "{} len={len} stride={stride}", k.isa);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_u4_split_matches_scalar() {
+    let mut rng = Rng(31);
+    for n in 0..=300 {
+        for off in [0, 1, 5] {
+            let p = rng.bytes(n + off);
+            let lo = rng.floats(n + off);
+            let hi = rng.floats(n + off);
+            let (p, lo, hi) = (&p[off..], &lo[off..], &hi[off..]);
+            let want = scalar::dot_f32_u4_split(p, lo, hi);
+            let terms: f32 = p
+                .iter()
+                .zip(lo)
+                .zip(hi)
+                .map(|((&x, l), h)| ((x & 15) as f32 * l).abs() + ((x >> 4) as f32 * h).abs())
+                .sum();
+            let exact: f64 = p
+                .iter()
+                .zip(lo)
+                .zip(hi)
+                .map(|((&x, &l), &h)| (x & 15) as f64 * l as f64 + (x >> 4) as f64 * h as f64)
+                .sum();
+            assert!(close(want, exact as f32, terms), "scalar n={n}");
+            for k in simd_tables() {
+                let got = (k.dot_f32_u4_split)(p, lo, hi);
+                assert!(close(got, want, terms), "{} n={n}: {got} vs {want}", k.isa);
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic]
+fn u4_split_gather_rejects_codes_outside_the_array() {
+    let base = vec![0u8; 100];
+    let w = vec![1i8; 40];
+    let mut out = [0i32; 1];
+    (nearq_kernels::kernels().dot_u4_i8_split_gather)(&base, 64, &[1], &w, &w, &mut out);
+}
+
 // ---- property tests: random lengths, offsets and values ----
+
+/// Uniform in [-1, 1), from a fixed seed.
+fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn fwht_matches_scalar_bit_for_bit() {
+    for log in 0..=11 {
+        let n = 1usize << log;
+        for (seed, off) in [(1u64, 0usize), (2, 3)] {
+            let buf = uniform(seed + 17 * n as u64, n + off);
+            let mut want = buf[off..].to_vec();
+            scalar::fwht_f32(&mut want);
+            for k in simd_tables() {
+                let mut got = buf.clone();
+                (k.fwht_f32)(&mut got[off..]);
+                assert_eq!(bits(&got[off..]), bits(&want), "{} n={n}", k.isa);
+                assert_eq!(bits(&got[..off]), bits(&buf[..off]), "{}", k.isa);
+            }
+        }
+    }
+    for k in all_variants() {
+        (k.fwht_f32)(&mut []);
+    }
+}
+
+#[test]
+fn fwht_is_the_hadamard_matrix() {
+    for n in [1usize, 2, 4, 8, 16, 64] {
+        let x = uniform(n as u64, n);
+        let mut got = x.clone();
+        scalar::fwht_f32(&mut got);
+        for (i, &g) in got.iter().enumerate() {
+            let want: f32 = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| if (i & j).count_ones() % 2 == 0 { v } else { -v })
+                .sum();
+            assert!((g - want).abs() < 1e-5 * n as f32, "n={n} i={i}");
+        }
+    }
+}
+
+#[test]
+fn fwht_rejects_other_lengths() {
+    for k in all_variants() {
+        for n in [3usize, 6, 12, 24, 48, 100] {
+            let r = std::panic::catch_unwind(|| (k.fwht_f32)(&mut vec![0.0; n]));
+            assert!(r.is_err(), "{} accepted length {n}", k.isa);
+        }
+    }
+}
+
+/// Weights with exact zeros, both signs of zero and a group-dependent range.
+fn lut_weights(seed: u64, n: usize) -> Vec<f32> {
+    uniform(seed, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| match i % 11 {
+            3 => 0.0,
+            7 => -0.0,
+            _ => x * (1 + i % 5) as f32,
+        })
+        .collect()
+}
+
+#[test]
+fn fastscan_lut_matches_scalar_bit_for_bit() {
+    for groups in [0usize, 1, 2, 3, 4, 5, 15, 16, 17, 96, 257] {
+        for (seed, off) in [(5u64, 0usize), (6, 1), (7, 3)] {
+            let buf = lut_weights(seed + groups as u64, 4 * groups + off);
+            let w = &buf[off..];
+            let width = w
+                .chunks_exact(4)
+                .map(|g| g.iter().map(|x| x.abs()).sum::<f32>())
+                .fold(0.0f32, f32::max);
+            // in range, and over-scaled so that the clamp at 255 acts
+            for scale in [255.0 / width.max(1e-3), 700.0 / width.max(1e-3), 0.0] {
+                let mut want = vec![0u8; 16 * groups];
+                scalar::fastscan_lut_u8(w, scale, &mut want);
+                for k in simd_tables() {
+                    let mut got = vec![0xAAu8; 16 * groups + 1];
+                    (k.fastscan_lut_u8)(w, scale, &mut got[1..]);
+                    assert_eq!(&got[1..], &want[..], "{} groups={groups}", k.isa);
+                    assert_eq!(got[0], 0xAA);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fastscan_lut_rounds_the_shifted_subset_sums() {
+    let w = lut_weights(9, 4 * 40);
+    let width = w
+        .chunks_exact(4)
+        .map(|g| g.iter().map(|x| x.abs()).sum::<f32>())
+        .fold(0.0f32, f32::max);
+    let scale = 255.0 / width;
+    let mut out = vec![0u8; 16 * 40];
+    scalar::fastscan_lut_u8(&w, scale, &mut out);
+    for (g, t) in w.chunks_exact(4).zip(out.chunks_exact(16)) {
+        let lo: f32 = g.iter().map(|x| x.min(0.0)).sum();
+        for (c, &o) in t.iter().enumerate() {
+            let s: f32 = (0..4).filter(|b| c >> b & 1 == 1).map(|b| g[b]).sum();
+            let x = (s - lo) * scale;
+            assert!((o as f32 - x).abs() <= 0.5 + 1e-3, "c={c}: {o} vs {x}");
+        }
+        // the smallest subset sum maps to 0
+        assert_eq!(*t.iter().min().unwrap(), 0);
+    }
+}
+
+#[test]
+fn fastscan_lut_rejects_bad_lengths() {
+    for k in all_variants() {
+        for (n, m) in [(3usize, 12usize), (4, 15), (8, 16), (4, 17)] {
+            let r = std::panic::catch_unwind(|| {
+                (k.fastscan_lut_u8)(&vec![0.0; n], 1.0, &mut vec![0; m])
+            });
+            assert!(r.is_err(), "{} accepted {n} weights, {m} bytes", k.isa);
+        }
+    }
+}
 
 fn config() -> ProptestConfig {
     let mut c = ProptestConfig::default();
@@ -376,6 +728,34 @@ proptest! {
     ) {
         for k in simd_tables() {
             check_f32_u8(k, &a[oa..oa + n], &b[ob..ob + n]);
+        }
+    }
+
+    #[test]
+    fn matvec_f32_matches_scalar(
+        m in proptest::collection::vec(-100f32..100f32, 12 * BUF),
+        x in proptest::collection::vec(-100f32..100f32, BUF),
+        n in 0..=MAX_N, rows in 0usize..=11, om in 0usize..16, ox in 0usize..16,
+    ) {
+        for k in simd_tables() {
+            check_matvec(k, &m[om..], &x[ox..ox + n], rows);
+        }
+    }
+
+    #[test]
+    fn dot_f32_bitplanes_matches_scalar(
+        a in proptest::collection::vec(-100f32..100f32, BUF),
+        planes in proptest::collection::vec(any::<u8>(), scalar::MAX_BITPLANES * BUF.div_ceil(8)),
+        n in 0..=MAX_N, oa in 0usize..16, np in 0usize..=scalar::MAX_BITPLANES,
+    ) {
+        for k in simd_tables() {
+            let a = &a[oa..oa + n];
+            let np = if n == 0 { 0 } else { np };
+            let p = &planes[..np * n.div_ceil(8)];
+            check_bitplanes(k, a, &planes, 0);
+            let terms: f32 = a.iter().map(|x| x.abs()).sum::<f32>() * ((1u32 << np) - 1) as f32;
+            let (got, want) = ((k.dot_f32_bitplanes)(a, p), scalar::dot_f32_bitplanes(a, p));
+            prop_assert!(close(got, want, terms), "{} n={} planes={}: {} vs {}", k.isa, n, np, got, want);
         }
     }
 

@@ -98,7 +98,7 @@ fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
@@ -116,6 +116,7 @@ impl Index {
         subspaces: Option<usize>,
         opq: bool,
         ids: Option<PyReadonlyArray1<'_, i64>>,
+        saq_bits: Option<f32>,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
@@ -128,7 +129,8 @@ impl Index {
                 metric: Metric::parse(metric)?,
                 encoding: EncodingSpec::parse(encoding, bits.as_deref())?
                     .with_variant(variant)?
-                    .with_pq_options(subspaces, opq)?,
+                    .with_pq_options(subspaces, opq)?
+                    .with_saq_bits(saq_bits)?,
                 keep_vectors,
                 build: core::BuildParams {
                     degree,
@@ -308,6 +310,11 @@ impl Index {
     }
 
     #[getter]
+    fn bit_allocation(&self) -> Option<Vec<(usize, u32)>> {
+        self.read().bit_allocation()
+    }
+
+    #[getter]
     fn deleted_count(&self) -> usize {
         self.read().deleted_count()
     }
@@ -425,16 +432,26 @@ impl QuantizedGraph {
             .map_err(|e| to_py(py, e))
     }
 
+    /// `queries` of shape (dim,) or (n, dim), any layout (copied unless C-contiguous).
     #[pyo3(signature = (queries, k, ef, threads=None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
-        queries: PyReadonlyArray2<'py, f32>,
+        queries: numpy::PyReadonlyArrayDyn<'py, f32>,
         k: usize,
         ef: usize,
         threads: Option<usize>,
     ) -> PyResult<Neighbors<'py>> {
-        let (nq, dim) = (queries.shape()[0], queries.shape()[1]);
+        let (nq, dim) = match *queries.shape() {
+            [d] => (1, d),
+            [n, d] => (n, d),
+            _ => {
+                return Err(to_py(
+                    py,
+                    Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
+                ))
+            }
+        };
         if dim != self.inner.dim() {
             return Err(to_py(
                 py,
@@ -444,7 +461,18 @@ impl QuantizedGraph {
                 },
             ));
         }
-        let q = slice(&queries, "queries")?;
+        if nq == 0 {
+            return Err(to_py(py, Error::InvalidInput("queries is empty (0 rows)".into())));
+        }
+        // `as_slice` also accepts Fortran order, whose memory order is not the rows'.
+        let owned: Vec<f32>;
+        let q = match queries.as_slice() {
+            Ok(q) if queries.is_c_contiguous() => q,
+            _ => {
+                owned = queries.as_array().iter().copied().collect();
+                &owned
+            }
+        };
         let (ids, d) = py
             .detach(|| self.inner.search_batch(q, k, ef, threads))
             .map_err(|e| to_py(py, e))?;

@@ -62,7 +62,7 @@ use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
-use nearq_kernels::scalar::U4_BLOCK;
+use crate::storage::CodeStore;
 use nearq_kernels::{kernels, Kernels};
 
 /// Default `(primary, residual)` bits: LVQ-4x8, SVS's default and its advice for d > 200.
@@ -92,7 +92,13 @@ pub struct Lvq {
 
 pub struct LvqQuery {
     z: Vec<f32>,
+    /// `z8` in dimension order (8-bit primary), or the weights of the low and high nibbles of
+    /// the packed 4-bit codes ([`nearq_kernels::scalar::u4_split_weights`]; 4-bit primary).
     z8: Vec<i8>,
+    z8_hi: Vec<i8>,
+    /// `z` split like `z8` for the float products with 4-bit levels (empty without one).
+    zf_lo: Vec<f32>,
+    zf_hi: Vec<f32>,
     /// `ζ/s`: scales the integer dot product `<z8, c>` to `<z, c>/s`.
     zeta_s: f32,
     /// `m·(Σz - ζ·Σz8)/s` with `m = (2^B1 - 1)/2`: centres the rounding error (see `distance`).
@@ -205,19 +211,57 @@ impl Lvq {
 
     /// `<z, c>` for one level's codes, with the float query.
     #[inline]
-    fn dot_float(&self, z: &[f32], codes: &[u8], bits: u32) -> f32 {
+    fn dot_float(&self, q: &LvqQuery, codes: &[u8], bits: u32) -> f32 {
         if bits == 8 {
-            return (self.k.dot_f32_u8)(z, codes);
+            (self.k.dot_f32_u8)(&q.z, codes)
+        } else {
+            (self.k.dot_f32_u4_split)(codes, &q.zf_lo, &q.zf_hi)
         }
-        let mut buf = [0u8; U4_BLOCK];
-        let mut s = 0f32;
-        // Each 64-dimension block (and the shorter last one) is a packed vector of its own.
-        for (zb, p) in z.chunks(U4_BLOCK).zip(codes.chunks(U4_BLOCK / 2)) {
-            let buf = &mut buf[..zb.len()];
-            nearq_kernels::scalar::unpack_u4(p, buf);
-            s += (self.k.dot_f32_u8)(zb, buf);
+    }
+
+    /// The traversal distance from the integer product `<z8, c>` of a code.
+    #[inline(always)]
+    fn finish_dot(&self, q: &LvqQuery, dot: i32, code: &[u8]) -> f32 {
+        let (delta, l) = self.constants(code);
+        let s = delta * (q.zeta_s * dot as f32 + q.zeta_fix) + l * q.sumz_s;
+        self.finish(q, s, code, 4)
+    }
+
+    /// [`Encoding::distance`] to several codes of one array: code `i` is
+    /// `codes[ids[i] * stride ..][.. code_size]`, its distance goes to `out[i]`. Equal to
+    /// `distance` code by code; 4-bit codes go through one gather kernel call.
+    pub fn distance_gather(
+        &self,
+        q: &LvqQuery,
+        codes: &[u8],
+        stride: usize,
+        ids: &[u32],
+        out: &mut [f32],
+    ) {
+        assert_eq!(ids.len(), out.len());
+        if self.bits == 4 && codes.len() >= self.off1 {
+            let mut dots = [0i32; 64];
+            for (ids, out) in ids.chunks(64).zip(out.chunks_mut(64)) {
+                let dots = &mut dots[..ids.len()];
+                (self.k.dot_u4_i8_split_gather)(
+                    &codes[self.off1..],
+                    stride,
+                    ids,
+                    &q.z8,
+                    &q.z8_hi,
+                    dots,
+                );
+                for ((o, &id), &dot) in out.iter_mut().zip(ids).zip(dots.iter()) {
+                    let at = id as usize * stride;
+                    *o = self.finish_dot(q, dot, &codes[at..at + self.off1]);
+                }
+            }
+        } else {
+            for (o, &id) in out.iter_mut().zip(ids) {
+                let at = id as usize * stride;
+                *o = self.distance(q, &codes[at..at + self.off2]);
+            }
         }
-        s
     }
 
     #[inline(always)]
@@ -462,9 +506,32 @@ impl Encoding for Lvq {
         } else {
             (self.k.dot_f32)(q, &self.mean)
         };
+        let (z8, z8_hi) = if self.bits == 4 {
+            let h = self.dim.div_ceil(2);
+            let (mut lo, mut hi) = (vec![0i8; h], vec![0i8; h]);
+            nearq_kernels::scalar::u4_split_weights(&z8, &mut lo, &mut hi);
+            (lo, hi)
+        } else {
+            (z8, Vec::new())
+        };
+        let (mut zf_lo, mut zf_hi) = (Vec::new(), Vec::new());
+        if self.bits == 4 || self.residual == 4 {
+            let n = self.dim;
+            zf_lo.resize(n.div_ceil(2), 0.0);
+            zf_hi.resize(n.div_ceil(2), 0.0);
+            for (i, &x) in z.iter().enumerate() {
+                match nearq_kernels::scalar::u4_position(n, i) {
+                    (j, false) => zf_lo[j] = x,
+                    (j, true) => zf_hi[j] = x,
+                }
+            }
+        }
         LvqQuery {
             z,
             z8,
+            z8_hi,
+            zf_lo,
+            zf_hi,
             zeta_s: zeta * inv_s,
             zeta_fix: mid * (sumz - zeta * sumz8 as f32) * inv_s,
             sumz_s: sumz * inv_s,
@@ -480,15 +547,13 @@ impl Encoding for Lvq {
     /// makes it 2-3 times smaller at no per-code cost.
     #[inline]
     fn distance(&self, q: &LvqQuery, code: &[u8]) -> f32 {
-        let (delta, l) = self.constants(code);
         let c = &code[self.off1..self.off2];
         let dot = if self.bits == 8 {
             (self.k.dot_u8_i8)(c, &q.z8)
         } else {
-            (self.k.dot_u4_i8)(c, &q.z8)
+            (self.k.dot_u4_i8_split)(c, &q.z8, &q.z8_hi)
         };
-        let s = delta * (q.zeta_s * dot as f32 + q.zeta_fix) + l * q.sumz_s;
-        self.finish(q, s, code, 4)
+        self.finish_dot(q, dot, code)
     }
 
     const HAS_FINE: bool = true;
@@ -502,9 +567,9 @@ impl Encoding for Lvq {
     fn distance_fine(&self, q: &LvqQuery, code: &[u8]) -> f32 {
         let (delta, l) = self.constants(code);
         let inv_s = 1.0 / self.prescale;
-        let mut t = self.dot_float(&q.z, &code[self.off1..self.off2], self.bits);
+        let mut t = self.dot_float(q, &code[self.off1..self.off2], self.bits);
         let norm_at = if self.residual > 0 {
-            let t2 = self.dot_float(&q.z, &code[self.off2..self.end2], self.residual);
+            let t2 = self.dot_float(q, &code[self.off2..self.end2], self.residual);
             t += t2 / levels(self.residual) - 0.5 * q.sumz;
             self.end2
         } else {
@@ -512,6 +577,15 @@ impl Encoding for Lvq {
         };
         let s = (delta * t + l * q.sumz) * inv_s;
         self.finish(q, s, code, norm_at)
+    }
+
+    /// 4-bit primaries: one gather kernel call for all the codes.
+    fn distance_ids(&self, q: &LvqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
+        self.distance_gather(q, codes.bytes(), codes.stride(), ids, out);
+    }
+    /// Traversal reads the constants (and, for L2, the norm) and the primary codes.
+    fn traversal_bytes(&self) -> usize {
+        self.off2
     }
 
     fn params_bytes(&self) -> usize {

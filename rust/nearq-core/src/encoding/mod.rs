@@ -19,17 +19,20 @@ pub mod lvq;
 pub mod pq;
 pub mod rabitq;
 pub mod rotation;
+pub mod saq;
 pub mod sq8;
 pub mod turboquant;
 
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
+use crate::storage::CodeStore;
 
 pub use flat::Flat;
 pub use lvq::Lvq;
 pub use pq::{Pq, PqConfig};
 pub use rabitq::{RaBitQ, RaBitQConfig};
+pub use saq::{Saq, SaqConfig};
 pub use sq8::Sq8;
 pub use turboquant::{TurboQuant, Variant as TurboQuantVariant};
 
@@ -78,6 +81,19 @@ pub trait Encoding: Send + Sync + Sized + 'static {
             *o = self.distance(q, c);
         }
     }
+    /// [`Encoding::distance`] to the codes of `ids` in `codes` (`out[i]` for `ids[i]`), with the
+    /// same values: the graph scores an expanded node's new neighbours in one call, which
+    /// encodings with a multi-code kernel override.
+    fn distance_ids(&self, q: &Self::Query, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
+        for (o, &id) in out.iter_mut().zip(ids) {
+            *o = self.distance(q, codes.get(id as usize));
+        }
+    }
+    /// How many leading bytes of a code [`Encoding::distance`] reads (what the traversal
+    /// prefetches).
+    fn traversal_bytes(&self) -> usize {
+        self.code_size()
+    }
     /// Bytes of trained parameters held in memory.
     fn params_bytes(&self) -> usize {
         0
@@ -117,6 +133,10 @@ pub enum EncodingSpec {
         bits: u32,
         opq: bool,
     },
+    /// SAQ with an average of `bits` bits per dimension (fractional allowed, in (0, 12]).
+    Saq {
+        bits: f32,
+    },
 }
 
 impl EncodingSpec {
@@ -151,10 +171,13 @@ impl EncodingSpec {
                 bits: single.unwrap_or(pq::DEFAULT_BITS),
                 opq: false,
             },
+            "saq" => EncodingSpec::Saq {
+                bits: single.map_or(saq::DEFAULT_BITS, |b| b as f32),
+            },
             other => {
                 return Err(Error::param(
                     "encoding",
-                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\", \"rabitq\", \"lvq\", \"pq\", \"turboquant\""),
+                    format!("unknown encoding {other:?}; available: \"flat\", \"sq8\", \"rabitq\", \"lvq\", \"pq\", \"turboquant\", \"saq\""),
                 ))
             }
         };
@@ -164,6 +187,7 @@ impl EncodingSpec {
             (EncodingSpec::RaBitQ { .. }, Some(&[1..=8])) => true,
             (EncodingSpec::TurboQuant { .. }, Some(&[1..=8])) => true,
             (EncodingSpec::Pq { .. }, Some(&[4 | 8])) => true,
+            (EncodingSpec::Saq { .. }, Some(&[1..=12])) => true,
             (&EncodingSpec::Lvq { bits, residual }, Some(_)) => lvq::valid_bits(bits, residual),
             _ => false,
         };
@@ -238,6 +262,28 @@ impl EncodingSpec {
             EncodingSpec::TurboQuant { .. } => TurboQuant::NAME,
             EncodingSpec::Lvq { .. } => Lvq::NAME,
             EncodingSpec::Pq { .. } => Pq::NAME,
+            EncodingSpec::Saq { .. } => Saq::NAME,
+        }
+    }
+
+    /// Sets SAQ's average bits per dimension (fractional allowed, in (0, 12]).
+    pub fn with_saq_bits(self, bits: Option<f32>) -> Result<Self> {
+        match (self, bits) {
+            (s, None) => Ok(s),
+            (EncodingSpec::Saq { .. }, Some(b)) if b.is_finite() && b > 0.0 && b <= 12.0 => {
+                Ok(EncodingSpec::Saq { bits: b })
+            }
+            (EncodingSpec::Saq { .. }, Some(b)) => Err(Error::param(
+                "bits",
+                format!("saq takes an average of (0, 12] bits per dimension, got {b}"),
+            )),
+            (s, Some(_)) => Err(Error::param(
+                "bits",
+                format!(
+                    "fractional bits apply only to encoding \"saq\", not {:?}",
+                    s.name()
+                ),
+            )),
         }
     }
 }

@@ -343,6 +343,7 @@ impl Pq {
 
 /// Trains the codebooks of every sub-space on `sample` (already rotated), in parallel over
 /// sub-spaces; `init` warm-starts from previous codebooks.
+#[allow(clippy::too_many_arguments)]
 fn train_codebooks(
     sample: &[f32],
     dim: usize,

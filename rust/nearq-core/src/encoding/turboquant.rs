@@ -43,15 +43,45 @@
 //! not change rankings for IP or cosine, but for L2 it keeps `||v||^2` and the cross term
 //! consistent (the distance to the decoded vector would add a bias that grows with `<q, v>`).
 //!
-//! `<q', ỹ>` is computed by dequantise-and-FMA (at 1–2 bits: unpack to u8 levels through a
-//! byte table, then the SIMD f32×u8 kernel) rather than a per-coordinate look-up table:
-//! both cost one indexed load per coordinate, but the codebook is `2^m` floats (at most 1 KiB,
-//! always in L1) while the table would be `D·2^m` floats (24 KiB at D = 384, b = 4; 384 KiB at
-//! b = 8) competing with the graph's codes for cache, and the multiply-adds run in 8 independent
-//! lanes. The QJL term of `distance` (traversal) uses `z'` quantised to 4 bits and bit-plane
-//! popcounts (`and_popcount_u64`), as RaBitQ's 1-bit path ([`TurboQuant::inner_product`] uses
-//! the float `z'`). There is no finer code (`HAS_FINE = false`): re-ranking needs the float
-//! vectors, and an index without them returns the traversal estimates.
+//! # Float and traversal estimates
+//!
+//! [`TurboQuant::inner_product`] and [`Encoding::distance_fine`] compute `<q', ỹ>` by
+//! dequantise-and-FMA over the float codebook and the QJL term from the float `z'`.
+//!
+//! [`Encoding::distance`] (graph traversal) at 1–4 index bits replaces the codebook by the line
+//! through the index, `c_k ≈ λ·t_k` with `t_k = k − (2^m − 1)/2`, and quantises `q'` to i8
+//! (`q8_j = round(q'_j/δ)`, `δ = max|q'_j|/127`), so that `<q', ỹ>` is one exact integer dot
+//! product of the stored indices with `q8`:
+//!
+//! ```text
+//! <q', ỹ> ≈ (λ/2)·δ·(2·Σ_j q8_j·k_j − (2^m − 1)·Σ_j q8_j)
+//! ```
+//!
+//! computed by the u4×i8 kernel (`dot_u4_i8`, VNNI on AVX-512) directly on the packed 4-bit
+//! indices, with `q8` laid out once per query in the kernel's nibble order (1–3-bit indices are
+//! widened to nibbles by shifts and masks first). `λ = Σ P_k c_k² / Σ P_k c_k t_k`, with `P_k`
+//! the cell probabilities under the coordinate law, gives the line the codebook's correlation
+//! with the coordinate, `E[y·λ·t(y)] = E[y·c(y)]`, so both variants stay unbiased (for prod,
+//! the QJL term still sketches the residual from the codebook). The line costs accuracy where
+//! the codebook is not uniform: it adds `E[(λt − c)²]` to the per-coordinate error (orthogonal
+//! to the code's own, since each centroid is its cell's mean), which multiplies the error
+//! variance of the mse estimate by 1.00 / 1.01 / 1.19 / 2.0 at 1 / 2 / 3 / 4 bits. Graph search
+//! tolerates that, because the candidates are re-ranked with the float vectors or
+//! `distance_fine`: on 50k MiniLM-384 vectors (cosine, 4 bits, float re-ranking) recall@10 fell
+//! by 0.013–0.017 at ef = 10 and moved by at most 0.003 from ef = 24 on, while `distance` went
+//! from about 150 to 18 ns per cached code (`examples/tq_speed.rs`). Codes of 5–8 index bits
+//! keep the float codebook (there the line would be coarser than a 4-bit code).
+//!
+//! Looking the codebook up instead (nibble → int8 value through a 256-entry table of byte pairs,
+//! then the u8×i8 kernel) keeps the codebook, but in portable Rust the expansion costs a load
+//! and a store per two coordinates: about 110 ns per 384-d code against 200–250 ns for the float
+//! path and 6–11 ns for the u8×i8 kernel alone (measured on the same machine). A shuffle-based
+//! (`pshufb`/`vpermb`) 16-entry look-up inside a kernel would give the exact codebook at the
+//! kernel's speed.
+//!
+//! The QJL term of `distance` uses `z'` quantised to 4 bits and bit-plane popcounts
+//! (`and_popcount_u64`), as RaBitQ's 1-bit path. `HAS_FINE` is set: an index without float
+//! vectors re-ranks its candidates with `distance_fine`.
 
 use super::rabitq::{bitplane_dot, sum_min_max};
 use super::rotation::{Rotation, ROUNDS};
@@ -351,11 +381,11 @@ pub struct TurboQuant {
     table: Box<[f32; 256]>,
     /// `2^mbits − 1` boundaries divided by `√pad`.
     bounds: Vec<f32>,
-    /// Traversal path for `mbits <= 2`: centroid `k` ≈ `lvl_step·(level_k − 128)` with u8
-    /// levels; `byte_levels[x]` holds the levels of the `8/mbits` coordinates of index byte `x`
-    /// (little-endian lanes). Empty and `lvl_step = 0` otherwise.
-    byte_levels: Vec<u64>,
-    lvl_step: f32,
+    /// Traversal at `mbits` 1..=4 (see the module docs): the codebook replaced by the line
+    /// `λ·(idx − (2^mbits − 1)/2)` through the index, so that
+    /// `<q', ỹ> ≈ lin_scale·q8_step·(2·Σ q8_j·idx_j − (2^mbits − 1)·Σ q8_j)` with
+    /// `lin_scale = λ/2`. 0 where traversal uses the float codebook (5–8 bits).
+    lin_scale: f32,
     /// `1/(1 − D_mse)` for mse (the inner-product debiasing factor), 1 for prod.
     ip_scale: f32,
     /// `1/m_D` (prod).
@@ -367,10 +397,18 @@ pub struct TurboQuant {
 pub struct TurboQuantQuery {
     /// `q' = P q` (length `pad`).
     qr: Vec<f32>,
-    /// `Σ q'_j`.
-    sum_qr: f32,
-    /// Unpacked u8 levels of one code (traversal path).
-    scratch: RefCell<Vec<u8>>,
+    /// `q'` quantised to i8 with step `q8_step`, in the dimension order of the u4×i8 kernel
+    /// (see `prepare`); empty where traversal uses the float codebook.
+    q8: Vec<i8>,
+    q8_step: f32,
+    /// `Σ q8`.
+    q8_sum: i32,
+    /// The traversal estimate of the mse variant at 4 bits in one step:
+    /// `e = lin_mul·(2·Σ q8_j·idx_j − lin_off)`.
+    lin_mul: f32,
+    lin_off: i64,
+    /// The indices of one code widened to 4 bits (traversal at 1–3 bits).
+    nibbles: RefCell<Vec<u8>>,
     /// `||q||^2`.
     qn2: f32,
     /// `z' = S q'` (prod; empty for mse).
@@ -403,12 +441,75 @@ fn dot_packed<const M: usize>(table: &[f32; 256], q: &[f32], idx: &[u8]) -> f32 
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// Writes the `PER` u8 levels of every index byte (`table[byte]`, little-endian lanes).
+/// Widens `M`-bit indices (M = 1, 2, 3; 8 coordinates per `M` bytes, see the code layout) to
+/// the 4-bit layout (coordinate `2i` in the low and `2i + 1` in the high nibble of byte `i`),
+/// 16 coordinates per step by shifts and masks: each step moves the upper half of every lane
+/// into the lower half of the next, doubling the field spacing.
 #[inline(always)]
-fn unpack_bytes<const PER: usize>(idx: &[u8], table: &[u64], out: &mut [u8]) {
-    for (o, &b) in out.chunks_exact_mut(PER).zip(idx) {
-        o.copy_from_slice(&table[b as usize].to_le_bytes()[..PER]);
+fn widen_to_nibbles<const M: usize>(idx: &[u8], out: &mut [u8]) {
+    for (g, o) in idx.chunks_exact(2 * M).zip(out.chunks_exact_mut(8)) {
+        let mut buf = [0u8; 8];
+        buf[..2 * M].copy_from_slice(g);
+        let mut t = u64::from_le_bytes(buf);
+        match M {
+            1 => {
+                // 2 × 8 one-bit fields → 32-bit lanes → 16 → 8 → 4-bit fields.
+                t = (t | t << 24) & 0x0000_00FF_0000_00FF;
+                t = (t | t << 12) & 0x000F_000F_000F_000F;
+                t = (t | t << 6) & 0x0303_0303_0303_0303;
+                t = (t | t << 3) & 0x1111_1111_1111_1111;
+            }
+            2 => {
+                t = (t | t << 16) & 0x0000_FFFF_0000_FFFF;
+                t = (t | t << 8) & 0x00FF_00FF_00FF_00FF;
+                t = (t | t << 4) & 0x0F0F_0F0F_0F0F_0F0F;
+                t = (t | t << 2) & 0x3333_3333_3333_3333;
+            }
+            _ => {
+                t = (t & 0x00FF_FFFF) | (t & 0xFFFF_FF00_0000) << 8;
+                t = (t & 0x0000_0FFF_0000_0FFF) | (t & 0x00FF_F000_00FF_F000) << 4;
+                t = (t & 0x003F_003F_003F_003F) | (t & 0x0FC0_0FC0_0FC0_0FC0) << 2;
+                t = (t & 0x0707_0707_0707_0707) | (t & 0x3838_3838_3838_3838) << 1;
+            }
+        }
+        o.copy_from_slice(&t.to_le_bytes());
     }
+}
+
+/// Probability of each cell of `centroids` (unit-vector coordinate values, ascending; cells
+/// bounded by the midpoints) under the law of one coordinate of a uniform unit vector in
+/// `R^pad`: composite Simpson integration of `(1 − u²/pad)^((pad−3)/2)` in `u = x·√pad`
+/// (cut at 20 standard deviations, like [`lloyd_max`]).
+fn cell_probs(pad: usize, centroids: &[f32]) -> Vec<f64> {
+    let d = pad as f64;
+    let upper = d.sqrt().min(20.0);
+    let g = |u: f64| {
+        let t = -u * u / d;
+        if t <= -1.0 {
+            0.0
+        } else {
+            (0.5 * (d - 3.0) * t.ln_1p()).exp()
+        }
+    };
+    let simpson = |a: f64, b: f64| {
+        const N: usize = 512;
+        let h = (b - a) / N as f64;
+        let inner: f64 = (1..N)
+            .map(|i| if i % 2 == 1 { 4.0 } else { 2.0 } * g(a + i as f64 * h))
+            .sum();
+        (g(a) + g(b) + inner) * h / 3.0
+    };
+    let sq = d.sqrt();
+    let mut edges = vec![-upper];
+    edges.extend(
+        centroids
+            .windows(2)
+            .map(|w| (0.5 * (w[0] as f64 + w[1] as f64) * sq).clamp(-upper, upper)),
+    );
+    edges.push(upper);
+    let p: Vec<f64> = edges.windows(2).map(|e| simpson(e[0], e[1])).collect();
+    let total: f64 = p.iter().sum();
+    p.into_iter().map(|x| x / total).collect()
 }
 
 /// `Σ_j s_j·z_j` with `s_j = ±1` from the bit plane (`2<s01, z> − Σz`), in float.
@@ -467,22 +568,21 @@ impl TurboQuant {
         let mut table = Box::new([0.0f32; 256]);
         table[..centroids.len()].copy_from_slice(centroids);
         let bounds = centroids.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
-        let (mut levels, mut byte_levels, mut lvl_step) = ([128u8; 4], Vec::new(), 0.0);
-        if (1..=2).contains(&mbits) {
-            let cmax = centroids.iter().fold(0.0f32, |m, c| m.max(c.abs()));
-            lvl_step = cmax / 127.0;
-            for (l, &c) in levels.iter_mut().zip(centroids) {
-                *l = ((c / lvl_step).round() + 128.0).clamp(1.0, 255.0) as u8;
+        // The line `lin·t_k`, `t_k = k − (2^m − 1)/2`, with the same correlation with the
+        // coordinate as the codebook: E[y·lin·t(y)] = E[y·c(y)] = Σ P_k c_k² (each centroid is
+        // its cell's mean), so every expectation the estimators rely on is unchanged.
+        let lin_scale = if (1..=4).contains(&mbits) {
+            let p = cell_probs(pad, centroids);
+            let mid = ((1u32 << mbits) - 1) as f64 / 2.0;
+            let (mut cc, mut ct) = (0.0f64, 0.0f64);
+            for (k, (&pk, &c)) in p.iter().zip(centroids).enumerate() {
+                cc += pk * c as f64 * c as f64;
+                ct += pk * c as f64 * (k as f64 - mid);
             }
-            let (m, per) = (mbits as usize, 8 / mbits as usize);
-            byte_levels = (0..256usize)
-                .map(|x| {
-                    (0..per).fold(0u64, |w, l| {
-                        w | (levels[(x >> (m * l)) & ((1 << m) - 1)] as u64) << (8 * l)
-                    })
-                })
-                .collect();
-        }
+            (0.5 * cc / ct) as f32
+        } else {
+            0.0
+        };
         TurboQuant {
             dim,
             metric,
@@ -495,8 +595,7 @@ impl TurboQuant {
             mbits,
             table,
             bounds,
-            byte_levels,
-            lvl_step,
+            lin_scale,
             ip_scale,
             qjl_scale: (1.0 / sign_mean(pad)) as f32,
             k: kernels(),
@@ -556,23 +655,29 @@ impl TurboQuant {
         }
     }
 
-    /// `<q', ỹ>` for traversal: for `mbits <= 2` the code is unpacked to u8 levels (one
-    /// 8-byte table load per index byte, 4–8 coordinates) and scored by the SIMD f32×u8
-    /// kernel, with centroids rounded to an 8-bit grid (step `c_max/127`, far below the
-    /// code's own error). At 3–4 bits the unpacking (2–2.7 coordinates per load) was measured
-    /// no faster than the float codebook path, which wider codes use too.
+    /// `<q', ỹ>` for traversal, on the line through the index (see the module docs): one exact
+    /// u4×i8 kernel call over the packed 4-bit indices (1–3-bit indices are widened to 4 bits
+    /// first). Codes of 5–8 bits use the float codebook.
     #[inline(always)]
     fn dot_mse_fast(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
-        if self.lvl_step == 0.0 {
+        if self.lin_scale == 0.0 {
             return self.dot_mse(&q.qr, code);
         }
         let idx = &code[self.plane_bytes()..self.norm_offset()];
-        let mut lv = q.scratch.borrow_mut();
-        match self.mbits {
-            1 => unpack_bytes::<8>(idx, &self.byte_levels, &mut lv),
-            _ => unpack_bytes::<4>(idx, &self.byte_levels, &mut lv),
-        }
-        self.lvl_step * ((self.k.dot_f32_u8)(&q.qr, &lv) - 128.0 * q.sum_qr)
+        let dot = if self.mbits == 4 {
+            (self.k.dot_u4_i8)(idx, &q.q8)
+        } else {
+            let mut nib = q.nibbles.borrow_mut();
+            match self.mbits {
+                1 => widen_to_nibbles::<1>(idx, &mut nib),
+                2 => widen_to_nibbles::<2>(idx, &mut nib),
+                _ => widen_to_nibbles::<3>(idx, &mut nib),
+            }
+            (self.k.dot_u4_i8)(&nib, &q.q8)
+        };
+        let top = (1i64 << self.mbits) - 1;
+        let s = 2 * dot as i64 - top * q.q8_sum as i64;
+        self.lin_scale * q.q8_step * s as f32
     }
 
     /// The rotated-space inner-product estimate `e` (see the module docs).
@@ -610,6 +715,13 @@ impl TurboQuant {
             Metric::L2 => (q.qn2 + norm * norm - 2.0 * ip).max(0.0),
             m => m.from_dot(ip),
         }
+    }
+
+    /// [`Encoding::distance`] for every case but mse at 4 bits.
+    #[inline(never)]
+    fn distance_other(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
+        let e = self.estimate(q, code, false);
+        self.finish(q, code, e)
     }
 
     /// Unbiased (prod) or debiased (mse) estimate of `<q, v>` from the float query (for tests
@@ -737,11 +849,48 @@ impl Encoding for TurboQuant {
         let mut qr = vec![0.0f32; d];
         self.rot.apply(q, &mut qr);
         let qn2 = (self.k.dot_f32)(q, q);
-        let sum_qr = qr.iter().sum();
+        let (mut q8, mut q8_step, mut q8_sum, mut nibbles) = (Vec::new(), 0.0, 0, Vec::new());
+        if self.lin_scale != 0.0 {
+            let qmax = qr.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            q8_step = if qmax > 0.0 && qmax.is_finite() {
+                qmax / 127.0
+            } else {
+                1.0
+            };
+            let inv = 1.0 / q8_step;
+            // |x·inv| <= 127; rounds half away from zero without a libm call (`round` is not
+            // an instruction before SSE4.1).
+            let quant = |x: f32| {
+                let v = x * inv;
+                (v + 0.5f32.copysign(v)) as i32 as i8
+            };
+            // The u4 kernel's dimension order ([`nearq_kernels::scalar::u4_position`]: byte `j`
+            // of a 64-dimension block holds dimensions `j` and `j + 32`) against the code's
+            // (byte `j` holds coordinates `2j` and `2j + 1`): per 64-coordinate block (`pad` is
+            // a multiple of 64), the even coordinates, then the odd ones.
+            q8 = vec![0i8; d];
+            for (o, x) in q8.chunks_exact_mut(64).zip(qr.chunks_exact(64)) {
+                let (lo, hi) = o.split_at_mut(32);
+                for (j, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                    *l = quant(x[2 * j]);
+                    *h = quant(x[2 * j + 1]);
+                }
+            }
+            q8_sum = q8.iter().map(|&v| v as i32).sum();
+            if self.mbits < 4 {
+                nibbles = vec![0u8; d / 2];
+            }
+        }
+        let lin_mul = self.lin_scale * q8_step * self.ip_scale;
+        let lin_off = ((1i64 << self.mbits) - 1) * q8_sum as i64;
         let mut out = TurboQuantQuery {
             qr,
-            sum_qr,
-            scratch: RefCell::new(vec![0u8; d]),
+            q8,
+            q8_step,
+            q8_sum,
+            lin_mul,
+            lin_off,
+            nibbles: RefCell::new(nibbles),
             qn2,
             z: Vec::new(),
             sum_z: 0.0,
@@ -782,7 +931,22 @@ impl Encoding for TurboQuant {
     }
     #[inline]
     fn distance(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
-        let e = self.estimate(q, code, false);
+        if self.variant == Variant::Mse && self.mbits == 4 {
+            // The hot case, kept small: one kernel call on the indices, then the norm.
+            let nb = self.pad / 2;
+            let dot = (self.k.dot_u4_i8)(&code[..nb], &q.q8);
+            let e = q.lin_mul * (2 * dot as i64 - q.lin_off) as f32;
+            return self.finish(q, code, e);
+        }
+        self.distance_other(q, code)
+    }
+    /// The traversal estimate replaces the codebook by a line (1–4 bits) and uses a quantised
+    /// query; the finer one uses the float query and codebook (as
+    /// [`TurboQuant::inner_product`]).
+    const HAS_FINE: bool = true;
+    #[inline]
+    fn distance_fine(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
+        let e = self.estimate(q, code, true);
         self.finish(q, code, e)
     }
     fn params_bytes(&self) -> usize {
@@ -854,5 +1018,86 @@ impl Encoding for TurboQuant {
         Ok(Self::assemble(
             dim, metric, bits, variant, seed, rot, qjl, &centroids, ip_scale,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index `i` of `m`-bit indices in this encoding's code layout.
+    fn field(idx: &[u8], m: usize, i: usize) -> u8 {
+        let (g, l) = (i / 8, i % 8);
+        let mut buf = [0u8; 8];
+        buf[..m].copy_from_slice(&idx[g * m..g * m + m]);
+        ((u64::from_le_bytes(buf) >> (m * l)) & ((1 << m) - 1)) as u8
+    }
+
+    #[test]
+    fn widening_keeps_every_index_in_place() {
+        let mut rng = super::super::rotation::SplitMix::new(3);
+        let pad = 192;
+        for m in 1..=3usize {
+            let idx: Vec<u8> = (0..m * pad / 8).map(|_| rng.next_u64() as u8).collect();
+            let mut out = vec![0u8; pad / 2];
+            match m {
+                1 => widen_to_nibbles::<1>(&idx, &mut out),
+                2 => widen_to_nibbles::<2>(&idx, &mut out),
+                _ => widen_to_nibbles::<3>(&idx, &mut out),
+            }
+            for i in 0..pad {
+                assert_eq!(field(&out, 4, i), field(&idx, m, i), "m={m} i={i}");
+            }
+        }
+    }
+
+    /// Position, in the dimension order of the kernels' packed 4-bit layout
+    /// ([`nearq_kernels::scalar::u4_position`]: byte `j` of a 64-dimension block holds dimensions
+    /// `j` and `j + 32`), of coordinate `i` of a code in this encoding's 4-bit layout (byte `j`
+    /// holds coordinates `2j` and `2j + 1`). `pad` is a multiple of 64, so every block is full.
+    fn u4_query_order(i: usize) -> usize {
+        let (b, t) = (i / 64, i % 64);
+        64 * b + t / 2 + 32 * (t % 2)
+    }
+
+    #[test]
+    fn reordered_query_matches_the_u4_kernel_layout() {
+        // Σ q_i·idx_i over a code in this encoding's 4-bit layout, by every kernel table.
+        let mut rng = super::super::rotation::SplitMix::new(4);
+        for pad in [64, 384] {
+            let idx: Vec<u8> = (0..pad / 2).map(|_| rng.next_u64() as u8).collect();
+            let q: Vec<i8> = (0..pad).map(|_| rng.next_u64() as i8).collect();
+            let want: i32 = (0..pad)
+                .map(|i| q[i] as i32 * field(&idx, 4, i) as i32)
+                .sum();
+            let mut qo = vec![0i8; pad];
+            for (i, &v) in q.iter().enumerate() {
+                qo[u4_query_order(i)] = v;
+            }
+            for k in nearq_kernels::all_variants() {
+                assert_eq!((k.dot_u4_i8)(&idx, &qo), want, "{} pad={pad}", k.isa);
+            }
+        }
+    }
+
+    #[test]
+    fn cell_probabilities_sum_to_one_and_match_the_codebook() {
+        // E[y·c(y)] = Σ P_k c_k² = (1 − D_mse)/pad at the Lloyd–Max fixed point.
+        for (pad, bits) in [(64, 2), (384, 4), (1024, 3)] {
+            let cb = codebook(pad, bits);
+            let c: Vec<f32> = cb
+                .centroids
+                .iter()
+                .map(|&x| (x / (pad as f64).sqrt()) as f32)
+                .collect();
+            let p = cell_probs(pad, &c);
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            let cc: f64 = p.iter().zip(&c).map(|(p, &c)| p * (c as f64).powi(2)).sum();
+            let want = (1.0 - cb.mse) / pad as f64;
+            assert!(
+                (cc - want).abs() < 1e-4 * want,
+                "pad={pad} b={bits}: {cc} vs {want}"
+            );
+        }
     }
 }

@@ -1,12 +1,27 @@
 //! Beam search over the graph with a sorted candidate pool and a generation-stamped visited set.
 
 use super::Graph;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// EXPERIMENT knobs (temporary).
+pub static KNOB: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+#[inline(always)]
+pub fn knob(i: usize) -> usize {
+    KNOB[i].load(Relaxed)
+}
 
 /// Scores node ids against one prepared query.
 pub trait Scorer {
     fn dist(&self, id: u32) -> f32;
     /// Hints the CPU to fetch the data `dist(id)` will read.
     fn prefetch(&self, _id: u32) {}
+    /// `out[i] = dist(ids[i])`; scorers with a multi-code kernel override it.
+    #[inline]
+    fn dist_batch(&self, ids: &[u32], out: &mut [f32]) {
+        for (o, &id) in out.iter_mut().zip(ids) {
+            *o = self.dist(id);
+        }
+    }
 }
 
 /// Visited set: one u16 stamp per node; a query bumps the generation, and the array is cleared
@@ -49,6 +64,12 @@ impl Visited {
         let seen = *m == self.gen;
         *m = self.gen;
         seen
+    }
+
+    /// Whether `i` is marked in this query.
+    #[inline(always)]
+    pub fn contains(&self, i: u32) -> bool {
+        self.marks[i as usize] == self.gen
     }
 
     #[inline(always)]
@@ -98,22 +119,34 @@ impl Pool {
     }
 
     /// Inserts a candidate if it beats the threshold; returns whether it was inserted.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, d: f32, id: u32) -> bool {
         if d >= self.threshold() {
             return false;
         }
-        let pos = self.dist.partition_point(|&x| x <= d);
-        self.dist.insert(pos, d);
-        self.ids.insert(pos, id);
-        if self.ids.len() > self.cap {
-            self.dist.pop();
-            self.ids.pop();
+        self.insert_below(d, id);
+        true
+    }
+
+    /// The insertion of a candidate below the threshold: after the entries at distance `<= d`
+    /// (counted branch-free, which vectorises), the worst entry dropping out when full.
+    #[inline(never)]
+    fn insert_below(&mut self, d: f32, id: u32) {
+        let n = self.dist.len();
+        let pos = self.dist.iter().map(|&x| (x <= d) as usize).sum::<usize>();
+        let keep = if n < self.cap { n } else { n - 1 };
+        if n < self.cap {
+            self.dist.push(0.0);
+            self.ids.push(0);
         }
+        // Entries pos..keep move up by one; the last one falls off when full.
+        self.dist.copy_within(pos..keep, pos + 1);
+        self.ids.copy_within(pos..keep, pos + 1);
+        self.dist[pos] = d;
+        self.ids[pos] = id;
         if pos < self.cursor {
             self.cursor = pos;
         }
-        true
     }
 
     /// Takes the nearest unexpanded candidate, marking it expanded.
@@ -133,10 +166,17 @@ impl Pool {
     /// The nearest unexpanded candidate after the one `pop` just returned (for prefetching).
     #[inline]
     pub fn peek(&self) -> Option<u32> {
-        self.ids[self.cursor.min(self.ids.len())..]
+        self.peek_dist().map(|(i, _)| i)
+    }
+
+    /// [`Pool::peek`] with the candidate's distance.
+    #[inline]
+    pub fn peek_dist(&self) -> Option<(u32, f32)> {
+        let c = self.cursor.min(self.ids.len());
+        self.ids[c..]
             .iter()
-            .find(|&&i| i & EXPANDED == 0)
-            .map(|&i| i & !EXPANDED)
+            .position(|&i| i & EXPANDED == 0)
+            .map(|p| (self.ids[c + p], self.dist[c + p]))
     }
 
     /// The entries nearest first as (distance, id).
@@ -159,17 +199,36 @@ pub(crate) fn prefetch_ptr(p: *const u8) {
     let _ = p;
 }
 
+/// Hints the CPU to fetch node `i`'s adjacency row.
+#[inline(always)]
+fn prefetch_row(graph: &Graph, i: u32) {
+    let r = graph.degree() + 1;
+    let row = graph.raw()[i as usize * r..].as_ptr() as usize;
+    let mut a = row & !63;
+    while a < row + 4 * r {
+        prefetch_ptr(a as *const u8);
+        a += 64;
+    }
+}
+
 /// Scratch space reused across the searches of one thread.
 #[derive(Default)]
 pub struct SearchScratch {
     pub visited: Visited,
     pub pool: Pool,
     pub buf: Vec<u32>,
+    /// Distances of the candidates in `buf`.
+    pub dists: Vec<f32>,
     /// Accepted candidates of a filtered search.
     pub results: Pool,
 }
 
-/// Beam search from `entry` with a pool of `ef` candidates; results are left in `s.pool`.
+/// Beam search from `entries` with a pool of `ef` candidates; results are left in `s.pool`.
+///
+/// Per expanded node: the row of the next candidate is prefetched (usually the next node
+/// expanded), the node's unvisited neighbours are marked and their codes prefetched in one
+/// pass, so all their cache misses are in flight at once, then they are scored in one
+/// [`Scorer::dist_batch`] call and offered to the pool.
 pub fn beam_search<S: Scorer>(
     graph: &Graph,
     entries: &[u32],
@@ -177,7 +236,6 @@ pub fn beam_search<S: Scorer>(
     ef: usize,
     s: &mut SearchScratch,
 ) {
-    const LOOKAHEAD: usize = 3;
     s.visited.reset(graph.len());
     s.pool.reset(ef);
     for &e in entries {
@@ -186,26 +244,44 @@ pub fn beam_search<S: Scorer>(
         }
     }
     while let Some(v) = s.pool.pop() {
-        let nb = graph.neighbors(v);
-        for &u in nb {
-            s.visited.prefetch(u);
-        }
-        s.buf.clear();
-        for &u in nb {
-            if !s.visited.check_and_mark(u) {
-                s.buf.push(u);
-            }
-        }
-        for &u in s.buf.iter().take(LOOKAHEAD) {
-            scorer.prefetch(u);
-        }
-        for i in 0..s.buf.len() {
-            if let Some(&u) = s.buf.get(i + LOOKAHEAD) {
-                scorer.prefetch(u);
-            }
-            let u = s.buf[i];
-            let d = scorer.dist(u);
+        score_new_neighbors(graph, v, scorer, s);
+        for (&d, &u) in s.dists.iter().zip(&s.buf) {
             s.pool.insert(d, u);
+        }
+    }
+}
+
+/// Scores the unvisited neighbours of `v` (marking them visited) into `s.buf` / `s.dists`.
+#[inline(always)]
+fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut SearchScratch) {
+    let mut next_d = f32::INFINITY;
+    if let Some((w, d)) = s.pool.peek_dist() {
+        prefetch_row(graph, w);
+        next_d = d;
+    }
+    let nb = graph.neighbors(v);
+    for &u in nb {
+        s.visited.prefetch(u);
+    }
+    s.buf.clear();
+    for &u in nb {
+        if !s.visited.check_and_mark(u) {
+            scorer.prefetch(u);
+            s.buf.push(u);
+        }
+    }
+    s.dists.resize(s.buf.len(), 0.0);
+    scorer.dist_batch(&s.buf, &mut s.dists);
+    if knob(11) != 0 {
+        // A new neighbour nearer than the next candidate is expanded next: fetch its row now.
+        let mut best = (next_d.min(s.pool.threshold()), None);
+        for (&d, &u) in s.dists.iter().zip(&s.buf) {
+            if d < best.0 {
+                best = (d, Some(u));
+            }
+        }
+        if let (_, Some(u)) = best {
+            prefetch_row(graph, u);
         }
     }
 }
@@ -223,7 +299,6 @@ pub fn beam_search_filtered<S: Scorer, F: Fn(u32) -> bool>(
     accept: F,
     s: &mut SearchScratch,
 ) {
-    const LOOKAHEAD: usize = 3;
     s.visited.reset(graph.len());
     s.pool.reset(ef);
     s.results.reset(res_cap);
@@ -237,25 +312,8 @@ pub fn beam_search_filtered<S: Scorer, F: Fn(u32) -> bool>(
         }
     }
     while let Some(v) = s.pool.pop() {
-        let nb = graph.neighbors(v);
-        for &u in nb {
-            s.visited.prefetch(u);
-        }
-        s.buf.clear();
-        for &u in nb {
-            if !s.visited.check_and_mark(u) {
-                s.buf.push(u);
-            }
-        }
-        for &u in s.buf.iter().take(LOOKAHEAD) {
-            scorer.prefetch(u);
-        }
-        for i in 0..s.buf.len() {
-            if let Some(&u) = s.buf.get(i + LOOKAHEAD) {
-                scorer.prefetch(u);
-            }
-            let u = s.buf[i];
-            let d = scorer.dist(u);
+        score_new_neighbors(graph, v, scorer, s);
+        for (&d, &u) in s.dists.iter().zip(&s.buf) {
             s.pool.insert(d, u);
             if d < s.results.threshold() && accept(u) {
                 s.results.insert(d, u);

@@ -1,0 +1,1812 @@
+//! SAQ: segmented code-adjustment quantization (ALGORITHMS.md §2).
+//!
+//! # Training
+//!
+//! 1. **PCA.** The data mean `μ` and the covariance of an evenly strided sample of at most
+//!    [`PCA_SAMPLE`] rows; its eigen-decomposition ([`symmetric_eigen`]) gives the orthonormal
+//!    rows of `W` in order of decreasing variance `λ_1 ≥ λ_2 ≥ ...`. A vector `x` becomes
+//!    `y = W (x - μ)`, padded with zeros to `D = d` rounded up to a multiple of [`UNIT`] = 64
+//!    (the padded coordinates have variance 0).
+//! 2. **Segmentation and bit allocation** ([`allocate`]). The `D/64` units of 64 PCA
+//!    coordinates are cut into contiguous segments, each with `b ∈ 0..=`[`MAX_SEG_BITS`] bits
+//!    per coordinate (0 only for a trailing segment, whose coordinates are dropped). A segment
+//!    of `L` coordinates costs `b·L` code bits plus its per-vector factors (32 bits for `b = 1`,
+//!    48 for `b ≥ 2`, see the layout). The budget is `⌊B·D⌋ + 128` bits for an average of `B`
+//!    bits per dimension ([`SaqConfig::bits`], fractional allowed); with the 8-byte header the
+//!    code is never larger than Extended RaBitQ's `B·D/8 + 32` bytes. The modelled error of a
+//!    segment is its variance `V_s = Σ_{j∈s} λ_j` times [`MODEL_ERROR`]`[b]`, the expected
+//!    `1 - cos²` between a Gaussian vector and its `b`-bit code, so `V_s·h(b)` is the expected
+//!    squared reconstruction error of the segment (`h(0) = 1`). A dynamic programme over
+//!    (units covered, budget used) minimises `Σ_s V_s·h(b_s)` exactly, in
+//!    `O(U²·T·B_max)` for `U = D/64` units and `T` budget steps of 16 bits. Since `h` falls
+//!    about 4× per bit while PCA concentrates the variance in the leading units, the leading
+//!    segments get more bits and a low-variance tail may get none.
+//! 3. **A random rotation per segment** ([`super::rotation`], seeded): `z_s = R_s·y_s`, so the
+//!    coordinates of a segment behave like those of a random direction and the RaBitQ
+//!    estimator below is unbiased over the rotation. The rotation is folded into the
+//!    projection at training time: the stored matrix ([`Saq::projection`], `head × d` for the
+//!    `head` coordinates with bits) has the rows `R_s W_s`, so a vector or a query costs one
+//!    matrix-vector product (`matvec_f32`) and no per-vector rotation; a dropped tail needs no
+//!    rows at all (its norm is `‖x - μ‖²` minus the head's).
+//!
+//! PCA learns `d²` floats (576 KiB at `d = 384`) and the covariance of the sample costs
+//! `O(s·d²)`; the eigen-decomposition is `O(d³)` ([`symmetric_eigen`]). Encoding a vector
+//! then streams the projection once (memory-bound, about half of the encoding time at
+//! `d = 384`); the quantisation below is `O(d)`.
+//!
+//! # Quantising one segment ([`caq`])
+//!
+//! The codebook is Extended RaBitQ's symmetric grid: `c_i ∈ 0..2^b`, reconstructed up to a
+//! per-vector scale as `w_i = c_i - (2^b - 1)/2 ∈ {±½, ±3/2, ...}`; the objective is the
+//! cosine `<z, w>/(‖z‖‖w‖)`.
+//!
+//! 1. Initial code ([`initial_codes`]): uniform scalar quantisation `c_i = clamp(⌊z_i/Δ⌋ +
+//!    2^(b-1), 0, 2^b - 1)` with the step `Δ` picked among a few multiples of
+//!    `max|z_i|/2^(b-1)` (the step of the plain `[-max, max]` grid) by the same cosine: a
+//!    geometric grid of [`SCALE_CANDIDATES`] over the range where the optimum was measured to
+//!    lie for that `b`, then a few halvings of the grid ratio around the best. Each candidate
+//!    costs one vectorisable pass, O(L).
+//! 2. Code adjustment ([`adjust_codes`]): coordinate descent on the cosine. For each
+//!    coordinate try `c_i + 1` repeatedly, else `c_i - 1`, accepting a step when it raises the
+//!    cosine by more than a relative [`ADJUST_EPS`] (`<z, w>` and `‖w‖²` are updated in O(1):
+//!    `±z_i`, `±2w_i + 1`, and recomputed exactly after each round); at most [`ADJUST_ROUNDS`]
+//!    rounds, stopping when a round changes nothing. With `ρ = <z,w>/‖w‖²` a step up can only
+//!    help when `z_i/ρ - w_i > ½ - z_i²‖w‖²/(2<z,w>²)` (and symmetrically down), so a round
+//!    first screens each coordinate with that cheap, vectorisable test and runs the exact
+//!    test only on the few near a decision boundary. A step moves `ρ` a little, so a
+//!    coordinate screened out earlier in the round may become improvable: the next round
+//!    screens again, and the last round (no step, so no drift) clears every coordinate, so
+//!    the fixed points are those of the unscreened descent. Every accepted step raises the
+//!    cosine, so adjustment never increases the error.
+//!
+//! This is O(L) per candidate and per round instead of the O(2^b·L·log L) critical-value
+//! search of Extended RaBitQ, and lands within about 0.5% (b ≤ 6) to 4% (b = 8, L = 64) of
+//! that search's `1 - cos²` on Gaussian vectors (`tests/saq.rs`). From the plain
+//! `[-max, max]` start of the reference implementation the same descent stopped 2-14% above
+//! it (4 to 8 bits), because moving the whole scale takes many coordinated steps that no
+//! single step pays for. Starting from a grid point with `sign(w_i) = sign(z_i)`, no step
+//! crosses zero (it would lower `<z, w>` at equal `‖w‖`), so the top bit of `c_i` is the 1-bit
+//! RaBitQ code of the segment.
+//!
+//! # Code layout
+//!
+//! ```text
+//! [a f32][‖y_tail‖² f32]                 a = ‖x - μ‖² (L2) or <x - μ, μ> (IP, cosine)
+//! per segment: b = 1: [f1 f32];  b ≥ 2: [f f32][r u16]          then zeros to a multiple of 8
+//! per segment: b planes of L/8 bytes, plane j = bit j of every c_i, the top bit last
+//! ```
+//!
+//! A plane holds bit `i` of a segment at bit `i % 8` of byte `i / 8` (the layout of the
+//! `dot_f32_bitplanes` kernel, which reads a float query against all planes of a segment in
+//! one call, or against its top plane alone). The
+//! full-code rescale `f = ‖z‖²/<z, w>` is stored in f32; the 1-bit rescale
+//! `f1 = ‖z‖²/Σ|z_i|` of a segment with `b ≥ 2` bits follows from it as
+//! `f1 = f·2^(b-1)·r/65536`, `r = round(65536·(<z,w>/Σ|z_i|)/2^(b-1))` (a weighted mean of
+//! `|w_i|` over `2^(b-1)`, in `(0, 1)`; 16 bits keep it to ~1e-4, far below the 1-bit
+//! estimator's own error). Per vector this is 8 bytes of header, 4 or 6 bytes of factors per
+//! segment and the planes; the code is a multiple of 8 bytes.
+//!
+//! # Estimator
+//!
+//! With `p_s` the rotated segment of the query's `W (q - μ)` and `m` the top-bit plane,
+//! RaBitQ's estimator per segment (unbiased over `R_s`; ALGORITHMS.md §1.3, §2.3) is
+//!
+//! ```text
+//! full code:  <z_s, p_s> ≈ f ·(<c, p_s> - (2^b - 1)/2·Σp_s)
+//! top bit:    <z_s, p_s> ≈ f1·(2<m, p_s> - Σp_s)
+//! ```
+//!
+//! A dropped tail contributes 0. Summing over segments, `<x - μ, q - μ> ≈ Σ_s <z_s, p_s>`
+//! (`W` is orthogonal), and
+//!
+//! ```text
+//! L2:          ‖x - q‖² = ‖x - μ‖² + ‖q - μ‖² - 2<x - μ, q - μ>
+//! IP, cosine:  <x, q>   = <x - μ, q - μ> + <x - μ, μ> + <μ, q>
+//! ```
+//!
+//! (inputs are normalised for cosine before they arrive). The error of a segment's estimate
+//! has standard deviation at most `‖z_s‖·‖p_s‖·sqrt((1 - cos²)/cos²)/sqrt(L_s - 1)` (RaBitQ,
+//! ALGORITHMS.md §1.4). Rather than storing it per code, it is modelled: `cos²` of the 1-bit
+//! code concentrates at `1 - h(1) ≈ 2/π` and that of the `b`-bit code at `1 - h(b)`, and
+//! `‖z_s‖ = f1·cos_1·sqrt(L_s)`, so both deviations are a per-segment constant times
+//! `f1·‖p_s‖`. Segments have independent rotations, so the interval half-width is
+//! `ε0·sqrt(Σ_s sd_s²)` (twice that in L2 units). A dropped tail adds the deviation
+//! `‖y_tail‖·‖p_tail‖/sqrt(L_eff)` of its (unestimated) inner product, `L_eff = (Σλ)²/Σλ²`
+//! over the tail's variances (exact in expectation for independent Gaussian vectors) — a
+//! model of the data, not a bound over the rotation; the tail holds a small
+//! share of the variance by construction.
+//!
+//! Both `<c, p_s>` and `<m, p_s>` take the float query against the planes in place
+//! (`dot_f32_bitplanes`: masked adds of the query per plane, weighted by `2^j`), so no code
+//! is unpacked and the query is not quantised; one kernel call per segment.
+//!
+//! # Multi-stage estimate
+//!
+//! - [`Encoding::distance`] (graph traversal): the full code for the first
+//!   [`Saq::traversal_segments`] segments and the top bit for the rest. PCA puts most of the
+//!   variance in the leading segments, which also get the most bits, so scoring them fully
+//!   removes most of the 1-bit error at a fraction of the full cost. The default
+//!   ([`default_traversal_segments`]) is the shortest prefix holding half of the variance;
+//!   [`Saq::set_traversal_segments`] changes it (0 = top bits only, like RaBitQ's traversal).
+//! - [`Encoding::distance_fine`] (re-ranking without float vectors): the full code everywhere.
+//! - [`Saq::distance_within`] (the paper's staged scan against a running threshold such as the
+//!   current k-th distance): stage 1 scores the top bits of every segment with the interval
+//!   above and stops when its lower end exceeds the threshold; stage 2 replaces, leading
+//!   segment first, each top-bit estimate by the full-code one (narrowing the interval) and
+//!   stops as soon as the lower end exceeds the threshold; survivors get the full estimate,
+//!   equal to `distance_fine`. With `eps0 = ∞` nothing is pruned. The paper's stage 0 (a
+//!   variance bound that reads only norms) is left out: it pays when whole 32-vector blocks of
+//!   an IVF list are skipped, while here the first cache line of a code is read anyway.
+
+use super::rotation::Rotation;
+use super::Encoding;
+use crate::error::{Error, Result};
+use crate::io::{Reader, Writer};
+use crate::metric::{check_finite, Metric};
+use nearq_kernels::{kernels, Kernels};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Coordinates per segmentation unit (and the granularity of the per-segment rotations).
+pub const UNIT: usize = 64;
+/// Most bits per coordinate of one segment.
+pub const MAX_SEG_BITS: u32 = 12;
+/// Default confidence constant of the error bounds (as RaBitQ).
+pub const DEFAULT_EPS0: f32 = 1.9;
+/// Most code-adjustment rounds per segment (the reference implementation's default).
+pub const ADJUST_ROUNDS: usize = 6;
+/// A code-adjustment step must raise the cosine by more than this relative amount.
+pub const ADJUST_EPS: f64 = 1e-8;
+/// Candidate steps of the initial scale search (before the refinement halvings).
+pub const SCALE_CANDIDATES: usize = 6;
+/// Most rows used to estimate the covariance.
+pub const PCA_SAMPLE: usize = 8192;
+/// Default average bits per dimension.
+pub const DEFAULT_BITS: f32 = 4.0;
+
+/// Expected `1 - cos²` between a standard Gaussian vector of 64 coordinates and its `b`-bit
+/// code from [`caq`] (index `b`; `b = 0` drops the coordinates). The DP's error model: a
+/// segment of variance `V` coded with `b` bits is expected to leave a squared error `V·h(b)`
+/// (checked against the encoder by the tests).
+pub const MODEL_ERROR: [f64; MAX_SEG_BITS as usize + 1] = [
+    1.0, 3.56e-1, 1.13e-1, 3.30e-2, 8.75e-3, 2.14e-3, 5.23e-4, 1.25e-4, 3.03e-5, 7.57e-6, 1.92e-6,
+    5.21e-7, 1.45e-7,
+];
+
+/// Header bytes: `a`, `‖y_tail‖²`.
+const HEADER: usize = 8;
+
+/// Build-time options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SaqConfig {
+    /// Average bits per dimension (fractional allowed, e.g. 1.5, 4, 6.5), in `(0, 12]`.
+    pub bits: f32,
+    /// Seed of the per-segment rotations.
+    pub seed: u64,
+}
+
+impl SaqConfig {
+    pub fn new(bits: f32, seed: u64) -> Self {
+        SaqConfig { bits, seed }
+    }
+}
+
+impl Default for SaqConfig {
+    fn default() -> Self {
+        SaqConfig::new(DEFAULT_BITS, 0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Symmetric eigen-decomposition
+// ---------------------------------------------------------------------------------------------
+
+/// `Σ a_i b_i` with four independent partial sums, so the loop vectorises.
+#[inline]
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            s[l] += x[l] * y[l];
+        }
+    }
+    let mut t = (s[0] + s[1]) + (s[2] + s[3]);
+    for (x, y) in ta.iter().zip(tb) {
+        t += x * y;
+    }
+    t
+}
+
+/// Eigen-decomposition of the symmetric `n × n` matrix `a` (row-major): the eigenvalues in
+/// decreasing order and matching orthonormal eigenvectors as the rows of an `n × n` matrix
+/// (each with its largest-magnitude component positive, so the result is deterministic).
+///
+/// 1. Householder reduction to a tridiagonal matrix `T = Qᵀ A Q` (`(4/3)n³` flops).
+/// 2. Eigenvalues of `T` by implicit QL with Wilkinson shifts, without vectors (`O(n²)`).
+/// 3. Eigenvectors of `T` by inverse iteration: three solves of `(T - λI) x = b` by tridiagonal
+///    LU with partial pivoting from a seeded random start, equal eigenvalues separated by
+///    `10·ε·‖T‖` and each vector re-orthogonalised against those of eigenvalues within
+///    `1e-3·‖T‖` (LAPACK `dstein`'s rule), `O(n²)` plus the clusters.
+/// 4. Back-transformation by the reflectors, `n³` multiply-adds, in parallel over vectors.
+///
+/// Accumulating the QL rotations instead costs about `6n³` and took most of the time (about
+/// 0.1 s at `n = 384`); cyclic Jacobi needs several sweeps of that size. A linear-algebra
+/// dependency was not worth it for one training step.
+pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(a.len(), n * n, "symmetric_eigen: a must be n × n");
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let mut m = a.to_vec();
+    let (diag, off, refl) = tridiagonalize(&mut m, n);
+    drop(m);
+    let (mut vals, mut e) = (diag.clone(), off.clone());
+    tridiagonal_ql(&mut vals, &mut e);
+    vals.sort_by(|x, y| y.total_cmp(x));
+    let mut vecs = tridiagonal_vectors(&diag, &off, &vals);
+    vecs.par_chunks_mut(n).for_each(|row| {
+        for (start, beta, v) in refl.iter().rev() {
+            let x = &mut row[*start..];
+            let s = beta * dot64(v, x);
+            for (xi, vi) in x.iter_mut().zip(v) {
+                *xi -= s * vi;
+            }
+        }
+        let norm = dot64(row, row).sqrt();
+        let big = row
+            .iter()
+            .copied()
+            .fold(0.0f64, |b, x| if x.abs() > b.abs() { x } else { b });
+        let s = if big < 0.0 { -1.0 } else { 1.0 } / if norm > 0.0 { norm } else { 1.0 };
+        row.iter_mut().for_each(|x| *x *= s);
+    });
+    (vals, vecs)
+}
+
+/// Householder tridiagonalisation of the symmetric matrix `m` (destroyed). Returns the
+/// diagonal, the off-diagonal (`off[i]` couples `i` and `i + 1`; `off[n - 1] = 0`) and the
+/// reflectors `(start, β, v)`, each `I - β v vᵀ` acting on coordinates `start..n`, in the order
+/// applied (`A = Q T Qᵀ` with `Q = H_0 H_1 ...`).
+#[allow(clippy::type_complexity)]
+fn tridiagonalize(m: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, f64, Vec<f64>)>) {
+    let mut diag = vec![0.0f64; n];
+    let mut off = vec![0.0f64; n];
+    let mut refl = Vec::new();
+    for k in 0..n.saturating_sub(2) {
+        let start = k + 1;
+        // Column k below the diagonal, read as row k (the matrix stays symmetric).
+        let x = m[k * n + start..(k + 1) * n].to_vec();
+        let tail2 = dot64(&x[1..], &x[1..]);
+        diag[k] = m[k * n + k];
+        if tail2 == 0.0 {
+            off[k] = x[0];
+            continue;
+        }
+        let xnorm = (tail2 + x[0] * x[0]).sqrt();
+        let alpha = if x[0] > 0.0 { -xnorm } else { xnorm };
+        let mut v = x;
+        v[0] -= alpha;
+        let beta = 2.0 / (tail2 + v[0] * v[0]);
+        // p = β·B·v, K = β/2·vᵀp, w = p - K·v, B -= v wᵀ + w vᵀ on the trailing block B.
+        let mut p: Vec<f64> = m[start * n..]
+            .par_chunks(n)
+            .map(|row| beta * dot64(&row[start..], &v))
+            .collect();
+        let kk = 0.5 * beta * dot64(&v, &p);
+        for (pi, vi) in p.iter_mut().zip(&v) {
+            *pi -= kk * vi;
+        }
+        m[start * n..]
+            .par_chunks_mut(n)
+            .zip(v.par_iter().zip(p.par_iter()))
+            .for_each(|(row, (&vi, &wi))| {
+                for ((r, &vj), &wj) in row[start..].iter_mut().zip(&v).zip(&p) {
+                    *r -= vi * wj + wi * vj;
+                }
+            });
+        off[k] = alpha;
+        refl.push((start, beta, v));
+    }
+    if n >= 2 {
+        diag[n - 2] = m[(n - 2) * n + n - 2];
+        off[n - 2] = m[(n - 2) * n + n - 1];
+    }
+    diag[n - 1] = m[(n - 1) * n + n - 1];
+    (diag, off, refl)
+}
+
+/// Eigenvalues of the symmetric tridiagonal matrix (`diag`, `off`) by implicit QL with
+/// Wilkinson shifts, left in `diag` (unsorted); `off` is destroyed.
+fn tridiagonal_ql(diag: &mut [f64], off: &mut [f64]) {
+    let n = diag.len();
+    for l in 0..n {
+        let mut iter = 0;
+        loop {
+            // The first negligible off-diagonal element at or after l splits the matrix.
+            let mut m = l;
+            while m + 1 < n {
+                let dd = diag[m].abs() + diag[m + 1].abs();
+                if off[m].abs() <= f64::EPSILON * dd {
+                    break;
+                }
+                m += 1;
+            }
+            if m == l {
+                break;
+            }
+            iter += 1;
+            if iter > 100 {
+                // Never seen for symmetric input; keep what has converged.
+                break;
+            }
+            let mut g = (diag[l + 1] - diag[l]) / (2.0 * off[l]);
+            let mut r = g.hypot(1.0);
+            g = diag[m] - diag[l] + off[l] / (g + r.copysign(g));
+            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
+            let mut deflated = false;
+            let mut i = m;
+            while i > l {
+                i -= 1;
+                let f = s * off[i];
+                let b = c * off[i];
+                r = f.hypot(g);
+                off[i + 1] = r;
+                if r == 0.0 {
+                    diag[i + 1] -= p;
+                    off[m] = 0.0;
+                    deflated = true;
+                    break;
+                }
+                s = f / r;
+                c = g / r;
+                g = diag[i + 1] - p;
+                r = (diag[i] - g) * s + 2.0 * c * b;
+                p = s * r;
+                diag[i + 1] = g + p;
+                g = c * r - b;
+            }
+            if deflated {
+                continue;
+            }
+            diag[l] -= p;
+            off[l] = g;
+            off[m] = 0.0;
+        }
+    }
+}
+
+/// Eigenvectors (rows) of the symmetric tridiagonal matrix (`diag`, `off`) for its sorted
+/// eigenvalues `vals`, by inverse iteration (see [`symmetric_eigen`]).
+fn tridiagonal_vectors(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
+    let n = diag.len();
+    let mut out = vec![0.0f64; n * n];
+    let tnorm = (0..n)
+        .map(|i| diag[i].abs() + off[i].abs() + if i > 0 { off[i - 1].abs() } else { 0.0 })
+        .fold(0.0f64, f64::max);
+    if n == 1 || tnorm == 0.0 {
+        for i in 0..n {
+            out[i * n + i] = 1.0;
+        }
+        return out;
+    }
+    let sep = 10.0 * f64::EPSILON * tnorm;
+    let ortol = 1e-3 * tnorm;
+    let tiny = f64::EPSILON * tnorm;
+    let mut rng = super::rotation::SplitMix::new(0x51A7_E16E);
+    let (mut d, mut du, mut du2, mut dl) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut piv = vec![false; n];
+    let mut x = vec![0.0f64; n];
+    let mut shift_prev = f64::INFINITY;
+    let mut first = 0; // first index of the run of eigenvalues within `ortol` of the current one
+    for j in 0..n {
+        // Separate (numerically) equal eigenvalues so the factorisations differ.
+        let mut shift = vals[j];
+        if shift_prev - shift < sep {
+            shift = shift_prev - sep;
+        }
+        shift_prev = shift;
+        while vals[first] - vals[j] > ortol {
+            first += 1;
+        }
+        // LU of T - shift·I with partial pivoting (LAPACK dgttrf).
+        d.copy_from_slice(diag);
+        d.iter_mut().for_each(|v| *v -= shift);
+        du[..n - 1].copy_from_slice(&off[..n - 1]);
+        dl[..n - 1].copy_from_slice(&off[..n - 1]);
+        du2.fill(0.0);
+        for i in 0..n - 1 {
+            if d[i].abs() >= dl[i].abs() {
+                piv[i] = false;
+                if d[i] != 0.0 {
+                    let f = dl[i] / d[i];
+                    dl[i] = f;
+                    d[i + 1] -= f * du[i];
+                } else {
+                    dl[i] = 0.0;
+                }
+            } else {
+                piv[i] = true;
+                let f = d[i] / dl[i];
+                d[i] = dl[i];
+                dl[i] = f;
+                let t = du[i];
+                du[i] = d[i + 1];
+                d[i + 1] = t - f * d[i + 1];
+                if i + 2 < n {
+                    du2[i] = du[i + 1];
+                    du[i + 1] *= -f;
+                }
+            }
+        }
+        for v in d.iter_mut() {
+            if v.abs() < tiny {
+                *v = if *v < 0.0 { -tiny } else { tiny };
+            }
+        }
+        x.iter_mut().for_each(|v| *v = rng.next_f64() - 0.5);
+        for _ in 0..3 {
+            // Solve L U x = b in place: forward with the row interchanges, then back.
+            for i in 0..n - 1 {
+                if piv[i] {
+                    let t = x[i];
+                    x[i] = x[i + 1];
+                    x[i + 1] = t - dl[i] * x[i];
+                } else {
+                    x[i + 1] -= dl[i] * x[i];
+                }
+            }
+            x[n - 1] /= d[n - 1];
+            x[n - 2] = (x[n - 2] - du[n - 2] * x[n - 1]) / d[n - 2];
+            for i in (0..n - 2).rev() {
+                x[i] = (x[i] - du[i] * x[i + 1] - du2[i] * x[i + 2]) / d[i];
+            }
+            for k in first..j {
+                let prev = &out[k * n..(k + 1) * n];
+                let p = dot64(&x, prev);
+                x.iter_mut().zip(prev).for_each(|(a, b)| *a -= p * b);
+            }
+            let norm = dot64(&x, &x).sqrt();
+            if norm.is_finite() && norm > 0.0 {
+                x.iter_mut().for_each(|v| *v /= norm);
+            } else {
+                x.iter_mut().for_each(|v| *v = rng.next_f64() - 0.5);
+            }
+        }
+        out[j * n..(j + 1) * n].copy_from_slice(&x);
+    }
+    out
+}
+
+/// Covariance (`dim × dim`, row-major, divided by the row count) of the rows `rows` of `data`
+/// around `mean`, accumulated in f64 from f32 dot products over blocks of rows.
+fn covariance(data: &[f32], dim: usize, mean: &[f64], rows: &[usize], k: &Kernels) -> Vec<f64> {
+    const BLOCK: usize = 512;
+    let mut cov = vec![0.0f64; dim * dim];
+    let mut cols = vec![0.0f32; dim * BLOCK];
+    for chunk in rows.chunks(BLOCK) {
+        let b = chunk.len();
+        // Column-major block of centred rows: column j is cols[j*b .. (j+1)*b].
+        for (r, &i) in chunk.iter().enumerate() {
+            let row = &data[i * dim..(i + 1) * dim];
+            for (j, (&x, &mu)) in row.iter().zip(mean).enumerate() {
+                cols[j * b + r] = (x as f64 - mu) as f32;
+            }
+        }
+        let cols = &cols[..dim * b];
+        cov.par_chunks_mut(dim).enumerate().for_each(|(i, ci)| {
+            // Row i from column i on: <col_i, col_j> for j >= i.
+            let mut t = vec![0.0f32; dim - i];
+            (k.matvec_f32)(&cols[i * b..], &cols[i * b..(i + 1) * b], &mut t);
+            for (c, &v) in ci[i..].iter_mut().zip(&t) {
+                *c += v as f64;
+            }
+        });
+    }
+    let inv = 1.0 / rows.len().max(1) as f64;
+    for i in 0..dim {
+        for j in i..dim {
+            let v = cov[i * dim + j] * inv;
+            cov[i * dim + j] = v;
+            cov[j * dim + i] = v;
+        }
+    }
+    cov
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bit allocation
+// ---------------------------------------------------------------------------------------------
+
+/// Code plus factor bits of a segment of `units` units with `bits` bits per coordinate, in
+/// steps of 16 bits (a dropped segment costs nothing).
+#[inline]
+fn seg_cost(units: usize, bits: u32) -> u64 {
+    match bits {
+        0 => 0,
+        1 => 4 * units as u64 + 2,
+        b => 4 * b as u64 * units as u64 + 3,
+    }
+}
+
+/// The budget in bits for an average of `bits` per dimension over `pad` padded dimensions:
+/// `⌊bits·pad⌋` code bits plus 128 bits for per-segment factors.
+pub fn budget_bits(bits: f32, pad: usize) -> u64 {
+    (bits as f64 * pad as f64).floor().max(0.0) as u64 + 128
+}
+
+/// Code and factor bits per vector of a plan `[(units, bits), ...]` (the 8-byte header and
+/// the alignment padding excluded).
+pub fn plan_bits(plan: &[(usize, u32)]) -> u64 {
+    16 * plan.iter().map(|&(u, b)| seg_cost(u, b)).sum::<u64>()
+}
+
+/// Modelled error `Σ_s V_s·h(b_s)` of a plan over per-unit variances.
+pub fn plan_error(unit_var: &[f64], plan: &[(usize, u32)]) -> f64 {
+    let mut at = 0;
+    let mut err = 0.0;
+    for &(u, b) in plan {
+        err += unit_var[at..at + u].iter().sum::<f64>() * MODEL_ERROR[b as usize];
+        at += u;
+    }
+    err
+}
+
+/// The segmentation and bit allocation minimising [`plan_error`] within `budget_bits`
+/// ([`plan_bits`] of the result never exceeds it), by dynamic programming over (units
+/// covered, budget used in steps of 16 bits). Segments have 1..=`max_bits` bits, except an
+/// optional trailing segment of 0 bits; at least one segment has bits. Among plans of equal
+/// modelled error the cheapest is returned. `budget_bits` must be at least 96 (one unit at one
+/// bit).
+pub fn allocate(unit_var: &[f64], budget_bits: u64, max_bits: u32) -> Vec<(usize, u32)> {
+    let u = unit_var.len();
+    assert!(u > 0 && budget_bits >= 96 && (1..=MAX_SEG_BITS).contains(&max_bits));
+    let t_max = (budget_bits / 16) as usize;
+    let mut prefix = vec![0.0f64; u + 1];
+    for (i, v) in unit_var.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + v;
+    }
+    let w = t_max + 1;
+    // f[i*w + t]: least error covering units 0..i within t steps; how[...]: (start, bits).
+    let mut f = vec![f64::INFINITY; (u + 1) * w];
+    let mut how = vec![(0u32, 0u32); (u + 1) * w];
+    f[..w].fill(0.0);
+    for i in 1..=u {
+        for t in 0..=t_max {
+            let mut best = f64::INFINITY;
+            let mut arg = (0u32, 0u32);
+            for j in 0..i {
+                let v = prefix[i] - prefix[j];
+                for b in 1..=max_bits {
+                    let c = seg_cost(i - j, b) as usize;
+                    if c > t {
+                        break;
+                    }
+                    let e = f[j * w + t - c] + v * MODEL_ERROR[b as usize];
+                    if e < best {
+                        best = e;
+                        arg = (j as u32, b);
+                    }
+                }
+            }
+            f[i * w + t] = best;
+            how[i * w + t] = arg;
+        }
+    }
+    let backtrack = |i: usize| -> Vec<(usize, u32)> {
+        let (mut i, mut t) = (i, t_max);
+        let mut out = Vec::new();
+        while i > 0 {
+            let (j, b) = how[i * w + t];
+            let j = j as usize;
+            out.push((i - j, b));
+            t -= seg_cost(i - j, b) as usize;
+            i = j;
+        }
+        out.reverse();
+        out
+    };
+    // Candidates: no tail, or a dropped tail from unit j >= 1.
+    #[allow(clippy::type_complexity)]
+    let mut best: Option<(f64, u64, Vec<(usize, u32)>)> = None;
+    for j in (1..=u).rev() {
+        if !f[j * w + t_max].is_finite() {
+            continue;
+        }
+        let mut plan = backtrack(j);
+        if j < u {
+            plan.push((u - j, 0));
+        }
+        let err = plan_error(unit_var, &plan);
+        let cost = plan_bits(&plan);
+        let better = match &best {
+            None => true,
+            Some((e, c, _)) => {
+                let tol = 1e-12 * e.abs();
+                err < e - tol || (err <= e + tol && cost < *c)
+            }
+        };
+        if better {
+            best = Some((err, cost, plan));
+        }
+    }
+    best.expect("one unit at one bit always fits").2
+}
+
+// ---------------------------------------------------------------------------------------------
+// Code search: initial scale and code adjustment
+// ---------------------------------------------------------------------------------------------
+
+/// `(<z, w>, ‖w‖²)` in f64.
+#[inline]
+fn ip_nn(z: &[f32], w: &[f32]) -> (f64, f64) {
+    let (mut ip, mut nn) = ([0.0f64; 2], [0.0f64; 2]);
+    let (cz, cw) = (z.chunks_exact(2), w.chunks_exact(2));
+    let (tz, tw) = (cz.remainder(), cw.remainder());
+    for (a, b) in cz.zip(cw) {
+        for l in 0..2 {
+            ip[l] += a[l] as f64 * b[l] as f64;
+            nn[l] += b[l] as f64 * b[l] as f64;
+        }
+    }
+    let (mut ip, mut nn) = (ip[0] + ip[1], nn[0] + nn[1]);
+    for (&a, &b) in tz.iter().zip(tw) {
+        ip += a as f64 * b as f64;
+        nn += b as f64 * b as f64;
+    }
+    (ip, nn)
+}
+
+/// `wmax = (2^bits - 1)/2`: grid values are `w = c - wmax ∈ {-wmax, ..., -½, ½, ..., wmax}`.
+#[inline(always)]
+fn wmax(bits: u32) -> f32 {
+    ((1u32 << bits) - 1) as f32 / 2.0
+}
+
+/// Cosine between `z` and the grid point `w_i = c_i - (2^bits - 1)/2` (0 when `z` is 0).
+pub fn code_cosine(z: &[f32], bits: u32, codes: &[u16]) -> f64 {
+    let m = wmax(bits);
+    let w: Vec<f32> = codes.iter().map(|&c| c as f32 - m).collect();
+    cosine(z, &w)
+}
+
+fn cosine(z: &[f32], w: &[f32]) -> f64 {
+    let (ip, nn) = ip_nn(z, w);
+    let n2: f64 = z.iter().map(|&x| x as f64 * x as f64).sum();
+    if nn > 0.0 && n2 > 0.0 {
+        ip / (nn * n2).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// `1.5·2^23`: `(t + ROUND) - ROUND` rounds `t` to the nearest integer for `|t| < 2^22`.
+const ROUND: f32 = 12_582_912.0;
+
+/// Grid values `w_i = clamp(⌊z_i·inv⌋ + ½, -wmax, wmax)` for the step `1/inv`, written with
+/// additions and comparisons only so the loop vectorises (`⌊t⌋ + ½` is computed as
+/// `round(t - ½) + ½`, which differs only at exact ties).
+#[inline]
+fn grid(z: &[f32], inv: f32, wmax: f32, w: &mut [f32]) {
+    for (o, &x) in w.iter_mut().zip(z) {
+        let v = ((x * inv - 0.5) + ROUND - ROUND) + 0.5;
+        let v = if v < wmax { v } else { wmax };
+        *o = if v > -wmax { v } else { -wmax };
+    }
+}
+
+/// Range of the optimal step as a multiple of `max|z_i|/2^(b-1)`, by bits: the 5th to 95th
+/// percentiles of the exact (critical-value) optimum over Gaussian vectors of 64 to 384
+/// coordinates, widened a little.
+fn scale_range(bits: u32) -> (f32, f32) {
+    match bits {
+        1 | 2 => (0.45, 1.0),
+        3 => (0.55, 1.07),
+        4 => (0.65, 1.08),
+        5 => (0.8, 1.12),
+        _ => (0.92, 1.15),
+    }
+}
+
+/// Initial grid values into `w` (see the module docs): the grid for the best of a few steps
+/// by `<z, w>/‖w‖`; `scratch` has `z.len()` values.
+fn initial_grid(k: &Kernels, z: &[f32], bits: u32, w: &mut [f32], scratch: &mut [f32]) {
+    let m = wmax(bits);
+    let v = z
+        .iter()
+        .fold(0.0f32, |a, &x| if x.abs() > a { x.abs() } else { a });
+    if !(v > 0.0 && v.is_finite()) {
+        w.fill(0.5);
+        return;
+    }
+    let dmax = v / (1u32 << (bits - 1)) as f32;
+    if bits == 1 {
+        // Every step gives the sign code.
+        grid(z, 1.0 / dmax, m, w);
+        return;
+    }
+    let objective = |kk: f32, buf: &mut [f32]| -> f32 {
+        grid(z, 1.0 / (kk * dmax), m, buf);
+        let nn = (k.dot_f32)(buf, buf);
+        if nn > 0.0 {
+            (k.dot_f32)(z, buf) / nn.sqrt()
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let (lo, hi) = scale_range(bits);
+    let ratio = (hi / lo).powf(1.0 / (SCALE_CANDIDATES - 1) as f32);
+    let mut best = (f32::NEG_INFINITY, lo);
+    let mut kk = lo;
+    for _ in 0..SCALE_CANDIDATES {
+        let o = objective(kk, scratch);
+        if o > best.0 {
+            best = (o, kk);
+        }
+        kk *= ratio;
+    }
+    let mut step = ratio.sqrt();
+    let refine = if bits <= 5 { 2 } else { 4 };
+    for _ in 0..refine {
+        let k0 = best.1;
+        for kk in [k0 / step, k0 * step] {
+            let o = objective(kk, scratch);
+            if o > best.0 {
+                best = (o, kk);
+            }
+        }
+        step = step.sqrt();
+    }
+    grid(z, 1.0 / (best.1 * dmax), m, w);
+}
+
+/// Whether the step `(ip, nn) -> (ip2, nn2)` raises the cosine by more than [`ADJUST_EPS`].
+#[inline(always)]
+fn improves(ip: f64, nn: f64, ip2: f64, nn2: f64) -> bool {
+    if ip > 0.0 {
+        // cos' > cos·(1+ε) ⟺ ip'²·nn > ip²·nn'·(1+ε)² for ip, ip' > 0.
+        ip2 > 0.0 && ip2 * ip2 * nn > ip * ip * nn2 * (1.0 + 2.0 * ADJUST_EPS)
+    } else {
+        nn2 > 0.0 && ip2 / nn2.sqrt() > ip / nn.sqrt() + ADJUST_EPS
+    }
+}
+
+/// Code adjustment on grid values (see the module docs); `flags` has `z.len()` bytes.
+fn adjust_grid(z: &[f32], bits: u32, w: &mut [f32], rounds: usize, flags: &mut [u8]) {
+    let m = wmax(bits);
+    let xmax2 = z
+        .iter()
+        .fold(0.0f32, |a, &x| if x * x > a { x * x } else { a }) as f64;
+    for _ in 0..rounds {
+        let (mut ip, mut nn) = ip_nn(z, w);
+        // Screen: with u = z_i·‖w‖²/<z,w> - w_i, a step up needs u > ½ - z_i²‖w‖²/(2<z,w>²)
+        // and a step down u < -½ + the same; 0.01 covers the f32 rounding of u. Steps taken
+        // earlier in the round move ‖w‖²/<z,w> a little, so a coordinate screened out may
+        // become improvable; the next round screens again, and the last round (no step, no
+        // drift) checks every coordinate.
+        if ip > 0.0 {
+            let scale = (nn / ip) as f32;
+            let band = (0.5 - xmax2 * nn / (2.0 * ip * ip) - 0.01) as f32;
+            for ((f, &x), &v) in flags.iter_mut().zip(z).zip(w.iter()) {
+                let u = x * scale - v;
+                *f = ((u > band && v < m) || (u < -band && v > -m)) as u8;
+            }
+        } else {
+            flags.fill(1);
+        }
+        let mut changed = false;
+        // Few coordinates pass the screen: skip eight clear flags at a time.
+        let cand = flags.chunks(8).enumerate().flat_map(|(g, f8)| {
+            let clear = f8.len() == 8 && u64::from_ne_bytes(f8.try_into().unwrap()) == 0;
+            let f8 = if clear { &f8[..0] } else { f8 };
+            f8.iter()
+                .enumerate()
+                .filter(|(_, &f)| f != 0)
+                .map(move |(l, _)| 8 * g + l)
+        });
+        for i in cand {
+            let x = z[i] as f64;
+            let mut v = w[i] as f64;
+            let mut moved = false;
+            while v < m as f64 {
+                let (ip2, nn2) = (ip + x, nn + 2.0 * v + 1.0);
+                if !improves(ip, nn, ip2, nn2) {
+                    break;
+                }
+                (ip, nn, v, moved) = (ip2, nn2, v + 1.0, true);
+            }
+            if !moved {
+                while v > -m as f64 {
+                    let (ip2, nn2) = (ip - x, nn - 2.0 * v + 1.0);
+                    if !improves(ip, nn, ip2, nn2) {
+                        break;
+                    }
+                    (ip, nn, v, moved) = (ip2, nn2, v - 1.0, true);
+                }
+            }
+            if moved {
+                w[i] = v as f32;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+fn to_grid(bits: u32, codes: &[u16]) -> Vec<f32> {
+    assert!((1..=MAX_SEG_BITS).contains(&bits));
+    let m = wmax(bits);
+    codes.iter().map(|&c| c as f32 - m).collect()
+}
+
+fn to_codes(bits: u32, w: &[f32], codes: &mut [u16]) {
+    let m = wmax(bits);
+    for (c, &v) in codes.iter_mut().zip(w) {
+        *c = (v + m) as u16;
+    }
+}
+
+/// The plain uniform code on `[-max|z_i|, max|z_i|]` (the reference implementation's start):
+/// `c_i = min(⌊(z_i + v)/Δ⌋, 2^b - 1)`, `Δ = 2v/2^b`.
+pub fn uniform_codes(z: &[f32], bits: u32, codes: &mut [u16]) {
+    assert!((1..=MAX_SEG_BITS).contains(&bits) && codes.len() == z.len());
+    let v = z.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    let mut w = vec![0.5f32; z.len()];
+    if v > 0.0 && v.is_finite() {
+        grid(z, (1u32 << (bits - 1)) as f32 / v, wmax(bits), &mut w);
+    }
+    to_codes(bits, &w, codes);
+}
+
+/// Initial codes: the grid codes for the best of a few steps (see the module docs).
+pub fn initial_codes(z: &[f32], bits: u32, codes: &mut [u16]) {
+    assert!((1..=MAX_SEG_BITS).contains(&bits) && codes.len() == z.len());
+    let (mut w, mut scratch) = (vec![0.0f32; z.len()], vec![0.0f32; z.len()]);
+    initial_grid(kernels(), z, bits, &mut w, &mut scratch);
+    to_codes(bits, &w, codes);
+}
+
+/// Code adjustment (see the module docs): up to `rounds` rounds of coordinate descent on the
+/// cosine from the given codes (`c_i < 2^bits`). Returns [`code_cosine`] of the result, never
+/// below that of the input.
+pub fn adjust_codes(z: &[f32], bits: u32, codes: &mut [u16], rounds: usize) -> f64 {
+    assert!(codes.len() == z.len());
+    let mut w = to_grid(bits, codes);
+    adjust_grid(z, bits, &mut w, rounds, &mut vec![0u8; z.len()]);
+    to_codes(bits, &w, codes);
+    cosine(z, &w)
+}
+
+/// Codes `c_i ∈ 0..2^bits` of `z` (`bits` in 1..=[`MAX_SEG_BITS`]): [`initial_codes`] then
+/// [`adjust_codes`] with `rounds`. Returns the cosine of the result.
+pub fn caq(z: &[f32], bits: u32, rounds: usize, codes: &mut [u16]) -> f64 {
+    assert!((1..=MAX_SEG_BITS).contains(&bits) && codes.len() == z.len());
+    let (mut w, mut scratch) = (vec![0.0f32; z.len()], vec![0.0f32; z.len()]);
+    initial_grid(kernels(), z, bits, &mut w, &mut scratch);
+    adjust_grid(z, bits, &mut w, rounds, &mut vec![0u8; z.len()]);
+    to_codes(bits, &w, codes);
+    cosine(z, &w)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The encoding
+// ---------------------------------------------------------------------------------------------
+
+/// Byte `x` spread into the low bit of 8 byte lanes (bit `l` of `x` -> lane `l`).
+const fn spread_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut x = 0;
+    while x < 256 {
+        let mut l = 0;
+        while l < 8 {
+            if (x >> l) & 1 == 1 {
+                t[x] |= 1 << (8 * l);
+            }
+            l += 1;
+        }
+        x += 1;
+    }
+    t
+}
+static SPREAD: [u64; 256] = spread_table();
+
+/// Bit `j` of each of the 8 bytes of `v` gathered into one byte (byte `l` -> bit `l`).
+#[inline(always)]
+fn gather_bit(v: u64, j: u32) -> u8 {
+    ((((v >> j) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080)) >> 56) as u8
+}
+
+#[inline(always)]
+fn rd_f32(code: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes([code[at], code[at + 1], code[at + 2], code[at + 3]])
+}
+
+#[inline(always)]
+fn wr_f32(code: &mut [u8], at: usize, v: f32) {
+    code[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// One segment of PCA coordinates `start..start+len` and where its parts sit in a code.
+#[derive(Clone, Debug)]
+struct Segment {
+    start: usize,
+    len: usize,
+    bits: u32,
+    /// Byte offsets of the factors and of the `bits` planes (bit `j` at `planes + j·L/8`, the
+    /// top bit last).
+    fac: usize,
+    planes: usize,
+    /// `-(2^b - 1)/2`: `w = c + cb`.
+    cb: f32,
+    /// `f1 = f·r·r_scale` for `b >= 2` (`2^(b-1)/65536`).
+    r_scale: f32,
+    /// Error deviation per unit of `f1·‖p_s‖`: top bit and full code.
+    sd_top: f32,
+    sd_full: f32,
+}
+
+impl Segment {
+    fn new(start: usize, len: usize, bits: u32) -> Self {
+        // ‖z‖ ≈ f1·cos_1·sqrt(L); deviation ‖z‖‖p‖·sqrt((1 - cos²)/cos²)/sqrt(L - 1).
+        let l = len as f64;
+        let h1 = MODEL_ERROR[1];
+        let c1 = (1.0 - h1).sqrt();
+        let hb = MODEL_ERROR[bits as usize];
+        let per = (l / (l - 1.0)).sqrt();
+        Segment {
+            start,
+            len,
+            bits,
+            fac: 0,
+            planes: 0,
+            cb: -(((1u32 << bits) - 1) as f32) / 2.0,
+            r_scale: (1u32 << (bits - 1)) as f32 / 65536.0,
+            sd_top: (per * h1.sqrt()) as f32,
+            sd_full: (per * c1 * (hb / (1.0 - hb)).sqrt()) as f32,
+        }
+    }
+    #[inline(always)]
+    fn plane_bytes(&self) -> usize {
+        self.len / 8
+    }
+    /// All planes of the segment in `code`.
+    #[inline(always)]
+    fn all_planes<'c>(&self, code: &'c [u8]) -> &'c [u8] {
+        &code[self.planes..self.planes + self.bits as usize * self.plane_bytes()]
+    }
+    /// The top-bit plane of the segment in `code`.
+    #[inline(always)]
+    fn top_plane<'c>(&self, code: &'c [u8]) -> &'c [u8] {
+        let pb = self.plane_bytes();
+        let at = self.planes + (self.bits as usize - 1) * pb;
+        &code[at..at + pb]
+    }
+    #[inline(always)]
+    fn factor_bytes(&self) -> usize {
+        if self.bits == 1 {
+            4
+        } else {
+            6
+        }
+    }
+    /// The 1-bit rescale `f1`.
+    #[inline(always)]
+    fn f1(&self, code: &[u8]) -> f32 {
+        if self.bits == 1 {
+            rd_f32(code, self.fac)
+        } else {
+            let r = u16::from_le_bytes([code[self.fac + 4], code[self.fac + 5]]);
+            rd_f32(code, self.fac) * r as f32 * self.r_scale
+        }
+    }
+}
+
+/// SAQ encoder (see the module docs).
+pub struct Saq {
+    dim: usize,
+    metric: Metric,
+    pad: usize,
+    bits: f32,
+    seed: u64,
+    mean: Vec<f32>,
+    /// `head × dim`: the rows `R_s W_s` of every segment, `W_s` the segment's principal
+    /// directions (zero rows for padded coordinates) and `R_s` its rotation, so that
+    /// `z_s = (R_s W_s)(x - μ)` in one matrix-vector product.
+    proj: Vec<f32>,
+    /// Variance along each principal direction (`dim` values, decreasing).
+    var: Vec<f32>,
+    /// Segments with bits, leading first (a dropped tail is not in the list).
+    segs: Vec<Segment>,
+    /// PCA coordinates covered by `segs` (`pad` when nothing is dropped).
+    head: usize,
+    lead: usize,
+    eps0: f32,
+    /// Effective dimension `(Σλ)²/Σλ²` of the dropped tail (0 without one).
+    tail_dim: f32,
+    code_size: usize,
+    max_len: usize,
+    k: &'static Kernels,
+}
+
+/// Per-segment part of a prepared query.
+struct SegQuery {
+    /// `Σ p_s,i`.
+    sum: f32,
+    /// `‖p_s‖`.
+    norm: f32,
+}
+
+/// A query prepared for scoring many codes.
+pub struct SaqQuery {
+    /// The rotated segments `p_s` of the query (the head, `head` values).
+    z: Vec<f32>,
+    per: Vec<SegQuery>,
+    /// `‖q - μ‖²`.
+    qn2: f32,
+    /// `<μ, q>` (IP and cosine).
+    g: f32,
+    /// `‖p_tail‖/sqrt(L_eff)` (0 without a dropped tail, see [`Saq::tail_dim`]).
+    tail_sd: f32,
+    /// The stage scratch of `distance_within`.
+    stage: RefCell<Vec<(f32, f32)>>,
+}
+
+/// Leading segments that [`Encoding::distance`] scores with their full code by default: the
+/// shortest prefix of the allocation (`(coordinates, bits)` per segment) holding at least half
+/// of the variance `var` (per PCA coordinate), at least one segment.
+pub fn default_traversal_segments(alloc: &[(usize, u32)], var: &[f32]) -> usize {
+    let total: f64 = var.iter().map(|&v| v as f64).sum();
+    let (mut acc, mut at, mut n) = (0.0f64, 0usize, 0usize);
+    for &(len, bits) in alloc {
+        if bits == 0 || (n >= 1 && acc >= 0.5 * total) {
+            break;
+        }
+        let (a, b) = (at.min(var.len()), (at + len).min(var.len()));
+        acc += var[a..b].iter().map(|&v| v as f64).sum::<f64>();
+        at += len;
+        n += 1;
+    }
+    n
+}
+
+impl Saq {
+    /// Trains on `data` (row-major, `dim` columns, normalised for cosine): the mean, PCA on at
+    /// most [`PCA_SAMPLE`] evenly strided rows, the bit allocation for `cfg.bits` and the
+    /// per-segment rotations.
+    pub fn train(data: &[f32], dim: usize, metric: Metric, cfg: &SaqConfig) -> Result<Saq> {
+        if !(cfg.bits.is_finite() && cfg.bits > 0.0 && cfg.bits <= MAX_SEG_BITS as f32) {
+            return Err(Error::param(
+                "bits",
+                format!(
+                    "saq takes an average of more than 0 and at most {MAX_SEG_BITS} bits per dimension, not {}",
+                    cfg.bits
+                ),
+            ));
+        }
+        if dim == 0 {
+            return Err(Error::Empty("training data (no columns)"));
+        }
+        if !data.len().is_multiple_of(dim) {
+            return Err(Error::InvalidInput(format!(
+                "training data of {} values is not a whole number of rows of dimension {dim}",
+                data.len()
+            )));
+        }
+        let n = data.len() / dim;
+        if n == 0 {
+            return Err(Error::Empty("training data"));
+        }
+        check_finite("training data", data, dim)?;
+        let k = kernels();
+        let mut acc = vec![0.0f64; dim];
+        for row in data.chunks_exact(dim) {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x as f64;
+            }
+        }
+        let mean64: Vec<f64> = acc.iter().map(|s| s / n as f64).collect();
+        let s = n.min(PCA_SAMPLE);
+        let rows: Vec<usize> = (0..s).map(|i| i * n / s).collect();
+        let cov = covariance(data, dim, &mean64, &rows, k);
+        let (values, vectors) = symmetric_eigen(&cov, dim);
+        let var: Vec<f32> = values.iter().map(|&v| v.max(0.0) as f32).collect();
+        let comps: Vec<f32> = vectors.iter().map(|&v| v as f32).collect();
+        let mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
+        let pad = dim.div_ceil(UNIT) * UNIT;
+        let plan = allocate(
+            &unit_variances(&var, pad),
+            budget_bits(cfg.bits, pad),
+            MAX_SEG_BITS,
+        );
+        let alloc: Vec<(usize, u32)> = plan.iter().map(|&(u, b)| (u * UNIT, b)).collect();
+        let lead = default_traversal_segments(&alloc, &var);
+        let proj = rotated_projection(&comps, dim, &alloc, cfg.seed);
+        Ok(Self::assemble(
+            dim,
+            metric,
+            cfg.bits,
+            cfg.seed,
+            mean,
+            proj,
+            var,
+            &plan,
+            lead,
+            DEFAULT_EPS0,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dim: usize,
+        metric: Metric,
+        bits: f32,
+        seed: u64,
+        mean: Vec<f32>,
+        proj: Vec<f32>,
+        var: Vec<f32>,
+        plan: &[(usize, u32)],
+        lead: usize,
+        eps0: f32,
+    ) -> Saq {
+        let pad = dim.div_ceil(UNIT) * UNIT;
+        let mut segs = Vec::new();
+        let mut start = 0;
+        for &(units, b) in plan {
+            if b > 0 {
+                segs.push(Segment::new(start, units * UNIT, b));
+            }
+            start += units * UNIT;
+        }
+        let head = segs.last().map_or(0, |s| s.start + s.len);
+        let mut off = HEADER;
+        for s in segs.iter_mut() {
+            s.fac = off;
+            off += s.factor_bytes();
+        }
+        off = off.div_ceil(8) * 8;
+        for s in segs.iter_mut() {
+            s.planes = off;
+            off += s.bits as usize * s.plane_bytes();
+        }
+        let max_len = segs.iter().map(|s| s.len).max().unwrap_or(0);
+        // For independent Gaussian x, q with covariance Λ on the tail, E<x,q>² = tr Λ², so
+        // <x_t, q_t> has deviation ‖x_t‖‖q_t‖/sqrt(L_eff), L_eff = (tr Λ)²/tr Λ² ≤ L_tail.
+        let tail = &var[head.min(var.len())..];
+        let (s1, s2) = tail.iter().fold((0.0f64, 0.0f64), |(a, b), &v| {
+            (a + v as f64, b + v as f64 * v as f64)
+        });
+        let tail_dim = if s2 > 0.0 { (s1 * s1 / s2) as f32 } else { 0.0 };
+        Saq {
+            dim,
+            metric,
+            pad,
+            bits,
+            seed,
+            mean,
+            proj,
+            var,
+            lead: lead.min(segs.len()),
+            segs,
+            head,
+            eps0,
+            tail_dim,
+            code_size: off,
+            max_len,
+            k: kernels(),
+        }
+    }
+
+    /// The segmentation and bit allocation: `(coordinates, bits)` per segment in PCA order,
+    /// leading (highest-variance) first; a dropped tail comes last with 0 bits.
+    pub fn allocation(&self) -> Vec<(usize, u32)> {
+        let mut out: Vec<(usize, u32)> = self.segs.iter().map(|s| (s.len, s.bits)).collect();
+        if self.head < self.pad {
+            out.push((self.pad - self.head, 0));
+        }
+        out
+    }
+    /// The configured average bits per dimension.
+    pub fn bits(&self) -> f32 {
+        self.bits
+    }
+    /// Padded dimension `D`.
+    pub fn padded_dim(&self) -> usize {
+        self.pad
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+    /// Variance along each principal direction, decreasing (`dim` values).
+    pub fn variances(&self) -> &[f32] {
+        &self.var
+    }
+    /// The projection, `head × dim` (`head` = coordinates with bits): per segment the rows
+    /// `R_s W_s`, i.e. the segment's principal directions rotated by its random rotation.
+    pub fn projection(&self) -> &[f32] {
+        &self.proj
+    }
+    pub fn eps0(&self) -> f32 {
+        self.eps0
+    }
+    pub fn set_eps0(&mut self, eps0: f32) {
+        self.eps0 = eps0;
+    }
+    /// Leading segments that [`Encoding::distance`] scores with their full code.
+    pub fn traversal_segments(&self) -> usize {
+        self.lead
+    }
+    /// Sets [`Saq::traversal_segments`] (capped at the number of segments with bits; 0 = top
+    /// bits only).
+    pub fn set_traversal_segments(&mut self, n: usize) {
+        self.lead = n.min(self.segs.len());
+    }
+
+    /// The rotated segments `z = proj·(v - μ)` (length `head`; `r` receives `v - μ`);
+    /// returns `(‖v - μ‖², <v - μ, μ>)`.
+    fn project(&self, v: &[f32], r: &mut [f32], z: &mut [f32]) -> (f32, f32) {
+        for ((o, &a), &m) in r.iter_mut().zip(v).zip(&self.mean) {
+            *o = a - m;
+        }
+        (self.k.matvec_f32)(&self.proj, r, z);
+        ((self.k.dot_f32)(r, r), (self.k.dot_f32)(r, &self.mean))
+    }
+
+    /// Encodes with `rounds` code-adjustment rounds ([`Encoding::encode`] uses
+    /// [`ADJUST_ROUNDS`]; 0 keeps the initial codes).
+    pub fn encode_with(&self, v: &[f32], out: &mut [u8], rounds: usize) {
+        assert_eq!(v.len(), self.dim, "saq: vector length");
+        assert_eq!(out.len(), self.code_size, "saq: code length");
+        out.fill(0);
+        let mut r = vec![0.0f32; self.dim];
+        let mut z = vec![0.0f32; self.head];
+        let (norm2, ip_add) = self.project(v, &mut r, &mut z);
+        let a = if self.metric == Metric::L2 {
+            norm2
+        } else {
+            ip_add
+        };
+        wr_f32(out, 0, a);
+        if self.head < self.pad {
+            let head2 = (self.k.dot_f32)(&z, &z);
+            wr_f32(out, 4, (norm2 - head2).max(0.0));
+        }
+        let mut w = vec![0.0f32; self.max_len];
+        let mut scratch = vec![0.0f32; self.max_len];
+        let mut flags = vec![0u8; self.max_len];
+        for s in &self.segs {
+            let (z, w, scratch) = (
+                &z[s.start..s.start + s.len],
+                &mut w[..s.len],
+                &mut scratch[..s.len],
+            );
+            initial_grid(self.k, z, s.bits, w, scratch);
+            adjust_grid(z, s.bits, w, rounds, &mut flags[..s.len]);
+            self.write_segment(s, z, w, scratch, out);
+        }
+    }
+
+    /// Writes the planes and factors of one segment from its grid values `w` (`scratch` has
+    /// `s.len` values).
+    fn write_segment(
+        &self,
+        s: &Segment,
+        z: &[f32],
+        w: &[f32],
+        scratch: &mut [f32],
+        out: &mut [u8],
+    ) {
+        let pb = s.plane_bytes();
+        let b = s.bits;
+        let m = wmax(b);
+        for (g, eight) in w.chunks_exact(8).enumerate() {
+            let (mut lo, mut hi) = (0u64, 0u64);
+            for (l, &v) in eight.iter().enumerate() {
+                let c = (v + m) as u16;
+                lo |= ((c & 0xFF) as u64) << (8 * l);
+                hi |= ((c >> 8) as u64) << (8 * l);
+            }
+            for j in 0..b {
+                out[s.planes + j as usize * pb + g] = if j < 8 {
+                    gather_bit(lo, j)
+                } else {
+                    gather_bit(hi, j - 8)
+                };
+            }
+        }
+        // Σ|z_i| over the top-bit signs: <z, sign(w)>.
+        for (o, &v) in scratch.iter_mut().zip(w) {
+            *o = if v > 0.0 { 1.0 } else { -1.0 };
+        }
+        let n2 = (self.k.dot_f32)(z, z) as f64;
+        let s1 = (self.k.dot_f32)(z, scratch) as f64;
+        if b == 1 {
+            wr_f32(out, s.fac, if s1 > 0.0 { (n2 / s1) as f32 } else { 0.0 });
+            return;
+        }
+        let ip = (self.k.dot_f32)(z, w) as f64;
+        if ip > 0.0 && s1 > 0.0 {
+            let half = (1u32 << (b - 1)) as f64;
+            wr_f32(out, s.fac, (n2 / ip) as f32);
+            let r = (65536.0 * ip / s1 / half).round().clamp(1.0, 65535.0) as u16;
+            out[s.fac + 4..s.fac + 6].copy_from_slice(&r.to_le_bytes());
+        }
+    }
+
+    /// Unpacks segment `s`'s codes (decode and tests).
+    fn unpack(&self, code: &[u8], s: &Segment, out: &mut [u16]) {
+        let pb = s.plane_bytes();
+        out[..s.len].fill(0);
+        for j in 0..s.bits as usize {
+            let plane = &code[s.planes + j * pb..s.planes + (j + 1) * pb];
+            for (g, o) in out[..s.len].chunks_exact_mut(8).enumerate() {
+                let v = SPREAD[plane[g] as usize];
+                for (l, c) in o.iter_mut().enumerate() {
+                    *c |= (((v >> (8 * l)) & 1) as u16) << j;
+                }
+            }
+        }
+    }
+
+    /// Estimate of `<z_s, p_s>` from segment `i`'s full code.
+    #[inline]
+    fn ip_full(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
+        let s = &self.segs[i];
+        let p = &q.z[s.start..s.start + s.len];
+        let dot = (self.k.dot_f32_bitplanes)(p, s.all_planes(code));
+        let sum = q.per[i].sum;
+        if s.bits == 1 {
+            rd_f32(code, s.fac) * (2.0 * dot - sum)
+        } else {
+            rd_f32(code, s.fac) * (dot + s.cb * sum)
+        }
+    }
+
+    /// Estimate of `<z_s, p_s>` from segment `i`'s top-bit plane.
+    #[inline]
+    fn ip_top(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
+        let s = &self.segs[i];
+        let p = &q.z[s.start..s.start + s.len];
+        let dot = (self.k.dot_f32_bitplanes)(p, s.top_plane(code));
+        s.f1(code) * (2.0 * dot - q.per[i].sum)
+    }
+
+    /// Modelled error deviation of segment `i`'s estimate (top bit or full code).
+    #[inline]
+    fn sd(&self, q: &SaqQuery, code: &[u8], i: usize, full: bool) -> f32 {
+        let s = &self.segs[i];
+        let k = if full { s.sd_full } else { s.sd_top };
+        k * s.f1(code).abs() * q.per[i].norm
+    }
+
+    /// Error variance of the dropped tail.
+    #[inline]
+    fn tail_var(&self, q: &SaqQuery, code: &[u8]) -> f32 {
+        if q.tail_sd == 0.0 {
+            return 0.0;
+        }
+        rd_f32(code, 4).max(0.0) * q.tail_sd * q.tail_sd
+    }
+
+    /// The distance for an estimate `ip` of `<x - μ, q - μ>`.
+    #[inline(always)]
+    fn finish(&self, q: &SaqQuery, code: &[u8], ip: f32) -> f32 {
+        match self.metric {
+            Metric::L2 => (rd_f32(code, 0) + q.qn2 - 2.0 * ip).max(0.0),
+            m => m.from_dot(q.g + rd_f32(code, 0) + ip),
+        }
+    }
+
+    /// The first `full` segments on their full code, the rest on their top bit: returns the
+    /// estimate of `<x - μ, q - μ>` and its error variance.
+    fn staged(&self, q: &SaqQuery, code: &[u8], full: usize) -> (f32, f32) {
+        let (mut ip, mut var) = (0.0f32, self.tail_var(q, code));
+        for i in 0..self.segs.len() {
+            let f = i < full;
+            ip += if f {
+                self.ip_full(q, code, i)
+            } else {
+                self.ip_top(q, code, i)
+            };
+            let sd = self.sd(q, code, i, f);
+            var += sd * sd;
+        }
+        (ip, var)
+    }
+
+    /// `(estimate, lower, upper)` at `eps0` for an estimate and its error variance.
+    fn interval(&self, q: &SaqQuery, code: &[u8], ip: f32, var: f32) -> (f32, f32, f32) {
+        let h = self.eps0 * var.max(0.0).sqrt();
+        let (a, b) = (self.finish(q, code, ip + h), self.finish(q, code, ip - h));
+        (self.finish(q, code, ip), a.min(b), a.max(b))
+    }
+
+    /// The traversal estimate ([`Encoding::distance`]) with its interval
+    /// `(estimate, lower, upper)` at `eps0`.
+    pub fn bound(&self, q: &SaqQuery, code: &[u8]) -> (f32, f32, f32) {
+        let (ip, var) = self.staged(q, code, self.lead);
+        self.interval(q, code, ip, var)
+    }
+
+    /// The top-bit estimate of every segment (stage 1) with its interval.
+    pub fn bound_top(&self, q: &SaqQuery, code: &[u8]) -> (f32, f32, f32) {
+        let (ip, var) = self.staged(q, code, 0);
+        self.interval(q, code, ip, var)
+    }
+
+    /// The full-code estimate ([`Encoding::distance_fine`]) with its interval.
+    pub fn bound_fine(&self, q: &SaqQuery, code: &[u8]) -> (f32, f32, f32) {
+        let (ip, var) = self.staged(q, code, self.segs.len());
+        self.interval(q, code, ip, var)
+    }
+
+    /// The top-bit estimate of every segment (stage 1 alone).
+    pub fn distance_top(&self, q: &SaqQuery, code: &[u8]) -> f32 {
+        let (ip, _) = self.staged(q, code, 0);
+        self.finish(q, code, ip)
+    }
+
+    /// Staged estimate against `threshold` (see the module docs): `None` when the lower end of
+    /// the interval at `eps0` exceeds `threshold` after the top-bit stage or after refining
+    /// some leading segments; otherwise the full-code estimate (equal to `distance_fine`).
+    pub fn distance_within(&self, q: &SaqQuery, code: &[u8], threshold: f32) -> Option<f32> {
+        let n = self.segs.len();
+        let mut stage = q.stage.borrow_mut();
+        stage.clear();
+        let (mut rest, mut var) = (0.0f32, self.tail_var(q, code));
+        for i in 0..n {
+            let e = self.ip_top(q, code, i);
+            let sd = self.sd(q, code, i, false);
+            stage.push((e, sd * sd));
+            rest += e;
+            var += sd * sd;
+        }
+        if self.interval(q, code, rest, var).1 > threshold {
+            return None;
+        }
+        // `full` sums the refined segments in order, as `distance_fine` does.
+        let mut full = 0.0f32;
+        for (i, &(e1, v1)) in stage.iter().enumerate() {
+            let sd = self.sd(q, code, i, true);
+            full += self.ip_full(q, code, i);
+            rest -= e1;
+            var = (var + sd * sd - v1).max(0.0);
+            if i + 1 < n && self.interval(q, code, full + rest, var).1 > threshold {
+                return None;
+            }
+        }
+        Some(self.finish(q, code, full))
+    }
+
+    /// Cosine between each segment's rotated vector and its code (diagnostics and tests).
+    pub fn segment_cosines(&self, v: &[f32]) -> Vec<f64> {
+        let mut r = vec![0.0f32; self.dim];
+        let mut z = vec![0.0f32; self.head];
+        self.project(v, &mut r, &mut z);
+        self.segs
+            .iter()
+            .map(|s| {
+                let mut codes = vec![0u16; s.len];
+                caq(
+                    &z[s.start..s.start + s.len],
+                    s.bits,
+                    ADJUST_ROUNDS,
+                    &mut codes,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Variance of each unit of 64 PCA coordinates (padded coordinates have variance 0).
+fn unit_variances(var: &[f32], pad: usize) -> Vec<f64> {
+    (0..pad / UNIT)
+        .map(|u| {
+            let a = (u * UNIT).min(var.len());
+            let b = ((u + 1) * UNIT).min(var.len());
+            var[a..b].iter().map(|&v| v as f64).sum()
+        })
+        .collect()
+}
+
+fn segment_seed(seed: u64, i: usize) -> u64 {
+    seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The projection `R_s W_s` of every segment with bits (`alloc` in coordinates), `W` the
+/// `dim × dim` principal directions (rows) and `R_s` a seeded structured rotation of the
+/// segment (rows of `W_s` past `dim` are zero).
+fn rotated_projection(comps: &[f32], dim: usize, alloc: &[(usize, u32)], seed: u64) -> Vec<f32> {
+    let head: usize = alloc.iter().filter(|a| a.1 > 0).map(|a| a.0).sum();
+    let mut proj = vec![0.0f32; head * dim];
+    let mut start = 0;
+    for (i, &(len, bits)) in alloc.iter().enumerate() {
+        if bits == 0 {
+            break;
+        }
+        let rot = Rotation::new(len, segment_seed(seed, i));
+        let rows = dim.saturating_sub(start).min(len);
+        let (mut col, mut out) = (vec![0.0f32; len], vec![0.0f32; len]);
+        for j in 0..dim {
+            for (r, c) in col[..rows].iter_mut().enumerate() {
+                *c = comps[(start + r) * dim + j];
+            }
+            col[rows..].fill(0.0);
+            rot.apply(&col, &mut out);
+            for (r, &o) in out.iter().enumerate() {
+                proj[(start + r) * dim + j] = o;
+            }
+        }
+        start += len;
+    }
+    proj
+}
+
+impl Encoding for Saq {
+    type Query = SaqQuery;
+    const NAME: &'static str = "saq";
+    const TAG: u8 = 6;
+    const EXACT: bool = false;
+    const HAS_FINE: bool = true;
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+    fn code_size(&self) -> usize {
+        self.code_size
+    }
+    fn encode(&self, v: &[f32], out: &mut [u8]) {
+        self.encode_with(v, out, ADJUST_ROUNDS)
+    }
+    /// `μ + Σ_s (R_s W_s)ᵀ(f_s·w_s)`: the vector whose inner product with `q - μ` is the full-code
+    /// estimate of `<x - μ, q - μ>` (a dropped tail decodes to 0 along its directions).
+    fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
+        let mut y = vec![0.0f32; self.head];
+        let mut c = vec![0u16; self.max_len];
+        for s in &self.segs {
+            self.unpack(code, s, &mut c);
+            // One bit: f1·(2m - 1) = 2·f1·(m - ½).
+            let f = rd_f32(code, s.fac) * if s.bits == 1 { 2.0 } else { 1.0 };
+            for (o, &c) in y[s.start..s.start + s.len].iter_mut().zip(&c) {
+                *o = f * (c as f32 + s.cb);
+            }
+        }
+        out.copy_from_slice(&self.mean);
+        for (&yj, row) in y.iter().zip(self.proj.chunks_exact(self.dim)) {
+            for (o, &c) in out.iter_mut().zip(row) {
+                *o += yj * c;
+            }
+        }
+        true
+    }
+    fn prepare(&self, q: &[f32]) -> SaqQuery {
+        let mut r = vec![0.0f32; self.dim];
+        let mut z = vec![0.0f32; self.head];
+        let (qn2, _) = self.project(q, &mut r, &mut z);
+        let g = match self.metric {
+            Metric::L2 => 0.0,
+            _ => (self.k.dot_f32)(q, &self.mean),
+        };
+        let tail_sd = if self.tail_dim > 0.0 {
+            let head2 = (self.k.dot_f32)(&z, &z);
+            ((qn2 - head2).max(0.0) / self.tail_dim).sqrt()
+        } else {
+            0.0
+        };
+        let per = self
+            .segs
+            .iter()
+            .map(|s| {
+                let p = &z[s.start..s.start + s.len];
+                SegQuery {
+                    sum: p.iter().sum(),
+                    norm: (self.k.dot_f32)(p, p).sqrt(),
+                }
+            })
+            .collect();
+        SaqQuery {
+            z,
+            per,
+            qn2,
+            g,
+            tail_sd,
+            stage: RefCell::new(Vec::with_capacity(self.segs.len())),
+        }
+    }
+    #[inline]
+    fn distance(&self, q: &SaqQuery, code: &[u8]) -> f32 {
+        let mut ip = 0.0f32;
+        for i in 0..self.segs.len() {
+            ip += if i < self.lead {
+                self.ip_full(q, code, i)
+            } else {
+                self.ip_top(q, code, i)
+            };
+        }
+        self.finish(q, code, ip)
+    }
+    fn distance_fine(&self, q: &SaqQuery, code: &[u8]) -> f32 {
+        let mut ip = 0.0f32;
+        for i in 0..self.segs.len() {
+            ip += self.ip_full(q, code, i);
+        }
+        self.finish(q, code, ip)
+    }
+    fn params_bytes(&self) -> usize {
+        (self.mean.len() + self.proj.len() + self.var.len()) * 4
+    }
+    fn write_params(&self, w: &mut Writer) {
+        w.f32(self.bits);
+        w.u64(self.seed);
+        w.u32(self.pad as u32);
+        w.f32(self.eps0);
+        w.u32(self.lead as u32);
+        w.f32s(&self.mean);
+        w.f32s(&self.var);
+        let alloc = self.allocation();
+        w.u32(alloc.len() as u32);
+        for &(len, bits) in &alloc {
+            w.u32((len / UNIT) as u32);
+            w.u32(bits);
+        }
+        w.f32s(&self.proj);
+    }
+    fn read_params(r: &mut Reader, dim: usize, metric: Metric) -> Result<Self> {
+        let bad = |m: String| Error::Format(format!("saq: {m}"));
+        if dim == 0 {
+            return Err(bad("dimension 0".into()));
+        }
+        let bits = r.f32()?;
+        if !(bits.is_finite() && bits > 0.0 && bits <= MAX_SEG_BITS as f32) {
+            return Err(bad(format!("average bits {bits} out of range")));
+        }
+        let seed = r.u64()?;
+        let pad = r.u32()? as usize;
+        if pad != dim.div_ceil(UNIT) * UNIT {
+            return Err(bad(format!(
+                "padded dimension {pad} does not match dimension {dim}"
+            )));
+        }
+        let eps0 = r.f32()?;
+        if !(eps0.is_finite() && eps0 > 0.0) {
+            return Err(bad("eps0 must be finite and positive".into()));
+        }
+        let lead = r.u32()? as usize;
+        let mean = r.f32s(dim)?;
+        if mean.iter().any(|x| !x.is_finite()) {
+            return Err(bad("mean is not finite".into()));
+        }
+        let var = r.f32s(dim)?;
+        if var.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            return Err(bad("variances must be finite and non-negative".into()));
+        }
+        let nseg = r.u32()? as usize;
+        let units = pad / UNIT;
+        if !(1..=units).contains(&nseg) {
+            return Err(bad(format!("{nseg} segments out of range 1..={units}")));
+        }
+        let mut plan = Vec::with_capacity(nseg);
+        let mut covered = 0usize;
+        for i in 0..nseg {
+            let u = r.u32()? as usize;
+            let b = r.u32()?;
+            if u == 0 || u > units - covered {
+                return Err(bad(format!("segment {i} of {u} units does not fit")));
+            }
+            if b > MAX_SEG_BITS || (b == 0 && (i == 0 || i + 1 < nseg)) {
+                return Err(bad(format!("segment {i} has invalid bits {b}")));
+            }
+            covered += u;
+            plan.push((u, b));
+        }
+        if covered != units {
+            return Err(bad(format!("segments cover {covered} of {units} units")));
+        }
+        if plan_bits(&plan) > budget_bits(bits, pad) {
+            return Err(bad("allocation exceeds the bit budget".into()));
+        }
+        let nbits = plan.iter().filter(|p| p.1 > 0).count();
+        if lead > nbits {
+            return Err(bad(format!(
+                "{lead} traversal segments but {nbits} segments with bits"
+            )));
+        }
+        let head: usize = plan.iter().filter(|p| p.1 > 0).map(|p| p.0 * UNIT).sum();
+        let proj = r.f32s(head * dim)?;
+        // Rows are unit vectors, or shorter where a segment holds padded coordinates.
+        for row in proj.chunks_exact(dim) {
+            let n2: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
+            let ok = n2 <= 1.0 + 1e-3;
+            if !ok {
+                return Err(bad(
+                    "projection rows must be finite with norm at most 1".into()
+                ));
+            }
+        }
+        Ok(Self::assemble(
+            dim, metric, bits, seed, mean, proj, var, &plan, lead, eps0,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::rotation::SplitMix;
+
+    #[test]
+    fn eigen_reconstructs_random_symmetric_matrices() {
+        for n in [1usize, 2, 3, 7, 40] {
+            let mut rng = SplitMix::new(n as u64);
+            let mut a = vec![0.0f64; n * n];
+            for i in 0..n {
+                for j in 0..=i {
+                    let v = rng.gauss();
+                    a[i * n + j] = v;
+                    a[j * n + i] = v;
+                }
+            }
+            let (vals, vecs) = symmetric_eigen(&a, n);
+            assert!(vals.windows(2).all(|w| w[0] >= w[1]));
+            for i in 0..n {
+                for j in 0..n {
+                    let d: f64 = (0..n).map(|k| vecs[i * n + k] * vecs[j * n + k]).sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((d - want).abs() < 1e-10, "n={n}: <v{i}, v{j}> = {d}");
+                    let rec: f64 = (0..n)
+                        .map(|k| vals[k] * vecs[k * n + i] * vecs[k * n + j])
+                        .sum();
+                    assert!((rec - a[i * n + j]).abs() < 1e-9, "n={n}: A[{i}][{j}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_round_trips_every_width() {
+        let mut rng = SplitMix::new(3);
+        for bits in 1..=MAX_SEG_BITS {
+            let mut s = Segment::new(0, 128, bits);
+            s.fac = HEADER;
+            s.planes = 16;
+            let saq_codes: Vec<u16> = (0..128)
+                .map(|_| (rng.next_u64() % (1u64 << bits)) as u16)
+                .collect();
+            let mut out = vec![0u8; 16 + bits as usize * 16];
+            let enc = Saq::assemble(
+                64,
+                Metric::L2,
+                1.0,
+                0,
+                vec![0.0; 64],
+                vec![0.0; 64 * 64],
+                vec![0.0; 64],
+                &[(1, 1)],
+                0,
+                1.0,
+            );
+            let z = vec![0.0f32; 128];
+            let w: Vec<f32> = saq_codes.iter().map(|&c| c as f32 - wmax(bits)).collect();
+            enc.write_segment(&s, &z, &w, &mut vec![0.0; 128], &mut out);
+            let mut back = vec![0u16; 128];
+            enc.unpack(&out, &s, &mut back);
+            assert_eq!(back, saq_codes, "bits {bits}");
+            // The kernel reads the same codes.
+            let a: Vec<f32> = (0..128).map(|i| (i % 7) as f32 - 3.0).collect();
+            let want: f32 = a.iter().zip(&saq_codes).map(|(x, &c)| x * c as f32).sum();
+            let got = (enc.k.dot_f32_bitplanes)(&a, s.all_planes(&out));
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "bits {bits}"
+            );
+        }
+    }
+}
