@@ -36,6 +36,8 @@ CONFIGS = {
     "nearq-pq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128)),
     "nearq-pq96-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, mmap=True, degree=32, build_ef=128)),
     "nearq-sq8-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", mmap=True, degree=32, build_ef=128)),
+    "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),
+    "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-qg-R32": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128)),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
