@@ -460,7 +460,11 @@ mod imp {
             };
             let cl = vreinterpretq_s8_u8(vandq_u8(x, nib));
             let ch = vreinterpretq_s8_u8(vshrq_n_u8::<4>(x));
-            let a = vmlal_s8(vmull_s8(vget_low_s8(cl), vget_low_s8(l)), vget_low_s8(ch), vget_low_s8(h));
+            let a = vmlal_s8(
+                vmull_s8(vget_low_s8(cl), vget_low_s8(l)),
+                vget_low_s8(ch),
+                vget_low_s8(h),
+            );
             let b = vmlal_high_s8(vmull_high_s8(cl, l), ch, h);
             acc[0] = vpadalq_s16(acc[0], a);
             acc[1] = vpadalq_s16(acc[1], b);
@@ -487,8 +491,14 @@ mod imp {
             let (x, l, h) = unsafe {
                 (
                     vmovl_u8(vld1_u8(p.as_ptr().add(i))),
-                    [vld1q_f32(lo.as_ptr().add(i)), vld1q_f32(lo.as_ptr().add(i + 4))],
-                    [vld1q_f32(hi.as_ptr().add(i)), vld1q_f32(hi.as_ptr().add(i + 4))],
+                    [
+                        vld1q_f32(lo.as_ptr().add(i)),
+                        vld1q_f32(lo.as_ptr().add(i + 4)),
+                    ],
+                    [
+                        vld1q_f32(hi.as_ptr().add(i)),
+                        vld1q_f32(hi.as_ptr().add(i + 4)),
+                    ],
                 )
             };
             let cl = vandq_u16(x, nib);

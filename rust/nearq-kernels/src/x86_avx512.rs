@@ -857,7 +857,11 @@ mod imp {
                 out: &mut [i32],
             ) {
                 assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
-                assert_eq!(lo.len(), hi.len(), "dot_u4_i8_split: slices of different lengths");
+                assert_eq!(
+                    lo.len(),
+                    hi.len(),
+                    "dot_u4_i8_split: slices of different lengths"
+                );
                 match lo.len().div_ceil(64) {
                     1 => $gather_n::<1>(base, stride, ids, lo, hi, out),
                     2 => $gather_n::<2>(base, stride, ids, lo, hi, out),

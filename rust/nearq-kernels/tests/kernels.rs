@@ -466,20 +466,32 @@ fn u4_split_kernels_match_the_packed_dot() {
         let want = scalar::dot_u4_i8(&packed, &q);
         assert_eq!(scalar::dot_u4_i8_split(&packed, &lo, &hi), want, "n={n}");
         for k in simd_tables() {
-            assert_eq!((k.dot_u4_i8_split)(&packed, &lo, &hi), want, "{} n={n}", k.isa);
+            assert_eq!(
+                (k.dot_u4_i8_split)(&packed, &lo, &hi),
+                want,
+                "{} n={n}",
+                k.isa
+            );
         }
     }
 }
 
 #[test]
 fn u4_split_kernels_are_exact_at_extremes() {
-    for n in [1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 192, 255, 256, 257, 300, 513] {
+    for n in [
+        1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 192, 255, 256, 257, 300, 513,
+    ] {
         let full = vec![0xFFu8; n];
         for (wl, wh) in [(i8::MIN, i8::MIN), (i8::MAX, i8::MAX), (i8::MIN, i8::MAX)] {
             let (lo, hi) = (vec![wl; n], vec![wh; n]);
             let want = 15 * (wl as i32 + wh as i32) * n as i32;
             for k in all_variants() {
-                assert_eq!((k.dot_u4_i8_split)(&full, &lo, &hi), want, "{} n={n}", k.isa);
+                assert_eq!(
+                    (k.dot_u4_i8_split)(&full, &lo, &hi),
+                    want,
+                    "{} n={n}",
+                    k.isa
+                );
             }
         }
     }

@@ -462,7 +462,10 @@ impl QuantizedGraph {
             ));
         }
         if nq == 0 {
-            return Err(to_py(py, Error::InvalidInput("queries is empty (0 rows)".into())));
+            return Err(to_py(
+                py,
+                Error::InvalidInput("queries is empty (0 rows)".into()),
+            ));
         }
         // `as_slice` also accepts Fortran order, whose memory order is not the rows'.
         let owned: Vec<f32>;
