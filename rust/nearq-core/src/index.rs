@@ -209,12 +209,13 @@ impl<E: Encoding> Scorer for CodeScorer<'_, E> {
     fn dist(&self, id: u32) -> f32 {
         self.enc.distance(self.q, self.codes.get(id as usize))
     }
-    /// The `lines` cache lines from the one holding the start of the code.
+    /// The `lines` cache lines from the one holding the start of the code, into L2: the
+    /// traversal fetches all new neighbours' codes at once.
     #[inline(always)]
     fn prefetch(&self, id: u32) {
         let p = (self.codes.ptr(id as usize) as usize & !63) as *const u8;
         for l in 0..self.lines {
-            crate::graph::search::prefetch_ptr(p.wrapping_add(64 * l));
+            crate::graph::search::prefetch_ptr_l2(p.wrapping_add(64 * l));
         }
     }
     #[inline(always)]
@@ -302,12 +303,12 @@ impl<E: Encoding> GraphIndex<E> {
         };
         let ef = beam.max(rerank);
         let pq = self.enc.prepare(q);
-        // The lines a code's traversal bytes can span: codes start at any multiple of
-        // gcd(stride, 64) within a line.
+        // The lines a code's traversal bytes can span (codes start at any multiple of
+        // gcd(stride, 64) within a line), all of them up to 4 KiB: a distance reads them all.
         let align = 1usize << self.codes.stride().trailing_zeros().min(6);
         let lines = (self.enc.traversal_bytes() + 64 - align)
             .div_ceil(64)
-            .min(8);
+            .min(64);
         let scorer = CodeScorer {
             enc: &self.enc,
             q: &pq,
@@ -367,7 +368,7 @@ impl<E: Encoding> GraphIndex<E> {
                     for &(_, id) in &cands {
                         let p = self.codes.ptr(id as usize) as usize;
                         for a in (p & !63..p + cs).step_by(64) {
-                            crate::graph::search::prefetch_ptr(a as *const u8);
+                            crate::graph::search::prefetch_ptr_l2(a as *const u8);
                         }
                     }
                 }
@@ -391,7 +392,7 @@ impl<E: Encoding> GraphIndex<E> {
                         for &(_, id) in &cands[..exact_n] {
                             let p = v[id as usize * dim..].as_ptr() as *const u8;
                             for l in 0..lines {
-                                crate::graph::search::prefetch_ptr(p.wrapping_add(64 * l));
+                                crate::graph::search::prefetch_ptr_l2(p.wrapping_add(64 * l));
                             }
                         }
                         cands.truncate(exact_n);

@@ -63,6 +63,7 @@ use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::storage::CodeStore;
+use nearq_kernels::scalar::U4_BLOCK;
 use nearq_kernels::{kernels, Kernels};
 
 /// Default `(primary, residual)` bits: LVQ-4x8, SVS's default and its advice for d > 200.
@@ -240,20 +241,44 @@ impl Lvq {
     ) {
         assert_eq!(ids.len(), out.len());
         if self.bits == 4 && codes.len() >= self.off1 {
-            let mut dots = [0i32; 64];
-            for (ids, out) in ids.chunks(64).zip(out.chunks_mut(64)) {
-                let dots = &mut dots[..ids.len()];
+            const B: usize = 64;
+            let (mut dots, mut consts, mut norms) = ([0i32; B], [0u32; B], [0f32; B]);
+            let l2 = self.metric == Metric::L2;
+            for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
+                let n = ids.len();
                 (self.k.dot_u4_i8_split_gather)(
                     &codes[self.off1..],
                     stride,
                     ids,
                     &q.z8,
                     &q.z8_hi,
-                    dots,
+                    &mut dots[..n],
                 );
-                for ((o, &id), &dot) in out.iter_mut().zip(ids).zip(dots.iter()) {
-                    let at = id as usize * stride;
-                    *o = self.finish_dot(q, dot, &codes[at..at + self.off1]);
+                // The constants (and L2 norms) gathered first, so that the arithmetic below
+                // runs over plain arrays and vectorises.
+                for (i, &id) in ids.iter().enumerate() {
+                    let c = &codes[id as usize * stride..][..self.off1];
+                    consts[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if l2 {
+                        norms[i] = Self::norm(c, 4);
+                    }
+                }
+                let (zs, zf, ss) = (q.zeta_s, q.zeta_fix, q.sumz_s);
+                let sc = dots[..n].iter().zip(&consts[..n]).map(|(&dot, &c)| {
+                    let (delta, l) = (f16_to_f32(c as u16), f16_to_f32((c >> 16) as u16));
+                    delta * (zs * dot as f32 + zf) + l * ss
+                });
+                match self.metric {
+                    Metric::L2 => {
+                        for ((o, s), &nm) in out.iter_mut().zip(sc).zip(&norms[..n]) {
+                            *o = (q.base - 2.0 * s + nm).max(0.0);
+                        }
+                    }
+                    m => {
+                        for (o, s) in out.iter_mut().zip(sc) {
+                            *o = m.from_dot(q.base + s);
+                        }
+                    }
                 }
             }
         } else {
@@ -288,6 +313,34 @@ impl Lvq {
             nearq_kernels::scalar::unpack_u4(codes, out);
         }
     }
+}
+
+/// `Σ v` accumulated in f64 over 8 interleaved partial sums (no long dependency chain).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Per-dimension weights split into those of the low and high nibbles of packed 4-bit codes
+/// (what [`nearq_kernels::scalar::u4_split_weights`] computes), a block of 64 at a time.
+fn split_u4<T: Copy + Default>(w: &[T]) -> (Vec<T>, Vec<T>) {
+    let h = w.len().div_ceil(2);
+    let (mut lo, mut hi) = (vec![T::default(); h], vec![T::default(); h]);
+    let (l, hh) = (lo.chunks_mut(U4_BLOCK / 2), hi.chunks_mut(U4_BLOCK / 2));
+    for ((b, l), hh) in w.chunks(U4_BLOCK).zip(l).zip(hh) {
+        // A block of r dimensions: the first ceil(r/2) in the low nibbles, the rest high.
+        let (a, c) = b.split_at(b.len().div_ceil(2));
+        l.copy_from_slice(a);
+        hh[..c.len()].copy_from_slice(c);
+    }
+    (lo, hi)
 }
 
 /// `2^bits - 1` as f32.
@@ -493,12 +546,17 @@ impl Encoding for Lvq {
         };
         let zmax = z.iter().fold(0f32, |m, x| m.max(x.abs()));
         let zeta = if zmax > 0.0 { zmax / 127.0 } else { 1.0 };
+        // Rounded half away from zero (`as` truncates toward zero), without a libm call.
+        let inv_zeta = 1.0 / zeta;
         let z8: Vec<i8> = z
             .iter()
-            .map(|x| (x / zeta).round().clamp(-127.0, 127.0) as i8)
+            .map(|&x| {
+                let v = (x * inv_zeta).clamp(-127.0, 127.0);
+                (v + 0.5f32.copysign(v)) as i8
+            })
             .collect();
         let inv_s = 1.0 / self.prescale;
-        let sumz: f32 = z.iter().map(|&x| x as f64).sum::<f64>() as f32;
+        let sumz = sum_f64(&z) as f32;
         let sumz8: i64 = z8.iter().map(|&x| x as i64).sum();
         let mid = 0.5 * levels(self.bits);
         let base = if self.metric == Metric::L2 {
@@ -507,25 +565,15 @@ impl Encoding for Lvq {
             (self.k.dot_f32)(q, &self.mean)
         };
         let (z8, z8_hi) = if self.bits == 4 {
-            let h = self.dim.div_ceil(2);
-            let (mut lo, mut hi) = (vec![0i8; h], vec![0i8; h]);
-            nearq_kernels::scalar::u4_split_weights(&z8, &mut lo, &mut hi);
-            (lo, hi)
+            split_u4(&z8)
         } else {
             (z8, Vec::new())
         };
-        let (mut zf_lo, mut zf_hi) = (Vec::new(), Vec::new());
-        if self.bits == 4 || self.residual == 4 {
-            let n = self.dim;
-            zf_lo.resize(n.div_ceil(2), 0.0);
-            zf_hi.resize(n.div_ceil(2), 0.0);
-            for (i, &x) in z.iter().enumerate() {
-                match nearq_kernels::scalar::u4_position(n, i) {
-                    (j, false) => zf_lo[j] = x,
-                    (j, true) => zf_hi[j] = x,
-                }
-            }
-        }
+        let (zf_lo, zf_hi) = if self.bits == 4 || self.residual == 4 {
+            split_u4(&z)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         LvqQuery {
             z,
             z8,
@@ -646,6 +694,17 @@ mod tests {
         }
         assert_eq!(f16_to_f32(f16_up(1e9)), 65504.0);
         assert_eq!(f16_to_f32(f16_down(-1e9)), -65504.0);
+    }
+
+    #[test]
+    fn split_weights_match_the_kernels_layout() {
+        for n in 0..=200usize {
+            let w: Vec<i8> = (0..n).map(|i| (i as i8).wrapping_mul(37) | 1).collect();
+            let (lo, hi) = split_u4(&w);
+            let (mut l2, mut h2) = (vec![0i8; n.div_ceil(2)], vec![0i8; n.div_ceil(2)]);
+            nearq_kernels::scalar::u4_split_weights(&w, &mut l2, &mut h2);
+            assert_eq!((lo, hi), (l2, h2), "n={n}");
+        }
     }
 
     #[test]

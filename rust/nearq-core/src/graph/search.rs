@@ -1,14 +1,6 @@
 //! Beam search over the graph with a sorted candidate pool and a generation-stamped visited set.
 
 use super::Graph;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// EXPERIMENT knobs (temporary).
-pub static KNOB: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
-#[inline(always)]
-pub fn knob(i: usize) -> usize {
-    KNOB[i].load(Relaxed)
-}
 
 /// Scores node ids against one prepared query.
 pub trait Scorer {
@@ -64,12 +56,6 @@ impl Visited {
         let seen = *m == self.gen;
         *m = self.gen;
         seen
-    }
-
-    /// Whether `i` is marked in this query.
-    #[inline(always)]
-    pub fn contains(&self, i: u32) -> bool {
-        self.marks[i as usize] == self.gen
     }
 
     #[inline(always)]
@@ -199,6 +185,21 @@ pub(crate) fn prefetch_ptr(p: *const u8) {
     let _ = p;
 }
 
+/// Hints the CPU to fetch the cache line at `p` into L2 (not L1): for data fetched in bulk
+/// ahead of use, such as the codes of all new neighbours of an expanded node, which would
+/// otherwise crowd L1 and its miss buffers. On the 50k MiniLM LVQ-4x8 index this made
+/// single-query search 10-15% faster than fetching into L1.
+#[inline(always)]
+pub(crate) fn prefetch_ptr_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p as *const i8, core::arch::x86_64::_MM_HINT_T1);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Hints the CPU to fetch node `i`'s adjacency row.
 #[inline(always)]
 fn prefetch_row(graph: &Graph, i: u32) {
@@ -272,17 +273,16 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
     }
     s.dists.resize(s.buf.len(), 0.0);
     scorer.dist_batch(&s.buf, &mut s.dists);
-    if knob(11) != 0 {
-        // A new neighbour nearer than the next candidate is expanded next: fetch its row now.
-        let mut best = (next_d.min(s.pool.threshold()), None);
-        for (&d, &u) in s.dists.iter().zip(&s.buf) {
-            if d < best.0 {
-                best = (d, Some(u));
-            }
+    // A new neighbour nearer than the candidate prefetched above will be expanded next
+    // instead: start fetching its row now.
+    let mut best = (next_d.min(s.pool.threshold()), None);
+    for (&d, &u) in s.dists.iter().zip(&s.buf) {
+        if d < best.0 {
+            best = (d, Some(u));
         }
-        if let (_, Some(u)) = best {
-            prefetch_row(graph, u);
-        }
+    }
+    if let (_, Some(u)) = best {
+        prefetch_row(graph, u);
     }
 }
 
