@@ -39,6 +39,13 @@ CONFIGS = {
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-qg-R32": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128)),
+    # The same with the kernels capped at AVX2 (NEARQ_SIMD), to compare dispatch levels in one run.
+    "nearq-qg-R32-avx2": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128, simd="avx2")),
+    "nearq-lvq4x8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
+    "nearq-tq4-mmap-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=32, build_ef=128, simd="avx2")),
+    "nearq-lvq4x8-nokeep-nohp": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128, hugepages=False)),
+    "nearq-lvq4x8-nokeep-a12": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128, alpha=1.2)),
+    "nearq-sq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
     "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),
@@ -61,6 +68,13 @@ CONFIGS = {
     "usearch-i8-M32": _e("usearch", "usearch_adapter", "USearch", dict(M=32, efConstruction=200, dtype="i8")),
     "svs-vamana-f32-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="f32")),
     "svs-vamana-f16-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="f16")),
+    # LVQ: Intel CPUs only (SVS refuses others).
+    "svs-lvq4x8-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="lvq4x8")),
+    "svs-lvq4x8-R32-cap2": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="lvq4x8", capacity=2)),
+    "svs-lvq8-R32": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="lvq8")),
+    "svs-lvq4x8-R32-a11": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="lvq4x8", alpha=1.1)),
+    "svs-vamana-f16-R32-a11": _e("svs", "svs_adapter", "SVSVamana", dict(R=32, L=128, dtype="f16", alpha=1.1)),
+    "svs-lvq4x8-R64": _e("svs", "svs_adapter", "SVSVamana", dict(R=64, L=200, dtype="lvq4x8")),
     # --- RaBitQ library -----------------------------------------------------------
     "rabitqlib-symqg-R32": _e("rabitqlib", "rabitqlib_adapter", "RQSymqg", dict(degree=32, efConstruction=200)),
     "rabitqlib-hnsw-4bit": _e("rabitqlib", "rabitqlib_adapter", "RQHnsw", dict(M=16, efConstruction=200, bits=4)),

@@ -11,8 +11,19 @@ import numpy as np
 from .base import Algo, import_or_skip
 
 
+def _set_simd(params):
+    """``simd="avx2"`` etc. caps nearq's kernel level (``NEARQ_SIMD``) and ``hugepages=False``
+    turns off the huge-page advice (``NEARQ_HUGEPAGES=0``) for this configuration; each
+    configuration runs in its own process, and both are read on first use."""
+    if params.get("simd"):
+        os.environ["NEARQ_SIMD"] = params["simd"]
+    if params.get("hugepages") is False:
+        os.environ["NEARQ_HUGEPAGES"] = "0"
+
+
 class NearQ(Algo):
     def fit(self, X, build_threads):
+        _set_simd(self.params)
         nearq = import_or_skip("nearq")
         if not hasattr(nearq, "Index"):
             from .base import Skip
@@ -28,10 +39,9 @@ class NearQ(Algo):
             keep_vectors=p.get("keep_vectors", True),
             degree=p.get("degree", 32),
             build_ef=p.get("build_ef", 128),
-            alpha=p.get("alpha", 1.2),
             threads=build_threads,
             seed=0,
-            **{k: p[k] for k in ("variant", "subspaces", "opq") if k in p},
+            **{k: p[k] for k in ("variant", "subspaces", "opq", "alpha") if k in p},
         )
         if p.get("mmap"):
             self._tmp = tempfile.TemporaryDirectory()

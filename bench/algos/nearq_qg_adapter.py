@@ -6,6 +6,9 @@ from .base import Algo, import_or_skip
 
 class NearQG(Algo):
     def fit(self, X, build_threads):
+        from .nearq_adapter import _set_simd
+
+        _set_simd(self.params)
         import_or_skip("nearq")
         from nearq.experimental import QuantizedGraph
 

@@ -44,8 +44,8 @@ class QuantizedGraph:
     ) -> "QuantizedGraph":
         """Builds the graph (``degree`` is rounded up to a multiple of 32).
 
-        ``alpha`` defaults lower than :meth:`nearq.Index.build`'s 1.2: every row is filled up
-        to ``degree`` with near neighbours anyway (a FastScan block scores all its slots at the
+        ``alpha`` defaults to 1.1 as in :meth:`nearq.Index.build`: every row is filled up to
+        ``degree`` with near neighbours anyway (a FastScan block scores all its slots at the
         same cost), so fewer long edges leave room for more local ones."""
         x = as_matrix(vectors, "vectors", allow_1d=False)
         inner = _nearq.QuantizedGraph.build(

@@ -713,7 +713,7 @@ fn check_matrix(what: &'static str, data: &[f32], dim: usize) -> Result<usize> {
 }
 
 fn normalized_copy(data: &[f32], dim: usize, metric: Metric) -> Vec<f32> {
-    let mut v = data.to_vec();
+    let mut v = crate::storage::copy_huge(data);
     if metric.normalizes() {
         v.par_chunks_mut(dim).for_each(normalize);
     }

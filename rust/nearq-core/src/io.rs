@@ -133,11 +133,17 @@ impl<'a> Reader<'a> {
     pub fn f32(&mut self) -> Result<f32> {
         Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
+    /// `count` little-endian floats, in storage advised to use huge pages (these are the
+    /// index's vectors, read at random by searches).
     pub fn f32s(&mut self, count: usize) -> Result<Vec<f32>> {
         let b = self.take_array(count, 4)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect())
+        let mut v = Vec::new();
+        crate::storage::reserve_huge(&mut v, count);
+        v.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        );
+        Ok(v)
     }
     pub fn i64s(&mut self, count: usize) -> Result<Vec<i64>> {
         let b = self.take_array(count, 8)?;
@@ -151,11 +157,16 @@ impl<'a> Reader<'a> {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect())
     }
+    /// `count` little-endian u32s, in storage advised to use huge pages (the graph's rows).
     pub fn u32s(&mut self, count: usize) -> Result<Vec<u32>> {
         let b = self.take_array(count, 4)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect())
+        let mut v = Vec::new();
+        crate::storage::reserve_huge(&mut v, count);
+        v.extend(
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
+        );
+        Ok(v)
     }
     /// A count field that must not exceed `max`.
     pub fn count(&mut self, what: &str, max: u64) -> Result<usize> {

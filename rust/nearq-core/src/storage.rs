@@ -14,6 +14,75 @@ use std::sync::Arc;
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// Size of a transparent huge page on the platforms that matter (x86-64, aarch64 with 4 KiB
+/// base pages).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int)
+        -> std::ffi::c_int;
+}
+
+/// Advises the kernel to back the whole huge pages inside `[ptr, ptr + len)` with transparent
+/// huge pages (`MADV_HUGEPAGE`; Linux only, advice only: the result is ignored, and without THP
+/// support nothing changes). Given before the first write, the page faults then map 2 MiB
+/// pages. A search touches codes, graph rows and vectors at random: with 4 KiB pages nearly
+/// every such access also misses the TLB once the arrays outgrow its reach (a few MiB).
+///
+/// `NEARQ_HUGEPAGES=0` in the environment turns the advice off (read once).
+pub(crate) fn advise_huge(ptr: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    if huge_pages_wanted() {
+        let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
+        let end = (ptr as usize + len) & !(HUGE_PAGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside an allocation the caller owns; MADV_HUGEPAGE (14)
+            // changes no contents and no mapping, only how future faults are served.
+            unsafe {
+                madvise(start as *mut std::ffi::c_void, end - start, 14);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+#[cfg(target_os = "linux")]
+fn huge_pages_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var("NEARQ_HUGEPAGES").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Reserves room for `extra` more elements of `v` (exactly), advising a new allocation to use
+/// huge pages before anything is written to it (see [`advise_huge`]).
+pub(crate) fn reserve_huge<T>(v: &mut Vec<T>, extra: usize) {
+    if v.capacity() - v.len() >= extra {
+        return;
+    }
+    v.reserve_exact(extra);
+    advise_huge(
+        v.as_ptr().cast(),
+        v.capacity() * std::mem::size_of::<T>(),
+    );
+}
+
+/// `n` copies of `x` in storage advised to use huge pages.
+pub(crate) fn vec_huge<T: Clone>(n: usize, x: T) -> Vec<T> {
+    let mut v = Vec::new();
+    reserve_huge(&mut v, n);
+    v.resize(n, x);
+    v
+}
+
+/// A copy of `src` in storage advised to use huge pages.
+pub(crate) fn copy_huge<T: Copy>(src: &[T]) -> Vec<T> {
+    let mut v = Vec::new();
+    reserve_huge(&mut v, src.len());
+    v.extend_from_slice(src);
+    v
+}
+
 enum Backing {
     Owned(Vec<Line>),
     Mapped { map: Arc<Mmap>, offset: usize },
@@ -66,7 +135,7 @@ impl CodeStore {
     fn owned_lines(&mut self) -> &mut Vec<Line> {
         if let Backing::Mapped { .. } = self.backing {
             let bytes = self.all_bytes()[..self.len * self.stride].to_vec();
-            let mut lines = vec![Line([0; 64]); bytes.len().div_ceil(64)];
+            let mut lines = vec_huge(bytes.len().div_ceil(64), Line([0; 64]));
             bytemuck::cast_slice_mut::<Line, u8>(&mut lines)[..bytes.len()].copy_from_slice(&bytes);
             self.backing = Backing::Owned(lines);
         }
@@ -85,8 +154,14 @@ impl CodeStore {
     }
 
     pub fn resize(&mut self, len: usize) {
-        let bytes = len * self.stride;
-        self.owned_lines().resize(bytes.div_ceil(64), Line([0; 64]));
+        let lines = (len * self.stride).div_ceil(64);
+        let v = self.owned_lines();
+        if lines > v.capacity() {
+            // Grown geometrically, so that adding vectors one call at a time stays amortised.
+            let want = lines.max(v.len() + v.len() / 2);
+            reserve_huge(v, want - v.len());
+        }
+        v.resize(lines, Line([0; 64]));
         self.len = len;
     }
 
@@ -205,7 +280,7 @@ impl F32Store {
 
     pub fn to_mut(&mut self) -> &mut Vec<f32> {
         if let F32Store::Mapped { .. } = self {
-            *self = F32Store::Owned(self.as_slice().to_vec());
+            *self = F32Store::Owned(copy_huge(self.as_slice()));
         }
         match self {
             F32Store::Owned(v) => v,

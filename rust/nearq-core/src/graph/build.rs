@@ -26,7 +26,7 @@ impl Default for BuildParams {
         BuildParams {
             degree: 32,
             build_ef: 128,
-            alpha: 1.2,
+            alpha: 1.1,
             seed: 0,
         }
     }

@@ -32,7 +32,7 @@ impl Graph {
     pub fn new(degree: usize, n: usize) -> Self {
         Graph {
             degree,
-            adj: vec![0; n * (degree + 1)],
+            adj: crate::storage::vec_huge(n * (degree + 1), 0),
         }
     }
 
@@ -74,7 +74,12 @@ impl Graph {
 
     /// Appends `m` empty rows.
     pub fn grow(&mut self, m: usize) {
-        self.adj.resize(self.adj.len() + m * (self.degree + 1), 0);
+        let extra = m * (self.degree + 1);
+        if self.adj.capacity() - self.adj.len() < extra {
+            let want = extra.max(self.adj.len() / 2);
+            crate::storage::reserve_huge(&mut self.adj, want);
+        }
+        self.adj.resize(self.adj.len() + extra, 0);
     }
 
     /// Keeps the rows whose `new_id` is not `u32::MAX`, renumbered by `new_id`, dropping edges
