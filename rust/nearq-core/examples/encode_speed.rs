@@ -7,7 +7,8 @@
 //! ```
 //! (FILTER: run only the encodings whose name contains it.)
 //! Prints one line per encoding: name, train seconds, encode seconds, vectors/s (train +
-//! encode, and encode only), on THREADS threads (default 1).
+//! encode, and encode only), on THREADS threads (default 1), and the mean squared
+//! reconstruction error `mean ||x - decode(encode(x))||^2` where the encoding decodes.
 
 use nearq_core::encoding::{
     Encoding, Lvq, Pq, PqConfig, RaBitQ, RaBitQConfig, Sq8, TurboQuant, TurboQuantVariant,
@@ -34,8 +35,28 @@ fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl FnOnce() -
         .zip(data.par_chunks_exact(dim))
         .for_each(|(c, v)| enc.encode(v, c));
     let t_enc = t1.elapsed().as_secs_f64();
+    // Mean squared reconstruction error, where the encoding can decode.
+    let mut rec = vec![0f32; dim];
+    let mut err = 0f64;
+    let mut decoded = true;
+    for (c, v) in codes.chunks_exact(cs).zip(data.chunks_exact(dim)) {
+        decoded &= enc.decode(c, &mut rec);
+        if !decoded {
+            break;
+        }
+        err += v
+            .iter()
+            .zip(&rec)
+            .map(|(a, b)| ((a - b) * (a - b)) as f64)
+            .sum::<f64>();
+    }
+    let mse = if decoded && n > 0 {
+        format!("  mse {:.6}", err / n as f64)
+    } else {
+        String::new()
+    };
     println!(
-        "{name:<22} train {t_train:8.3}s  encode {t_enc:8.3}s  total {:>12.0} vec/s  encode-only {:>12.0} vec/s  ({cs} B/vec)",
+        "{name:<22} train {t_train:8.3}s  encode {t_enc:8.3}s  total {:>12.0} vec/s  encode-only {:>12.0} vec/s  ({cs} B/vec){mse}",
         n as f64 / (t_train + t_enc),
         n as f64 / t_enc
     );

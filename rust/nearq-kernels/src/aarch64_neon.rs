@@ -47,6 +47,7 @@ static TABLE: Kernels = Kernels {
     fastscan_u16,
     fwht_f32,
     fastscan_lut_u8,
+    nearest_centroid_t,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -132,6 +133,17 @@ fn fwht_f32(x: &mut [f32]) {
 fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::fastscan_lut_u8(w, scale, out) }
+}
+
+fn nearest_centroid_t(
+    xt: &[f32],
+    stride: usize,
+    centroids: &[f32],
+    norms: &[f32],
+    out: &mut [u32],
+) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
 }
 
 mod imp {
@@ -672,6 +684,122 @@ mod imp {
             let b = vcombine_u8(vmovn_u16(lo16), vmovn_u16(hi16));
             // SAFETY: 16j + 16 <= 16m = out.len().
             unsafe { vst1q_u8(out.as_mut_ptr().add(16 * j), b) };
+        }
+    }
+
+    /// Points in lanes, four groups of 4 per step (independent dependency chains), each
+    /// centroid coordinate multiplied by element (`fmul` by scalar, no FMA); every lane follows
+    /// the reference order of operations, so the result is bit-identical. The best distance
+    /// and index are selected with `bsl` (`fmin` would propagate NaN). The last `n % 16` points
+    /// are padded to a full step.
+    #[target_feature(enable = "neon")]
+    pub(super) fn nearest_centroid_t(
+        xt: &[f32],
+        stride: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        use crate::scalar::nearest_t_dim;
+        let dim = nearest_t_dim(xt, stride, centroids, norms, out);
+        let w = 4 * GROUPS;
+        let full = out.len() / w * w;
+        let (head, tail) = out.split_at_mut(full);
+        nearest_t_any(xt, stride, dim, centroids, norms, head);
+        if !tail.is_empty() {
+            // The last points, padded with zeros to one step.
+            let mut pad = vec![0.0f32; dim * w];
+            for (t, p) in pad.chunks_exact_mut(w).enumerate() {
+                p[..tail.len()].copy_from_slice(&xt[t * stride + full..][..tail.len()]);
+            }
+            let mut o = vec![0u32; w];
+            nearest_t_any(&pad, w, dim, centroids, norms, &mut o);
+            tail.copy_from_slice(&o[..tail.len()]);
+        }
+    }
+
+    /// Points in steps of `GROUPS` registers.
+    const GROUPS: usize = 4;
+
+    /// `out.len()` a multiple of the step; arguments checked.
+    #[target_feature(enable = "neon")]
+    fn nearest_t_any(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        c: &[f32],
+        nm: &[f32],
+        out: &mut [u32],
+    ) {
+        match dim {
+            1 => nearest_t_block::<1, GROUPS>(xt, stride, 1, c, nm, out),
+            2 => nearest_t_block::<2, GROUPS>(xt, stride, 2, c, nm, out),
+            3 => nearest_t_block::<3, GROUPS>(xt, stride, 3, c, nm, out),
+            4 => nearest_t_block::<4, GROUPS>(xt, stride, 4, c, nm, out),
+            5 => nearest_t_block::<5, GROUPS>(xt, stride, 5, c, nm, out),
+            6 => nearest_t_block::<6, GROUPS>(xt, stride, 6, c, nm, out),
+            7 => nearest_t_block::<7, GROUPS>(xt, stride, 7, c, nm, out),
+            8 => nearest_t_block::<8, GROUPS>(xt, stride, 8, c, nm, out),
+            _ => nearest_t_block::<0, GROUPS>(xt, stride, dim, c, nm, out),
+        }
+    }
+
+    /// `out.len()` a multiple of `4 G`; `D == dim`, or `D == 0` for any `dim` (coordinates
+    /// kept in a buffer instead of registers).
+    #[target_feature(enable = "neon")]
+    fn nearest_t_block<const D: usize, const G: usize>(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        let m2 = vdupq_n_f32(-2.0);
+        let inf = vdupq_n_f32(f32::INFINITY);
+        let mut xd = vec![[m2; G]; dim];
+        let mut xr = [[m2; G]; D];
+        for (g, o) in out.chunks_exact_mut(4 * G).enumerate() {
+            for (t, x) in xd.iter_mut().enumerate() {
+                let row = &xt[t * stride + 4 * G * g..][..4 * G];
+                for (l, x) in x.iter_mut().enumerate() {
+                    // SAFETY: `row` holds 4 G floats.
+                    *x = vmulq_f32(m2, unsafe { vld1q_f32(row.as_ptr().add(4 * l)) });
+                }
+            }
+            if D > 0 {
+                xr.copy_from_slice(&xd[..D]);
+            }
+            let mut best = [inf; G];
+            let mut idx = [vdupq_n_u32(0); G];
+            let mut jv = vdupq_n_u32(0);
+            let one = vdupq_n_u32(1);
+            for (c, &nj) in centroids.chunks_exact(dim).zip(norms) {
+                let mut d = [vdupq_n_f32(nj); G];
+                if D > 0 {
+                    for t in 0..D {
+                        for l in 0..G {
+                            d[l] = vaddq_f32(d[l], vmulq_n_f32(xr[t][l], c[t]));
+                        }
+                    }
+                } else {
+                    for (t, &cv) in c.iter().enumerate() {
+                        for l in 0..G {
+                            d[l] = vaddq_f32(d[l], vmulq_n_f32(xd[t][l], cv));
+                        }
+                    }
+                }
+                for l in 0..G {
+                    let m = vcltq_f32(d[l], best[l]);
+                    best[l] = vbslq_f32(m, d[l], best[l]);
+                    idx[l] = vbslq_u32(m, jv, idx[l]);
+                }
+                jv = vaddq_u32(jv, one);
+            }
+            for (l, v) in idx.iter().enumerate() {
+                // SAFETY: `o` holds 4 G u32.
+                unsafe { vst1q_u32(o.as_mut_ptr().add(4 * l), *v) };
+            }
         }
     }
 }

@@ -142,6 +142,11 @@ pub struct Kernels {
     /// The u8 FastScan tables of 4-dimension groups of float weights; bit-identical to
     /// [`scalar::fastscan_lut_u8`].
     pub fastscan_lut_u8: fn(w: &[f32], scale: f32, out: &mut [u8]),
+    /// Nearest of `norms.len()` centroids for each of `out.len()` points stored transposed
+    /// (k-means on short vectors); bit-identical to [`scalar::nearest_centroid_t`].
+    #[allow(clippy::type_complexity)]
+    pub nearest_centroid_t:
+        fn(xt: &[f32], stride: usize, centroids: &[f32], norms: &[f32], out: &mut [u32]),
 }
 
 impl std::fmt::Debug for Kernels {
@@ -171,6 +176,7 @@ static SCALAR: Kernels = Kernels {
     fastscan_u16: scalar::fastscan_u16,
     fwht_f32: scalar::fwht_f32,
     fastscan_lut_u8: scalar::fastscan_lut_u8,
+    nearest_centroid_t: scalar::nearest_centroid_t,
 };
 
 /// The kernel table for `level`, or `None` if this CPU cannot run it.

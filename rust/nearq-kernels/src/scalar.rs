@@ -378,3 +378,88 @@ pub fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
         }
     }
 }
+
+/// Checks the arguments of [`nearest_centroid_t`]; returns the dimension.
+#[inline]
+pub(crate) fn nearest_t_dim(
+    xt: &[f32],
+    stride: usize,
+    centroids: &[f32],
+    norms: &[f32],
+    out: &[u32],
+) -> usize {
+    let k = norms.len();
+    assert!(
+        k > 0 && k <= u32::MAX as usize,
+        "nearest_centroid: need 1..=u32::MAX centroids"
+    );
+    assert!(
+        !centroids.is_empty() && centroids.len().is_multiple_of(k),
+        "nearest_centroid: centroids.len() must be a positive multiple of norms.len()"
+    );
+    let dim = centroids.len() / k;
+    if !out.is_empty() {
+        assert!(
+            stride >= out.len()
+                && (dim - 1)
+                    .checked_mul(stride)
+                    .and_then(|s| s.checked_add(out.len()))
+                    .is_some_and(|need| xt.len() >= need),
+            "nearest_centroid: xt too short for out.len() points of {dim} coordinates at this stride"
+        );
+    }
+    dim
+}
+
+/// Nearest centroid of point `i` for [`nearest_centroid_t`]: the exact reference order.
+#[inline]
+pub(crate) fn nearest_t_one(
+    xt: &[f32],
+    stride: usize,
+    i: usize,
+    dim: usize,
+    centroids: &[f32],
+    norms: &[f32],
+) -> u32 {
+    let mut best = (0u32, f32::INFINITY);
+    for (j, (c, &nj)) in centroids.chunks_exact(dim).zip(norms).enumerate() {
+        let mut d = nj;
+        for (t, &ct) in c.iter().enumerate() {
+            d += (-2.0 * xt[t * stride + i]) * ct;
+        }
+        if d < best.1 {
+            best = (j as u32, d);
+        }
+    }
+    best.0
+}
+
+/// Nearest-centroid assignment of points stored transposed (k-means on short vectors, such as
+/// PQ sub-spaces).
+///
+/// There are `k = norms.len()` centroids, `centroids` is `k × dim` row-major
+/// (`dim = centroids.len() / k`) and `norms[j]` is meant to be `||c_j||^2`. Point `i`
+/// (`i < out.len()`) has coordinate `t` at `xt[t * stride + i]`, so `stride >= out.len()`.
+/// `out[i]` is the smallest `j` minimising
+///
+/// ```text
+/// d_j = (((norms[j] + (-2 x_0) c_j0) + (-2 x_1) c_j1) + ...) + (-2 x_{dim-1}) c_j,dim-1
+/// ```
+///
+/// (`||x - c_j||^2 - ||x||^2`), each product and sum rounded separately in exactly this order
+/// (no fused multiply-add), a `NaN` never chosen and `0` when no `d_j` is below `+inf`. The
+/// SIMD variants put points in lanes and follow the same order, so they are bit-identical.
+/// Panics when `k == 0`, `centroids.len()` is not a positive multiple of `k`, or `xt` is too
+/// short.
+pub fn nearest_centroid_t(
+    xt: &[f32],
+    stride: usize,
+    centroids: &[f32],
+    norms: &[f32],
+    out: &mut [u32],
+) {
+    let dim = nearest_t_dim(xt, stride, centroids, norms, out);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = nearest_t_one(xt, stride, i, dim, centroids, norms);
+    }
+}

@@ -50,6 +50,7 @@ static TABLE: Kernels = Kernels {
     fastscan_u16,
     fwht_f32,
     fastscan_lut_u8,
+    nearest_centroid_t,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -135,6 +136,17 @@ fn fwht_f32(x: &mut [f32]) {
 fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::fastscan_lut_u8(w, scale, out) }
+}
+
+fn nearest_centroid_t(
+    xt: &[f32],
+    stride: usize,
+    centroids: &[f32],
+    norms: &[f32],
+    out: &mut [u32],
+) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
 }
 
 mod imp {
@@ -792,6 +804,127 @@ mod imp {
             let b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, order));
             // SAFETY: 16j + 16 <= 16m = out.len().
             unsafe { _mm_storeu_si128(out.as_mut_ptr().add(16 * j).cast(), b) };
+        }
+    }
+
+    /// Points in lanes, four groups of 8 per step (independent dependency chains), each
+    /// centroid broadcast; every lane follows the reference order of operations (separate
+    /// multiply and add, no FMA), so the result is bit-identical. The best index is kept as
+    /// float bits and blended. The last `n % 32` points are padded to a full step.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn nearest_centroid_t(
+        xt: &[f32],
+        stride: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        use crate::scalar::nearest_t_dim;
+        let dim = nearest_t_dim(xt, stride, centroids, norms, out);
+        let w = 8 * GROUPS;
+        let full = out.len() / w * w;
+        let (head, tail) = out.split_at_mut(full);
+        nearest_t_any(xt, stride, dim, centroids, norms, head);
+        if !tail.is_empty() {
+            // The last points, padded with zeros to one step.
+            let mut pad = vec![0.0f32; dim * w];
+            for (t, p) in pad.chunks_exact_mut(w).enumerate() {
+                p[..tail.len()].copy_from_slice(&xt[t * stride + full..][..tail.len()]);
+            }
+            let mut o = vec![0u32; w];
+            nearest_t_any(&pad, w, dim, centroids, norms, &mut o);
+            tail.copy_from_slice(&o[..tail.len()]);
+        }
+    }
+
+    /// Points in steps of `GROUPS` registers.
+    const GROUPS: usize = 4;
+
+    /// `out.len()` a multiple of the step; arguments checked.
+    #[target_feature(enable = "avx2,fma")]
+    fn nearest_t_any(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        c: &[f32],
+        nm: &[f32],
+        out: &mut [u32],
+    ) {
+        match dim {
+            1 => nearest_t_block::<1, GROUPS>(xt, stride, 1, c, nm, out),
+            2 => nearest_t_block::<2, GROUPS>(xt, stride, 2, c, nm, out),
+            3 => nearest_t_block::<3, GROUPS>(xt, stride, 3, c, nm, out),
+            4 => nearest_t_block::<4, GROUPS>(xt, stride, 4, c, nm, out),
+            5 => nearest_t_block::<5, GROUPS>(xt, stride, 5, c, nm, out),
+            6 => nearest_t_block::<6, GROUPS>(xt, stride, 6, c, nm, out),
+            7 => nearest_t_block::<7, GROUPS>(xt, stride, 7, c, nm, out),
+            8 => nearest_t_block::<8, GROUPS>(xt, stride, 8, c, nm, out),
+            _ => nearest_t_block::<0, GROUPS>(xt, stride, dim, c, nm, out),
+        }
+    }
+
+    /// `out.len()` a multiple of `8 G`; `D == dim`, or `D == 0` for any `dim` (coordinates
+    /// kept in a buffer instead of registers).
+    #[target_feature(enable = "avx2,fma")]
+    fn nearest_t_block<const D: usize, const G: usize>(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        let m2 = _mm256_set1_ps(-2.0);
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let mut xd = vec![[m2; G]; dim];
+        let mut xr = [[m2; G]; D];
+        for (g, o) in out.chunks_exact_mut(8 * G).enumerate() {
+            for (t, x) in xd.iter_mut().enumerate() {
+                let row = &xt[t * stride + 8 * G * g..][..8 * G];
+                for (l, x) in x.iter_mut().enumerate() {
+                    // SAFETY: `row` holds 8 G floats.
+                    *x = _mm256_mul_ps(m2, unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * l)) });
+                }
+            }
+            if D > 0 {
+                xr.copy_from_slice(&xd[..D]);
+            }
+            let mut best = [inf; G];
+            let mut idx = [_mm256_setzero_ps(); G];
+            let mut jv = _mm256_setzero_si256();
+            let one = _mm256_set1_epi32(1);
+            for (c, &nj) in centroids.chunks_exact(dim).zip(norms) {
+                let mut d = [_mm256_set1_ps(nj); G];
+                if D > 0 {
+                    for t in 0..D {
+                        let ct = _mm256_set1_ps(c[t]);
+                        for l in 0..G {
+                            d[l] = _mm256_add_ps(d[l], _mm256_mul_ps(xr[t][l], ct));
+                        }
+                    }
+                } else {
+                    for (t, &cv) in c.iter().enumerate() {
+                        let ct = _mm256_set1_ps(cv);
+                        for l in 0..G {
+                            d[l] = _mm256_add_ps(d[l], _mm256_mul_ps(xd[t][l], ct));
+                        }
+                    }
+                }
+                let j = _mm256_castsi256_ps(jv);
+                for l in 0..G {
+                    let m = _mm256_cmp_ps::<_CMP_LT_OQ>(d[l], best[l]);
+                    // vminps(d, b) = d < b ? d : b: a NaN never replaces the best.
+                    best[l] = _mm256_min_ps(d[l], best[l]);
+                    idx[l] = _mm256_blendv_ps(idx[l], j, m);
+                }
+                jv = _mm256_add_epi32(jv, one);
+            }
+            for (l, v) in idx.iter().enumerate() {
+                // SAFETY: `o` holds 8 G u32.
+                unsafe {
+                    _mm256_storeu_si256(o.as_mut_ptr().add(8 * l).cast(), _mm256_castps_si256(*v))
+                };
+            }
         }
     }
 }

@@ -100,6 +100,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         fastscan_u16,
         fwht_f32,
         fastscan_lut_u8,
+        nearest_centroid_t,
     }))
 }
 
@@ -223,6 +224,17 @@ fn fwht_f32(x: &mut [f32]) {
 fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::fastscan_lut_u8(w, scale, out) }
+}
+
+fn nearest_centroid_t(
+    xt: &[f32],
+    stride: usize,
+    centroids: &[f32],
+    norms: &[f32],
+    out: &mut [u32],
+) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
 }
 
 mod imp {
@@ -1168,6 +1180,123 @@ mod imp {
             let b = _mm512_cvtepi32_epi8(_mm512_castps_si512(v));
             // SAFETY: 16j + 16 <= 16m = out.len().
             unsafe { _mm_storeu_si128(out.as_mut_ptr().add(16 * j).cast(), b) };
+        }
+    }
+
+    /// Points in lanes, four groups of 16 per step (independent dependency chains), each
+    /// centroid broadcast; every lane follows the reference order of operations, so the result
+    /// is bit-identical. The last `n % 64` points are padded to a full step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn nearest_centroid_t(
+        xt: &[f32],
+        stride: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        use crate::scalar::nearest_t_dim;
+        let dim = nearest_t_dim(xt, stride, centroids, norms, out);
+        let w = 16 * GROUPS;
+        let full = out.len() / w * w;
+        let (head, tail) = out.split_at_mut(full);
+        nearest_t_any(xt, stride, dim, centroids, norms, head);
+        if !tail.is_empty() {
+            // The last points, padded with zeros to one step.
+            let mut pad = vec![0.0f32; dim * w];
+            for (t, p) in pad.chunks_exact_mut(w).enumerate() {
+                p[..tail.len()].copy_from_slice(&xt[t * stride + full..][..tail.len()]);
+            }
+            let mut o = vec![0u32; w];
+            nearest_t_any(&pad, w, dim, centroids, norms, &mut o);
+            tail.copy_from_slice(&o[..tail.len()]);
+        }
+    }
+
+    /// Points in steps of `GROUPS` registers.
+    const GROUPS: usize = 4;
+
+    /// `out.len()` a multiple of the step; arguments checked.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn nearest_t_any(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        c: &[f32],
+        nm: &[f32],
+        out: &mut [u32],
+    ) {
+        match dim {
+            1 => nearest_t_block::<1, GROUPS>(xt, stride, 1, c, nm, out),
+            2 => nearest_t_block::<2, GROUPS>(xt, stride, 2, c, nm, out),
+            3 => nearest_t_block::<3, GROUPS>(xt, stride, 3, c, nm, out),
+            4 => nearest_t_block::<4, GROUPS>(xt, stride, 4, c, nm, out),
+            5 => nearest_t_block::<5, GROUPS>(xt, stride, 5, c, nm, out),
+            6 => nearest_t_block::<6, GROUPS>(xt, stride, 6, c, nm, out),
+            7 => nearest_t_block::<7, GROUPS>(xt, stride, 7, c, nm, out),
+            8 => nearest_t_block::<8, GROUPS>(xt, stride, 8, c, nm, out),
+            _ => nearest_t_block::<0, GROUPS>(xt, stride, dim, c, nm, out),
+        }
+    }
+
+    /// `out.len()` a multiple of `16 G`; `D == dim`, or `D == 0` for any `dim` (coordinates
+    /// kept in a buffer instead of registers).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn nearest_t_block<const D: usize, const G: usize>(
+        xt: &[f32],
+        stride: usize,
+        dim: usize,
+        centroids: &[f32],
+        norms: &[f32],
+        out: &mut [u32],
+    ) {
+        let m2 = _mm512_set1_ps(-2.0);
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let mut xd = vec![[m2; G]; dim];
+        let mut xr = [[m2; G]; D];
+        for (g, o) in out.chunks_exact_mut(16 * G).enumerate() {
+            for (t, x) in xd.iter_mut().enumerate() {
+                let row = &xt[t * stride + 16 * G * g..][..16 * G];
+                for (l, x) in x.iter_mut().enumerate() {
+                    // SAFETY: `row` holds 16 G floats.
+                    *x = _mm512_mul_ps(m2, unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * l)) });
+                }
+            }
+            if D > 0 {
+                xr.copy_from_slice(&xd[..D]);
+            }
+            let mut best = [inf; G];
+            let mut idx = [_mm512_setzero_si512(); G];
+            let mut jv = _mm512_setzero_si512();
+            let one = _mm512_set1_epi32(1);
+            for (c, &nj) in centroids.chunks_exact(dim).zip(norms) {
+                let mut d = [_mm512_set1_ps(nj); G];
+                if D > 0 {
+                    for t in 0..D {
+                        let ct = _mm512_set1_ps(c[t]);
+                        for l in 0..G {
+                            d[l] = _mm512_add_ps(d[l], _mm512_mul_ps(xr[t][l], ct));
+                        }
+                    }
+                } else {
+                    for (t, &cv) in c.iter().enumerate() {
+                        let ct = _mm512_set1_ps(cv);
+                        for l in 0..G {
+                            d[l] = _mm512_add_ps(d[l], _mm512_mul_ps(xd[t][l], ct));
+                        }
+                    }
+                }
+                for l in 0..G {
+                    let m = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d[l], best[l]);
+                    // vminps(d, b) = d < b ? d : b: a NaN never replaces the best.
+                    best[l] = _mm512_min_ps(d[l], best[l]);
+                    idx[l] = _mm512_mask_mov_epi32(idx[l], m, jv);
+                }
+                jv = _mm512_add_epi32(jv, one);
+            }
+            for (l, v) in idx.iter().enumerate() {
+                // SAFETY: `o` holds 16 G u32.
+                unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(16 * l).cast(), *v) };
+            }
         }
     }
 }

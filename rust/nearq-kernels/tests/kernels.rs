@@ -707,6 +707,182 @@ fn fastscan_lut_rejects_bad_lengths() {
     }
 }
 
+// ---- nearest centroid, points stored transposed ----
+
+/// `n` points of `dim` coordinates stored transposed at `stride` (after `off` leading
+/// floats), drawn from a few values so that exact ties between centroids occur.
+fn nearest_case(rng: &mut Rng, n: usize, dim: usize, k: usize, coarse: bool) -> NearestCase {
+    let stride = n + (rng.next() % 5) as usize;
+    let off = (rng.next() % 4) as usize;
+    let draw = |rng: &mut Rng, len: usize| -> Vec<f32> {
+        if coarse {
+            (0..len).map(|_| (rng.next() % 5) as f32 - 2.0).collect()
+        } else {
+            rng.floats(len)
+        }
+    };
+    let xt = draw(rng, off + dim * stride);
+    let centroids = draw(rng, k * dim);
+    let norms = centroids
+        .chunks_exact(dim)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    NearestCase {
+        xt,
+        off,
+        stride,
+        centroids,
+        norms,
+        n,
+    }
+}
+
+type NearestFn = fn(&[f32], usize, &[f32], &[f32], &mut [u32]);
+
+struct NearestCase {
+    xt: Vec<f32>,
+    off: usize,
+    stride: usize,
+    centroids: Vec<f32>,
+    norms: Vec<f32>,
+    n: usize,
+}
+
+impl NearestCase {
+    fn run(&self, f: NearestFn) -> Vec<u32> {
+        let mut out = vec![u32::MAX; self.n + 2];
+        f(
+            &self.xt[self.off..],
+            self.stride,
+            &self.centroids,
+            &self.norms,
+            &mut out[1..self.n + 1],
+        );
+        assert_eq!(
+            (out[0], out[self.n + 1]),
+            (u32::MAX, u32::MAX),
+            "wrote outside out"
+        );
+        out[1..self.n + 1].to_vec()
+    }
+}
+
+#[test]
+fn nearest_centroid_matches_scalar_exactly() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let dims = [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 33];
+    let ks = [1usize, 2, 5, 16, 17, 256];
+    let ns = [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100];
+    for &dim in &dims {
+        for &k in &ks {
+            for &n in &ns {
+                for coarse in [false, true] {
+                    let case = nearest_case(&mut rng, n, dim, k, coarse);
+                    let want = case.run(scalar::nearest_centroid_t);
+                    assert!(want.iter().all(|&j| (j as usize) < k));
+                    for kt in simd_tables() {
+                        let got = case.run(kt.nearest_centroid_t);
+                        assert_eq!(
+                            got, want,
+                            "{} dim={dim} k={k} n={n} coarse={coarse}",
+                            kt.isa
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nearest_centroid_is_the_first_nearest() {
+    // Centroid 3 repeats centroid 1 and centroid 0 is far: every point near centroid 1 must
+    // get 1 (the first of the tie), in every variant; a NaN point gets 0.
+    let dim = 4;
+    let centroids: Vec<f32> = [
+        [9.0f32, 9.0, 9.0, 9.0],
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [1.0, 0.0, 0.0, 0.0],
+    ]
+    .concat();
+    let norms: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    let n = 40;
+    let mut xt = vec![0.0f32; dim * n];
+    for i in 0..n {
+        xt[i] = 1.0 + i as f32 * 1e-3; // coordinate 0
+        xt[n + i] = 0.25; // coordinate 1
+    }
+    xt[5] = f32::NAN;
+    xt[n + 20] = f32::NAN;
+    for kt in all_variants() {
+        let mut out = vec![7u32; n];
+        (kt.nearest_centroid_t)(&xt, n, &centroids, &norms, &mut out);
+        for (i, &o) in out.iter().enumerate() {
+            let want = if i == 5 || i == 20 { 0 } else { 1 };
+            assert_eq!(o, want, "{} point {i}", kt.isa);
+        }
+    }
+}
+
+#[test]
+fn nearest_centroid_agrees_with_brute_force_distance() {
+    let mut rng = Rng(77);
+    for dim in [2usize, 4, 8] {
+        let case = nearest_case(&mut rng, 200, dim, 64, false);
+        let got = case.run(kernels_for(SimdLevel::Scalar).unwrap().nearest_centroid_t);
+        let xt = &case.xt[case.off..];
+        for (i, &g) in got.iter().enumerate() {
+            let d = |j: usize| -> f64 {
+                (0..dim)
+                    .map(|t| {
+                        let e = xt[t * case.stride + i] as f64 - case.centroids[j * dim + t] as f64;
+                        e * e
+                    })
+                    .sum()
+            };
+            let best = (0..64).map(d).fold(f64::INFINITY, f64::min);
+            assert!(
+                d(g as usize) <= best + 1e-3,
+                "dim={dim} point {i}: {} vs {best}",
+                d(g as usize)
+            );
+        }
+    }
+}
+
+#[test]
+fn nearest_centroid_rejects_bad_lengths() {
+    let c = [0.0f32; 8];
+    for kt in all_variants() {
+        // (xt len, stride, centroids len, norms len, n)
+        for (xl, stride, cl, nl, n) in [
+            (8usize, 4usize, 8usize, 0usize, 4usize), // no centroids
+            (8, 4, 7, 2, 4),                          // centroids not a multiple of k
+            (7, 4, 8, 4, 4),                          // xt one short (dim 2)
+            (8, 3, 8, 4, 4),                          // stride below n
+        ] {
+            let r = std::panic::catch_unwind(|| {
+                (kt.nearest_centroid_t)(
+                    &vec![0.0; xl],
+                    stride,
+                    &c[..cl],
+                    &vec![0.0; nl],
+                    &mut vec![0; n],
+                )
+            });
+            assert!(
+                r.is_err(),
+                "{} accepted xt {xl} stride {stride} c {cl} k {nl} n {n}",
+                kt.isa
+            );
+        }
+    }
+}
+
 fn config() -> ProptestConfig {
     let mut c = ProptestConfig::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {

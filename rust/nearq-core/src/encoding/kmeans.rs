@@ -12,11 +12,15 @@
 //! float rounding in the nearest-centroid search).
 //!
 //! Nearest-centroid search uses `||x - c||^2 = ||x||^2 + ||c||^2 - 2<x, c>`. For short vectors
-//! (PQ sub-spaces of a few dimensions) the centroids are stored transposed, so the inner loop
-//! runs over centroids and vectorises; long vectors use the dot-product kernel per centroid.
+//! (PQ sub-spaces of a few dimensions) training stores the sample transposed once and assigns
+//! it with the run-time dispatched `nearest_centroid_t` kernel, which puts points in SIMD
+//! lanes and broadcasts each centroid (no horizontal argmin); it is bit-identical to the
+//! scalar order of operations, so codebooks do not depend on the instruction set. A single
+//! short vector ([`Nearest::nearest`]) uses centroids stored transposed, so the inner loop runs
+//! over centroids and vectorises; long vectors use the dot-product kernel per centroid.
 
 use super::rotation::SplitMix;
-use nearq_kernels::{kernels, Kernels};
+use nearq_kernels::{kernels, Kernels, SimdLevel};
 use rayon::prelude::*;
 
 /// Default Lloyd iterations.
@@ -196,7 +200,21 @@ pub fn train(data: &[f32], dim: usize, cfg: &KMeansConfig) -> KMeans {
 
 /// Runs `iters` Lloyd iterations on all rows of `sample`, starting from `centroids`
 /// (`k × dim`); used directly to warm-start (OPQ re-trains codebooks after each rotation).
-pub fn train_from(sample: &[f32], dim: usize, mut centroids: Vec<f32>, iters: usize) -> KMeans {
+pub fn train_from(sample: &[f32], dim: usize, centroids: Vec<f32>, iters: usize) -> KMeans {
+    // The scalar table has no lanes to fill; `Nearest` is faster there and gives the same bits.
+    let transposed = dim <= SHORT_DIM && kernels().level != SimdLevel::Scalar;
+    lloyd(sample, dim, centroids, iters, transposed)
+}
+
+/// Lloyd iterations; `transposed` assigns with the transposed-sample kernel (short vectors),
+/// otherwise with [`Nearest::assign`]; both give the same result bit for bit.
+fn lloyd(
+    sample: &[f32],
+    dim: usize,
+    mut centroids: Vec<f32>,
+    iters: usize,
+    transposed: bool,
+) -> KMeans {
     let n = sample.len() / dim;
     let k = centroids.len() / dim;
     let mut objective = Vec::with_capacity(iters);
@@ -209,8 +227,18 @@ pub fn train_from(sample: &[f32], dim: usize, mut centroids: Vec<f32>, iters: us
     }
     let mut sums = vec![0.0f64; k * dim];
     let mut counts = vec![0usize; k];
+    let xt = if transposed {
+        transpose(sample, n, dim)
+    } else {
+        Vec::new()
+    };
+    let mut assign = vec![(0u32, 0f32); n];
     for _ in 0..iters {
-        let assign = Nearest::new(&centroids, dim).assign(sample);
+        if transposed {
+            assign_transposed(&xt, sample, dim, &centroids, &mut assign);
+        } else {
+            assign = Nearest::new(&centroids, dim).assign(sample);
+        }
         objective.push(assign.iter().map(|&(_, d)| d as f64).sum());
         sums.fill(0.0);
         counts.fill(0);
@@ -247,6 +275,51 @@ pub fn train_from(sample: &[f32], dim: usize, mut centroids: Vec<f32>, iters: us
         centroids,
         objective,
     }
+}
+
+/// Points per parallel task of [`assign_transposed`].
+const ASSIGN_CHUNK: usize = 2048;
+
+/// `n × dim` row-major to `dim × n`.
+fn transpose(x: &[f32], n: usize, dim: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; x.len()];
+    for (i, row) in x.chunks_exact(dim).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * n + i] = v;
+        }
+    }
+    t
+}
+
+/// Nearest centroid of every row of `sample` and the squared distance to it, like
+/// [`Nearest::assign`] (the same centroid and distance bit for bit), from `xt` (`sample`
+/// transposed, `dim × n`) with the `nearest_centroid_t` kernel, in parallel over chunks of
+/// points.
+fn assign_transposed(
+    xt: &[f32],
+    sample: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    out: &mut [(u32, f32)],
+) {
+    let n = out.len();
+    let kern = kernels();
+    let norms: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|c| c.iter().map(|x| x * x).sum())
+        .collect();
+    out.par_chunks_mut(ASSIGN_CHUNK)
+        .zip(sample.par_chunks(ASSIGN_CHUNK * dim))
+        .enumerate()
+        .for_each(|(g, (o, rows))| {
+            let mut idx = vec![0u32; o.len()];
+            (kern.nearest_centroid_t)(&xt[g * ASSIGN_CHUNK..], n, centroids, &norms, &mut idx);
+            for ((o, &j), x) in o.iter_mut().zip(&idx).zip(rows.chunks_exact(dim)) {
+                let c = &centroids[j as usize * dim..(j as usize + 1) * dim];
+                let d = x.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum();
+                *o = (j, d);
+            }
+        });
 }
 
 /// Initial centroids: `k` rows of `sample` (repeated when it has fewer).
@@ -304,4 +377,45 @@ fn init_centroids(sample: &[f32], dim: usize, cfg: &KMeansConfig) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix::new(seed);
+        (0..n * dim)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn transposed_assignment_is_bit_identical_to_nearest() {
+        // Sizes around the chunk and SIMD block boundaries, dims with and without a
+        // register-resident kernel, few and many centroids (empty clusters included).
+        for (n, dim, k) in [
+            (5000usize, 4usize, 256usize),
+            (ASSIGN_CHUNK + 37, 2, 16),
+            (999, 3, 64),
+            (300, 8, 256),
+            (1000, 12, 32),
+            (40, 1, 16),
+        ] {
+            let x = data(n, dim, (n * dim + k) as u64);
+            let init = x[..k.min(n) * dim].to_vec();
+            let init: Vec<f32> = init.iter().cycle().take(k * dim).copied().collect();
+            let a = lloyd(&x, dim, init.clone(), 6, true);
+            let b = lloyd(&x, dim, init, 6, false);
+            assert_eq!(
+                a.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n={n} dim={dim} k={k}"
+            );
+            assert_eq!(a.objective, b.objective, "n={n} dim={dim} k={k}");
+            let mut out = vec![(0u32, 0f32); n];
+            assign_transposed(&transpose(&x, n, dim), &x, dim, &a.centroids, &mut out);
+            assert_eq!(out, Nearest::new(&a.centroids, dim).assign(&x));
+        }
+    }
 }
