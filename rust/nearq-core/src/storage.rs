@@ -61,10 +61,7 @@ pub(crate) fn reserve_huge<T>(v: &mut Vec<T>, extra: usize) {
         return;
     }
     v.reserve_exact(extra);
-    advise_huge(
-        v.as_ptr().cast(),
-        v.capacity() * std::mem::size_of::<T>(),
-    );
+    advise_huge(v.as_ptr().cast(), v.capacity() * std::mem::size_of::<T>());
 }
 
 /// `n` copies of `x` in storage advised to use huge pages.
