@@ -159,12 +159,16 @@ class Index:
             raise DimensionMismatchError(
                 f"dimension mismatch: the index has dimension {self.dim}, the queries have {q.shape[1]}"
             )
-        fids, fmask = as_filter(filter)
-        strategy = as_str("filter_strategy", filter_strategy)
-        ids, dists = self._inner.search(
-            q, k, ef, rerank, _threads(threads), filter_ids=fids, filter_mask=fmask,
-            filter_strategy=strategy,
-        )
+        threads = _threads(threads)
+        if filter is None and filter_strategy == "auto":
+            ids, dists = self._inner.search(q, k, ef, rerank, threads)
+        else:
+            fids, fmask = as_filter(filter)
+            strategy = as_str("filter_strategy", filter_strategy)
+            ids, dists = self._inner.search(
+                q, k, ef, rerank, threads, filter_ids=fids, filter_mask=fmask,
+                filter_strategy=strategy,
+            )
         return SearchResult(ids, dists)
 
     def add(self, vectors: Any, ids: Any = None, threads: Optional[int] = None) -> np.ndarray:
