@@ -14,6 +14,9 @@ from .errors import DimensionMismatchError, InvalidInputError
 PathLike = Union[str, "os.PathLike[str]"]
 
 _MAX_THREADS = 4096
+# Default pruning factor of an index with a quantized graph (rows are filled up to the degree
+# with near neighbours anyway, so fewer long edges leave room for more local ones).
+_QG_ALPHA = 1.1
 
 
 class SearchResult(NamedTuple):
@@ -56,7 +59,7 @@ class Index:
         keep_vectors: bool = True,
         degree: int = 32,
         build_ef: int = 128,
-        alpha: float = 1.2,
+        alpha: Optional[float] = None,
         threads: Optional[int] = None,
         seed: int = 0,
         progress: bool = False,
@@ -64,6 +67,7 @@ class Index:
         subspaces: Optional[int] = None,
         opq: bool = False,
         ids: Any = None,
+        quantized_graph: bool = True,
     ) -> "Index":
         """Builds an index over ``vectors`` (array-like of shape (n, dim), float16/32/64).
 
@@ -78,7 +82,8 @@ class Index:
                 encoding that estimates distances (no effect for ``"flat"``).
             degree: maximum out-degree of the graph.
             build_ef: beam width of the searches that find each point's neighbours.
-            alpha: pruning factor (>= 1); larger keeps longer edges.
+            alpha: pruning factor (>= 1); larger keeps longer edges. Default 1.2, or
+                QG_ALPHA for an index with a quantized graph (see ``quantized_graph``).
             threads: worker threads (default: all cores). The graph does not depend on it.
             seed: seed of the insertion order; the same seed gives the same index.
             progress: show a progress bar on stderr for builds that take more than a moment.
@@ -94,6 +99,12 @@ class Index:
                 returns its look-up-table (ADC) distance estimates.
             ids: int64 id of each vector (array-like of length n, all distinct), returned by
                 :meth:`search`; default ``0..n-1``.
+            quantized_graph: for ``"rabitq"`` with ``keep_vectors=True`` and metric ``"l2"`` or
+                ``"cosine"``: also lay the graph out as a quantized graph (SymphonyQG design:
+                each node's row holds its float vector and its neighbours' 1-bit RaBitQ codes,
+                degree rounded up to a multiple of 32), which serves unfiltered searches, about
+                ``dim * 4 + degree * (dim / 2 + 12)`` more bytes per vector. ``False`` opts out
+                (searches then traverse the ``bits``-bit codes and re-rank). Ignored elsewhere.
         """
         x = as_matrix(vectors, "vectors", allow_1d=False)
         metric = as_str("metric", metric)
@@ -111,6 +122,14 @@ class Index:
             raise InvalidInputError(f"opq must be a bool, got {opq!r}")
         degree = as_int("degree", degree, lo=2, hi=1024)
         build_ef = as_int("build_ef", build_ef, lo=1, hi=100_000)
+        if not isinstance(quantized_graph, (bool, np.bool_)):
+            raise InvalidInputError(f"quantized_graph must be a bool, got {quantized_graph!r}")
+        if alpha is None:
+            qg = (
+                bool(quantized_graph) and bool(keep_vectors)
+                and encoding.lower() == "rabitq" and metric.lower() in ("l2", "cosine")
+            )
+            alpha = _QG_ALPHA if qg else 1.2
         alpha = as_float("alpha", alpha)
         seed = as_int("seed", seed, lo=0, hi=2**64 - 1)
         id_array = None if ids is None else as_ids("ids", ids, n=x.shape[0])
@@ -118,6 +137,7 @@ class Index:
             x, metric, encoding, bits_list, bool(keep_vectors), degree, build_ef, alpha,
             _threads(threads), seed, bool(progress), variant=variant,
             subspaces=subspaces, opq=bool(opq), ids=id_array, saq_bits=saq_bits,
+            quantized_graph=bool(quantized_graph),
         )
         return cls(inner)
 
@@ -270,6 +290,11 @@ class Index:
         return self._inner.keep_vectors
 
     @property
+    def quantized_graph(self) -> bool:
+        """Whether unfiltered searches go through a quantized graph (see :meth:`build`)."""
+        return self._inner.quantized_graph
+
+    @property
     def bit_allocation(self) -> Optional[list]:
         """For ``"saq"``: the bits chosen per segment of principal directions, as
         ``[(dimensions, bits), ...]`` from the leading (highest-variance) segment on;
@@ -285,7 +310,7 @@ class Index:
     def memory_usage(self, detail: bool = False) -> Any:
         """Bytes the index holds in RAM. With ``detail=True``, a dict by part
         (``codes``, ``graph``, ``vectors``, ``params``, ``ids`` (user ids and tombstones),
-        ``total``, and ``mmap``: bytes served from a memory map, not counted in ``total``)."""
+        ``quantized_graph`` (its rows, which hold a second copy of the float vectors), ``total``, and ``mmap``: bytes served from a memory map, not counted in ``total``)."""
         m = dict(self._inner.memory_usage())
         return m if detail else int(m["total"])
 

@@ -37,6 +37,7 @@
 
 use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::Index;
@@ -46,7 +47,7 @@ use std::cell::RefCell;
 
 const EMPTY: u32 = u32::MAX;
 /// Node ids stay below 2^31: the search pool keeps an "expanded" flag in bit 31.
-const MAX_NODES: usize = 1 << 31;
+pub(crate) const MAX_NODES: usize = 1 << 31;
 /// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
 const PAYLOAD_KIND: u8 = 0xA0;
 
@@ -101,41 +102,45 @@ impl QgIndex {
     /// (row-major, `dim` columns). L2 and cosine only; the degree is rounded up to 32.
     pub fn from_graph(index: &Index, data: &[f32], seed: u64) -> Result<QgIndex> {
         let metric = index.metric();
+        let dim = index.dim();
+        if data.len() / dim.max(1) != index.len() {
+            return Err(Error::InvalidInput("data and index sizes differ".into()));
+        }
+        let mut data = data.to_vec();
+        if metric.normalizes() {
+            data.par_chunks_mut(dim).for_each(crate::metric::normalize);
+        }
+        Self::from_parts(index.graph(), index.entry_point(), &data, dim, metric, seed)
+    }
+
+    /// Builds the quantized graph over `graph` (entry point `entry`) and its nodes' vectors
+    /// `data` (row-major, `dim` columns, already normalised for cosine).
+    pub(crate) fn from_parts(
+        g: &Graph,
+        entry: u32,
+        data: &[f32],
+        dim: usize,
+        metric: Metric,
+        seed: u64,
+    ) -> Result<QgIndex> {
         if metric == Metric::InnerProduct {
             return Err(Error::param(
                 "metric",
                 "the quantized graph supports l2 and cosine",
             ));
         }
-        let dim = index.dim();
         let n = data.len() / dim;
-        if n != index.len() {
-            return Err(Error::InvalidInput("data and index sizes differ".into()));
+        if n != g.len() {
+            return Err(Error::InvalidInput("data and graph sizes differ".into()));
         }
         if n > MAX_NODES {
             return Err(Error::InvalidInput(format!(
                 "the quantized graph holds at most {MAX_NODES} vectors"
             )));
         }
-        let g = index.graph();
         let degree = g.degree().div_ceil(32) * 32;
         let pad = dim.div_ceil(64) * 64;
         let rot = Rotation::new(pad, seed);
-        let mut data = data.to_vec();
-        if metric.normalizes() {
-            data.par_chunks_mut(dim).for_each(crate::metric::normalize);
-        }
-        // Rotated vectors, once.
-        let rotated: Vec<f32> = data
-            .par_chunks(dim)
-            .flat_map_iter(|x| {
-                let mut xp = vec![0f32; pad];
-                xp[..dim].copy_from_slice(x);
-                let mut y = vec![0f32; pad];
-                rot.apply(&xp, &mut y);
-                y
-            })
-            .collect();
         let mut q = QgIndex {
             dim,
             pad,
@@ -145,35 +150,139 @@ impl QgIndex {
             rot,
             row_bytes: 0,
             rows: Rows::default(),
-            entry: index.entry_point(),
-            n,
+            entry,
+            n: 0,
             k: kernels(),
         };
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
-        let rb = q.row_bytes;
-        let kern = q.k;
-        let mut rows = Rows::zeroed(rb * n);
-        let (cb, oc, ofa, ofr, oid) = (
-            q.code_bytes(),
-            q.off_codes(),
-            q.off_fadd(),
-            q.off_fres(),
-            q.off_ids(),
+        q.sync(g, entry, data, None);
+        Ok(q)
+    }
+
+    /// Brings the rows in line with `g` (and `entry`) over `data` (the nodes' vectors,
+    /// normalised for cosine): after a consolidation `remap` gives every old row's new
+    /// position (`u32::MAX` for dropped rows); rows are then appended for new nodes, and every
+    /// row whose pruned neighbours differ from the graph's (or that names a dropped node) is
+    /// re-encoded. Returns the number of rows written.
+    pub(crate) fn sync(
+        &mut self,
+        g: &Graph,
+        entry: u32,
+        data: &[f32],
+        remap: Option<&[u32]>,
+    ) -> usize {
+        let (dim, rb, oid, deg) = (self.dim, self.row_bytes, self.off_ids(), self.degree);
+        let n = g.len();
+        assert!(n <= MAX_NODES && data.len() == n * dim && deg >= g.degree());
+        let mut dirty = vec![false; n];
+        // 1. Dropped rows go, the others move to their new positions with renumbered ids.
+        if let Some(new_id) = remap {
+            let mut rows = Rows::zeroed(rb * n);
+            {
+                let out = rows.bytes_mut();
+                for (p, &np) in new_id.iter().enumerate().take(self.n) {
+                    if np == u32::MAX {
+                        continue;
+                    }
+                    let np = np as usize;
+                    let dst = &mut out[np * rb..(np + 1) * rb];
+                    dst.copy_from_slice(self.row(p as u32));
+                    let ids: &mut [u32] = bytemuck::cast_slice_mut(&mut dst[oid..oid + deg * 4]);
+                    for id in ids.iter_mut().filter(|id| **id != EMPTY) {
+                        *id = new_id.get(*id as usize).copied().unwrap_or(u32::MAX);
+                        if *id == u32::MAX {
+                            dirty[np] = true;
+                        }
+                    }
+                }
+            }
+            self.n = new_id.iter().filter(|&&x| x != u32::MAX).count().min(n);
+            self.rows = rows;
+        }
+        // 2. New nodes get rows.
+        if n != self.n {
+            let mut rows = Rows::zeroed(rb * n);
+            let keep = self.n.min(n);
+            rows.bytes_mut()[..keep * rb].copy_from_slice(&self.rows.bytes()[..keep * rb]);
+            self.rows = rows;
+            dirty[keep..].fill(true);
+        }
+        self.n = n;
+        self.entry = entry;
+        // 3. Rows whose pruned neighbours changed.
+        {
+            let rows = self.rows.bytes();
+            dirty.par_iter_mut().enumerate().for_each(|(v, d)| {
+                if !*d {
+                    let ids: &[u32] = bytemuck::cast_slice(&rows[v * rb + oid..v * rb + oid + deg * 4]);
+                    let nb = g.neighbors(v as u32);
+                    *d = ids[..nb.len()] != *nb;
+                }
+            });
+        }
+        let todo: Vec<u32> = (0..n as u32).filter(|&v| dirty[v as usize]).collect();
+        if todo.is_empty() {
+            return 0;
+        }
+        let kern = self.k;
+        // Neighbour lists, then the rotated vectors of every node they involve, once each.
+        let lists: Vec<Vec<u32>> = todo
+            .par_iter()
+            .map(|&v| full_row(g, v, deg, data, dim, kern))
+            .collect();
+        let mut slot = vec![u32::MAX; n];
+        let mut need = Vec::new();
+        for (&v, nb) in todo.iter().zip(&lists) {
+            for &u in std::iter::once(&v).chain(nb) {
+                if slot[u as usize] == u32::MAX {
+                    slot[u as usize] = need.len() as u32;
+                    need.push(u);
+                }
+            }
+        }
+        let pad = self.pad;
+        let mut rotated = vec![0f32; need.len() * pad];
+        rotated
+            .par_chunks_mut(pad)
+            .zip(need.par_iter())
+            .for_each_init(
+                || vec![0f32; pad],
+                |xp, (y, &u)| {
+                    xp[..dim].copy_from_slice(&data[u as usize * dim..(u as usize + 1) * dim]);
+                    self.rot.apply(xp, y);
+                },
+            );
+        let mut list_of = vec![u32::MAX; n];
+        for (i, &v) in todo.iter().enumerate() {
+            list_of[v as usize] = i as u32;
+        }
+        let (cb, oc, ofa, ofr) = (
+            self.code_bytes(),
+            self.off_codes(),
+            self.off_fadd(),
+            self.off_fres(),
         );
+        let rot_of = |u: u32| {
+            let s = slot[u as usize] as usize;
+            &rotated[s * pad..(s + 1) * pad]
+        };
+        let mut rows = std::mem::take(&mut self.rows);
         rows.bytes_mut()
             .par_chunks_mut(rb)
             .enumerate()
+            .filter(|(v, _)| list_of[*v] != u32::MAX)
             .for_each(|(v, row)| {
+                row.fill(0);
+                let nb = &lists[list_of[v] as usize];
                 let x = &data[v * dim..(v + 1) * dim];
                 for (i, f) in x.iter().enumerate() {
                     row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
                 }
-                let vr = &rotated[v * pad..(v + 1) * pad];
-                let nb = full_row(g, v as u32, degree, &data, dim, kern);
-                for slot in 0..degree {
+                let vr = rot_of(v as u32);
+                for slot in 0..deg {
                     let (fadd, fres, id) = match nb.get(slot) {
                         Some(&u) => {
-                            let ur = &rotated[u as usize * pad..(u as usize + 1) * pad];
+                            let ur = rot_of(u);
                             let mut sum_abs = 0f32;
                             let mut r2 = 0f32;
                             let mut bv = 0f32;
@@ -203,10 +312,9 @@ impl QgIndex {
                     row[oid + slot * 4..oid + slot * 4 + 4].copy_from_slice(&id.to_le_bytes());
                 }
             });
-        q.rows = rows;
-        Ok(q)
+        self.rows = rows;
+        todo.len()
     }
-
     /// Builds the float graph over `data` and then the quantized rows, on `threads` threads.
     pub fn build(
         data: &[f32],
@@ -422,10 +530,33 @@ impl QgIndex {
         }
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            let hops = self.search_in(query, k, ef, s);
+            let hops = self.search_in(query, k, ef, s, |_| true);
             let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
             (s.res.iter().map(|&(d, id)| (d * scale, id)).collect(), hops)
         })
+    }
+
+    /// [`QgIndex::search`] returning only nodes `accept` admits (rejected nodes still route
+    /// the search): writes up to `k` (node, distance) pairs, nearest first, through `out`.
+    pub(crate) fn search_accept<A: Fn(u32) -> bool>(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: A,
+        out: &mut dyn FnMut(usize, u32, f32),
+    ) {
+        if self.n == 0 {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.search_in(query, k, ef, s, accept);
+            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
+            for (j, &(d, id)) in s.res.iter().enumerate() {
+                out(j, id, d * scale);
+            }
+        });
     }
 
     #[doc(hidden)]
@@ -511,7 +642,16 @@ impl QgIndex {
     /// was tried: fewer expansions per recall on real embeddings, but on data whose distances
     /// all lie within the estimator's noise, e.g. random vectors, the beam then keeps admitting
     /// lucky estimates and the search nearly visits the whole graph.)
-    fn search_in(&self, query: &[f32], k: usize, ef: usize, s: &mut Scratch) -> usize {
+    ///
+    /// Only nodes `accept` admits become results (the others still route the search).
+    fn search_in<A: Fn(u32) -> bool>(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        s: &mut Scratch,
+        accept: A,
+    ) -> usize {
         let (a_mul, b_add) = self.prepare(query, s);
         let kern = self.k;
         let (dim, deg) = (self.dim, self.degree);
@@ -559,7 +699,7 @@ impl QgIndex {
             let row = self.row(v);
             let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
             let g_add = (kern.l2sq_f32)(q, x);
-            if s.res.len() < k || g_add < s.res[s.res.len() - 1].0 {
+            if (s.res.len() < k || g_add < s.res[s.res.len() - 1].0) && accept(v) {
                 if s.res.len() < k {
                     s.res.push((g_add, v));
                 }
@@ -619,27 +759,43 @@ impl QgIndex {
             }
         }
         if s.res.len() < k {
-            self.top_up(q, k, &mut s.res, &mut s.visited);
+            self.top_up(q, k, &mut s.res, &accept);
         }
         expanded
     }
 
-    /// Fewer than `k` nodes were expanded (the pool can hold a node twice): adds the nodes
-    /// around the results, breadth first, at their exact distances.
+    /// Fewer than `k` accepted nodes were expanded (the pool can hold a node twice, and
+    /// `accept` may reject many): adds the accepted nodes around the results, breadth first,
+    /// at their exact distances.
     #[cold]
-    fn top_up(&self, q: &[f32], k: usize, res: &mut Vec<(f32, u32)>, visited: &mut Visited) {
+    fn top_up(&self, q: &[f32], k: usize, res: &mut Vec<(f32, u32)>, accept: &dyn Fn(u32) -> bool) {
         let oid = self.off_ids();
-        let mut i = 0;
-        while res.len() < k && i < res.len() {
-            let row = self.row(res[i].1);
+        // Breadth first from the results and the entry point, through rejected nodes too
+        // (the results hold every accepted node expanded so far: fewer than k were found).
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut queue = std::collections::VecDeque::new();
+        for v in res.iter().map(|r| r.1).chain(std::iter::once(self.entry)) {
+            if seen.insert(v) {
+                queue.push_back(v);
+            }
+        }
+        if !res.iter().any(|r| r.1 == self.entry) && accept(self.entry) {
+            let x: &[f32] = bytemuck::cast_slice(&self.row(self.entry)[..self.dim * 4]);
+            res.push(((self.k.l2sq_f32)(q, x), self.entry));
+        }
+        while res.len() < k {
+            let Some(v) = queue.pop_front() else { break };
+            let row = self.row(v);
             let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
             for &u in ids {
-                if u != EMPTY && !visited.mark(u) {
-                    let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
-                    res.push(((self.k.l2sq_f32)(q, x), u));
+                if u != EMPTY && seen.insert(u) {
+                    queue.push_back(u);
+                    if accept(u) {
+                        let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
+                        res.push(((self.k.l2sq_f32)(q, x), u));
+                    }
                 }
             }
-            i += 1;
         }
         res.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         res.truncate(k);

@@ -98,7 +98,7 @@ fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None, quantized_graph=true))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
@@ -117,6 +117,7 @@ impl Index {
         opq: bool,
         ids: Option<PyReadonlyArray1<'_, i64>>,
         saq_bits: Option<f32>,
+        quantized_graph: bool,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
@@ -181,7 +182,10 @@ impl Index {
             }
         };
         let r = py.detach(|| {
-            let index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
+            let mut index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
+            if !quantized_graph {
+                index.set_quantized_graph(false, threads);
+            }
             match ids {
                 Some(ids) => index.with_ids(ids),
                 None => Ok(index),
@@ -370,6 +374,10 @@ impl Index {
         self.read().keep_vectors()
     }
     #[getter]
+    fn quantized_graph(&self) -> bool {
+        self.read().has_quantized_graph()
+    }
+    #[getter]
     fn degree(&self) -> usize {
         self.read().graph().degree()
     }
@@ -391,6 +399,7 @@ impl Index {
         d.set_item("vectors", m.vectors)?;
         d.set_item("params", m.params)?;
         d.set_item("ids", m.ids)?;
+        d.set_item("quantized_graph", m.quantized_graph)?;
         d.set_item("total", m.total())?;
         d.set_item("mmap", m.mapped)?;
         Ok(d)

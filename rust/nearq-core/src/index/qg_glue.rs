@@ -1,0 +1,139 @@
+//! The quantized graph behind a RaBitQ index that keeps its float vectors (ALGORITHMS.md §6.4,
+//! [`crate::qg`]).
+//!
+//! An [`Index`] with encoding RaBitQ, float vectors kept and metric L2 or cosine also holds a
+//! [`QgIndex`] over the same graph and (normalised) vectors: each node's row carries its
+//! vector and its neighbours' 1-bit FastScan codes, so an unfiltered search expands a node with
+//! one contiguous read and re-ranks every expanded node exactly. Filtered searches (and
+//! everything the rows cannot serve) keep using the RaBitQ codes and the graph.
+//!
+//! The rows follow the graph through every change: after an `add` rows are appended for the
+//! new nodes, after a consolidation the rows are renumbered, and every row whose pruned
+//! neighbours differ from the graph's is re-encoded ([`QgIndex::sync`]). Deleted (tombstoned)
+//! nodes still route the search but are never accepted as results. The rows are not written to
+//! files: they are rebuilt when an index is loaded (deterministic, so a loaded index returns
+//! what the saved one did).
+
+use super::{Index, Inner, Ids, MemoryUsage, SearchParams};
+use crate::encoding::Encoding;
+use crate::metric::Metric;
+use crate::parallel::with_threads;
+use crate::qg::QgIndex;
+use rayon::prelude::*;
+
+impl Index {
+    /// Whether the configuration can carry a quantized graph at all.
+    fn qg_eligible(&self) -> bool {
+        match &self.inner {
+            Inner::RaBitQ(g) => g.vectors.is_some() && g.enc.metric() != Metric::InnerProduct,
+            _ => false,
+        }
+    }
+
+    /// Builds or updates the quantized graph so that it agrees with the graph (`remap`: new
+    /// position of every old one, after a consolidation), or drops it where it does not apply.
+    pub(super) fn refresh_qg(&mut self, remap: Option<&[u32]>) {
+        if !(self.qg_on && self.qg_eligible()) || self.positions() > crate::qg::MAX_NODES {
+            self.qg = None;
+            return;
+        }
+        let Inner::RaBitQ(g) = &self.inner else {
+            return;
+        };
+        let Some(v) = &g.vectors else { return };
+        let data = v.as_slice();
+        match &mut self.qg {
+            Some(q) => {
+                q.sync(&g.graph, g.entry, data, remap);
+            }
+            None => {
+                self.qg = QgIndex::from_parts(
+                    &g.graph,
+                    g.entry,
+                    data,
+                    g.enc.dim(),
+                    g.enc.metric(),
+                    g.build.seed,
+                )
+                .ok();
+            }
+        }
+    }
+
+    /// Turns the quantized graph on (the default where it applies: encoding RaBitQ, float
+    /// vectors kept, metric L2 or cosine) or off (searches then traverse the RaBitQ codes and
+    /// re-rank; the rows' memory is released). The choice is saved with the index.
+    pub fn set_quantized_graph(&mut self, on: bool, threads: Option<usize>) {
+        self.qg_on = on;
+        if !on {
+            self.qg = None;
+        } else if self.qg.is_none() {
+            with_threads(threads, || self.refresh_qg(None));
+        }
+    }
+
+    /// Whether unfiltered searches go through the quantized graph.
+    pub fn has_quantized_graph(&self) -> bool {
+        self.qg.is_some()
+    }
+
+    /// Whether the quantized graph is enabled (it exists when the configuration allows it).
+    pub fn quantized_graph_enabled(&self) -> bool {
+        self.qg_on
+    }
+
+    pub(super) fn qg_memory(&self, m: &mut MemoryUsage) {
+        m.quantized_graph = self.qg.as_ref().map_or(0, |q| q.memory_bytes());
+    }
+
+    /// Unfiltered search through the quantized graph (queries checked, `nq` rows). The beam
+    /// holds `max(ef, k, rerank)` estimates (default ef 64); every expanded node is re-ranked
+    /// exactly, so there is no separate re-ranking step.
+    pub(super) fn search_qg(
+        &self,
+        qg: &QgIndex,
+        queries: &[f32],
+        nq: usize,
+        p: &SearchParams,
+        threads: Option<usize>,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let dim = self.dim();
+        let k = p.k;
+        let ef = p.ef.unwrap_or(64).max(k).max(p.rerank.unwrap_or(0));
+        let mut ids = vec![-1i64; nq * k];
+        let mut dists = vec![f32::INFINITY; nq * k];
+        let explicit = match &self.ids {
+            Ids::Range => None,
+            Ids::Explicit { ext, .. } => Some(ext),
+        };
+        let run = |qi: usize, oi: &mut [i64], od: &mut [f32]| {
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let mut out = |j: usize, v: u32, d: f32| {
+                oi[j] = match explicit {
+                    None => v as i64,
+                    Some(ext) => ext[v as usize],
+                };
+                od[j] = d;
+            };
+            if self.deleted.count > 0 {
+                let del = &self.deleted;
+                qg.search_accept(q, k, ef, |v| !del.contains(v), &mut out);
+            } else {
+                qg.search_accept(q, k, ef, |_| true, &mut out);
+            }
+        };
+        if nq == 1 || threads == Some(1) {
+            for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
+                run(qi, oi, od);
+            }
+        } else {
+            with_threads(threads, || {
+                ids.par_chunks_mut(k)
+                    .zip(dists.par_chunks_mut(k))
+                    .enumerate()
+                    .for_each(|(qi, (oi, od))| run(qi, oi, od));
+            });
+        }
+        (ids, dists)
+    }
+}
