@@ -209,7 +209,10 @@ impl QgIndex {
         }
         self.n = n;
         self.entry = entry;
-        // 3. Rows whose pruned neighbours changed.
+        // 3. Rows whose pruned neighbours changed, and the rows whose fill (the nearest
+        //    two-hop neighbours) may have changed with them: those of their in-neighbours.
+        //    A row is thus always what a fresh build over the same graph would write, so a
+        //    rebuilt index (a loaded file) searches exactly like this one.
         {
             let rows = self.rows.bytes();
             dirty.par_iter_mut().enumerate().for_each(|(v, d)| {
@@ -219,6 +222,19 @@ impl QgIndex {
                     *d = ids[..nb.len()] != *nb;
                 }
             });
+        }
+        if dirty.iter().any(|&d| d) {
+            let changed = &dirty;
+            let fill: Vec<bool> = (0..n as u32)
+                .into_par_iter()
+                .map(|v| {
+                    let nb = g.neighbors(v);
+                    nb.len() < deg && nb.iter().any(|&u| changed[u as usize])
+                })
+                .collect();
+            for (d, f) in dirty.iter_mut().zip(fill) {
+                *d |= f;
+            }
         }
         let todo: Vec<u32> = (0..n as u32).filter(|&v| dirty[v as usize]).collect();
         if todo.is_empty() {

@@ -77,6 +77,11 @@ impl Index {
         self.qg.is_some()
     }
 
+    /// The quantized graph, if unfiltered searches go through it (for tests and diagnostics).
+    pub fn quantized_graph(&self) -> Option<&QgIndex> {
+        self.qg.as_ref()
+    }
+
     /// Whether the quantized graph is enabled (it exists when the configuration allows it).
     pub fn quantized_graph_enabled(&self) -> bool {
         self.qg_on
