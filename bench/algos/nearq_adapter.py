@@ -28,10 +28,11 @@ class NearQ(Algo):
             keep_vectors=p.get("keep_vectors", True),
             degree=p.get("degree", 32),
             build_ef=p.get("build_ef", 128),
-            alpha=p.get("alpha", 1.2),
+            # None: the Index's default (1.2, or 1.1 where a quantized graph is built)
+            alpha=p.get("alpha"),
             threads=build_threads,
             seed=0,
-            **{k: p[k] for k in ("variant", "subspaces", "opq") if k in p},
+            **{k: p[k] for k in ("variant", "subspaces", "opq", "quantized_graph") if k in p},
         )
         if p.get("mmap"):
             self._tmp = tempfile.TemporaryDirectory()

@@ -14,6 +14,8 @@ from .errors import DimensionMismatchError, InvalidInputError
 PathLike = Union[str, "os.PathLike[str]"]
 
 _MAX_THREADS = 4096
+_F32 = np.dtype(np.float32)
+_result = tuple.__new__
 # Default pruning factor of an index with a quantized graph (rows are filled up to the degree
 # with near neighbours anyway, so fewer long edges leave room for more local ones).
 _QG_ALPHA = 1.1
@@ -169,6 +171,25 @@ class Index:
                 still returns ``k`` results when ``k`` exist.
             filter_strategy: ``"auto"`` (default), ``"graph"`` or ``"scan"``.
         """
+        # Fast path for the common call (a float32 array, plain ints in range, no filter),
+        # which matters for one query per call: the dimension is checked natively, and a
+        # SearchResult is a tuple, built without its Python-level constructor.
+        if (
+            type(queries) is np.ndarray
+            and queries.dtype == _F32
+            and type(k) is int
+            and 1 <= k <= 1_000_000
+            and (ef is None or (type(ef) is int and 1 <= ef <= 1_000_000))
+            and (rerank is None or (type(rerank) is int and 1 <= rerank <= 1_000_000))
+            and (threads is None or (type(threads) is int and 1 <= threads <= _MAX_THREADS))
+            and filter is None
+            and filter_strategy == "auto"
+            and queries.size > 0
+            and queries.flags.c_contiguous
+            and 1 <= queries.ndim <= 2
+        ):
+            q = queries if queries.ndim == 2 else queries.reshape(1, -1)
+            return _result(SearchResult, self._inner.search(q, k, ef, rerank, threads))
         q = as_matrix(queries, "queries", allow_1d=True)
         k = as_int("k", k, lo=1, hi=1_000_000)
         ef = as_int("ef", ef, lo=1, hi=1_000_000, optional=True)
