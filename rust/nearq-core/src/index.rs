@@ -1363,10 +1363,7 @@ impl Index {
             v.resize(words, 0);
             w.u64s(&v);
         }
-        // Optional trailing section (absent from older files): 0 = quantized graph disabled.
-        if !self.qg_on {
-            w.u8(0);
-        }
+        self.write_qg(&mut w);
         w.buf
     }
 
@@ -1469,11 +1466,8 @@ impl Index {
             } else if index.next_id < n as i64 {
                 return Err(Error::Format("next id below a stored id".into()));
             }
-            if r.remaining() > 0 {
-                match r.u8()? {
-                    0 => index.qg_on = false,
-                    t => return Err(Error::Format(format!("unknown index option {t}"))),
-                }
+            if version >= 3 {
+                index.read_qg(&mut r)?;
             }
         }
         r.finish()?;

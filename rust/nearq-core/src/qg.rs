@@ -209,43 +209,33 @@ impl QgIndex {
         }
         self.n = n;
         self.entry = entry;
-        // 3. Rows whose pruned neighbours changed, and the rows whose fill (the nearest
-        //    two-hop neighbours) may have changed with them: those of their in-neighbours.
-        //    A row is thus always what a fresh build over the same graph would write, so a
-        //    rebuilt index (a loaded file) searches exactly like this one.
+        // 3. Rows whose pruned neighbours changed. (The fill after them, the nearest two-hop
+        //    neighbours when the graph's row is not full, is computed when a row is written
+        //    and kept while the pruned neighbours stay: refreshing it whenever a neighbour's
+        //    row changes would rewrite most rows after any change.)
         {
             let rows = self.rows.bytes();
             dirty.par_iter_mut().enumerate().for_each(|(v, d)| {
                 if !*d {
-                    let ids: &[u32] = bytemuck::cast_slice(&rows[v * rb + oid..v * rb + oid + deg * 4]);
+                    let ids: &[u32] =
+                        bytemuck::cast_slice(&rows[v * rb + oid..v * rb + oid + deg * 4]);
                     let nb = g.neighbors(v as u32);
                     *d = ids[..nb.len()] != *nb;
                 }
             });
         }
-        if dirty.iter().any(|&d| d) {
-            let changed = &dirty;
-            let fill: Vec<bool> = (0..n as u32)
-                .into_par_iter()
-                .map(|v| {
-                    let nb = g.neighbors(v);
-                    nb.len() < deg && nb.iter().any(|&u| changed[u as usize])
-                })
-                .collect();
-            for (d, f) in dirty.iter_mut().zip(fill) {
-                *d |= f;
-            }
-        }
         let todo: Vec<u32> = (0..n as u32).filter(|&v| dirty[v as usize]).collect();
         if todo.is_empty() {
             return 0;
         }
+        let t0 = std::time::Instant::now();
         let kern = self.k;
         // Neighbour lists, then the rotated vectors of every node they involve, once each.
         let lists: Vec<Vec<u32>> = todo
             .par_iter()
             .map(|&v| full_row(g, v, deg, data, dim, kern))
             .collect();
+        let t_lists = t0.elapsed().as_secs_f64();
         let mut slot = vec![u32::MAX; n];
         let mut need = Vec::new();
         for (&v, nb) in todo.iter().zip(&lists) {
@@ -268,6 +258,7 @@ impl QgIndex {
                     self.rot.apply(xp, y);
                 },
             );
+        let t_rot = t0.elapsed().as_secs_f64();
         let mut list_of = vec![u32::MAX; n];
         for (i, &v) in todo.iter().enumerate() {
             list_of[v as usize] = i as u32;
@@ -295,28 +286,21 @@ impl QgIndex {
                     row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
                 }
                 let vr = rot_of(v as u32);
+                let sv: f32 = vr.iter().sum();
                 for slot in 0..deg {
                     let (fadd, fres, id) = match nb.get(slot) {
                         Some(&u) => {
                             let ur = rot_of(u);
-                            let mut sum_abs = 0f32;
-                            let mut r2 = 0f32;
-                            let mut bv = 0f32;
-                            let mut sv = 0f32;
+                            let (sum_abs, r2, bv) = residual_stats(ur, vr);
+                            // bit t of nibble j: y_{4j+t} > 0 (lanes 16..32 in the high nibbles)
                             let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
-                            let lane = slot % 32;
-                            for i in 0..pad {
-                                let y = ur[i] - vr[i];
-                                sum_abs += y.abs();
-                                r2 += y * y;
-                                sv += vr[i];
-                                if y > 0.0 {
-                                    bv += vr[i];
-                                    let j = i / 4;
-                                    let bit = 1u8 << (i % 4);
-                                    let byte = &mut block[j * 16 + lane % 16];
-                                    *byte |= if lane < 16 { bit } else { bit << 4 };
-                                }
+                            let (lane, shift) = (slot % 16, if slot % 32 < 16 { 0 } else { 4 });
+                            for (j, (a, b)) in ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate() {
+                                let nib = (a[0] > b[0]) as u8
+                                    | ((a[1] > b[1]) as u8) << 1
+                                    | ((a[2] > b[2]) as u8) << 2
+                                    | ((a[3] > b[3]) as u8) << 3;
+                                block[j * 16 + lane] |= nib << shift;
                             }
                             let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
                             (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
@@ -329,8 +313,12 @@ impl QgIndex {
                 }
             });
         self.rows = rows;
+        if std::env::var_os("NEARQ_QG_TRACE").is_some() {
+            eprintln!("qg sync: {} rows, lists {t_lists:.3}s, rotations {:.3}s, rows {:.3}s", todo.len(), t_rot - t_lists, t0.elapsed().as_secs_f64() - t_rot);
+        }
         todo.len()
     }
+
     /// Builds the float graph over `data` and then the quantized rows, on `threads` threads.
     pub fn build(
         data: &[f32],
@@ -407,6 +395,10 @@ impl QgIndex {
 
     pub fn len(&self) -> usize {
         self.n
+    }
+    /// Slots per row (the graph's degree rounded up to a multiple of 32).
+    pub fn degree(&self) -> usize {
+        self.degree
     }
 
     /// Serialises the graph (inside the same container as [`Index`] files, see [`crate::io`]).
@@ -1128,6 +1120,29 @@ impl Visited {
     }
 }
 
+/// For `y = u - v`: `(Σ|y_i|, Σ y_i², Σ_{y_i > 0} v_i)`, in eight lanes (vectorised).
+fn residual_stats(u: &[f32], v: &[f32]) -> (f32, f32, f32) {
+    let (mut a, mut r, mut b) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let (uc, vc) = (u.chunks_exact(8), v.chunks_exact(8));
+    let (ut, vt) = (uc.remainder(), vc.remainder());
+    for (x, z) in uc.zip(vc) {
+        for l in 0..8 {
+            let y = x[l] - z[l];
+            a[l] += y.abs();
+            r[l] += y * y;
+            b[l] += if y > 0.0 { z[l] } else { 0.0 };
+        }
+    }
+    let (mut sa, mut sr, mut sb): (f32, f32, f32) = (a.iter().sum(), r.iter().sum(), b.iter().sum());
+    for (x, z) in ut.iter().zip(vt) {
+        let y = x - z;
+        sa += y.abs();
+        sr += y * y;
+        sb += if y > 0.0 { *z } else { 0.0 };
+    }
+    (sa, sr, sb)
+}
+
 /// Node `v`'s pruned neighbours, then (a FastScan block scores all its slots at the same cost)
 /// the nearest of its two-hop neighbours until the row holds `degree` ids.
 fn full_row(
@@ -1144,14 +1159,19 @@ fn full_row(
         return out;
     }
     let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
-    let mut cands: Vec<(f32, u32)> = out
+    let mut two_hop: Vec<u32> = out
         .iter()
         .flat_map(|&u| g.neighbors(u).iter().copied())
-        .filter(|&w| w != v && !out.contains(&w))
+        .filter(|&w| w != v)
+        .collect();
+    two_hop.sort_unstable();
+    two_hop.dedup();
+    let mut cands: Vec<(f32, u32)> = two_hop
+        .into_iter()
+        .filter(|w| !out.contains(w))
         .map(|w| ((k.l2sq_f32)(row(v), row(w)), w))
         .collect();
     cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    cands.dedup_by_key(|c| c.1);
     for (_, w) in cands {
         if out.len() >= degree {
             break;

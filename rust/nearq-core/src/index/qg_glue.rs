@@ -10,16 +10,25 @@
 //! The rows follow the graph through every change: after an `add` rows are appended for the
 //! new nodes, after a consolidation the rows are renumbered, and every row whose pruned
 //! neighbours differ from the graph's is re-encoded ([`QgIndex::sync`]). Deleted (tombstoned)
-//! nodes still route the search but are never accepted as results. The rows are not written to
-//! files: they are rebuilt when an index is loaded (deterministic, so a loaded index returns
-//! what the saved one did).
+//! nodes still route the search but are never accepted as results.
+//!
+//! Files: an optional section after the index's payload (absent from files of earlier
+//! releases, whose rows are rebuilt at load): tag 0 = quantized graph turned off; tag 1 =
+//! the rows follow (u64 length, then [`QgIndex::to_payload`]'s bytes), so a loaded index
+//! searches exactly like the saved one without re-encoding anything.
 
 use super::{Index, Inner, Ids, MemoryUsage, SearchParams};
+use crate::error::{Error, Result};
+use crate::io::{Reader, Writer};
 use crate::encoding::Encoding;
 use crate::metric::Metric;
 use crate::parallel::with_threads;
 use crate::qg::QgIndex;
 use rayon::prelude::*;
+
+/// Tags of the optional trailing section of an index payload.
+const QG_OFF: u8 = 0;
+const QG_ROWS: u8 = 1;
 
 impl Index {
     /// Whether the configuration can carry a quantized graph at all.
@@ -85,6 +94,47 @@ impl Index {
     /// Whether the quantized graph is enabled (it exists when the configuration allows it).
     pub fn quantized_graph_enabled(&self) -> bool {
         self.qg_on
+    }
+
+    /// Writes the optional trailing section (see the module's documentation).
+    pub(super) fn write_qg(&self, w: &mut Writer) {
+        if !self.qg_on {
+            w.u8(QG_OFF);
+        } else if let Some(q) = &self.qg {
+            w.u8(QG_ROWS);
+            let p = q.to_payload();
+            w.u64(p.len() as u64);
+            w.bytes(&p);
+        }
+    }
+
+    /// Reads the optional trailing section, checking that the rows fit the index (their
+    /// agreement with the graph is then checked, and repaired, by `refresh_qg`).
+    pub(super) fn read_qg(&mut self, r: &mut Reader) -> Result<()> {
+        if r.remaining() == 0 {
+            return Ok(());
+        }
+        match r.u8()? {
+            QG_OFF => self.qg_on = false,
+            QG_ROWS => {
+                let len = r.count("quantized graph size", r.remaining() as u64)?;
+                let q = QgIndex::from_payload(r.take(len)?)?;
+                let g = self.graph();
+                let fits = self.qg_eligible()
+                    && q.len() == self.positions()
+                    && q.dim() == self.dim()
+                    && q.metric() == self.metric()
+                    && q.degree() == g.degree().div_ceil(32) * 32;
+                if !fits {
+                    return Err(Error::Format(
+                        "the quantized graph does not match the index".into(),
+                    ));
+                }
+                self.qg = Some(q);
+            }
+            t => return Err(Error::Format(format!("unknown index section {t}"))),
+        }
+        Ok(())
     }
 
     pub(super) fn qg_memory(&self, m: &mut MemoryUsage) {
