@@ -46,9 +46,8 @@ class NearQ(Algo):
         self.rerank = ef if self.params.get("rerank") == "ef" else self.params.get("rerank")
 
     def query(self, q, k):
-        res = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank)
-        ids = np.asarray(res.ids)[0]
-        return ids[ids >= 0]
+        ids = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank).ids[0]
+        return ids if ids[-1] >= 0 else ids[ids >= 0]
 
     def batch_query(self, Q, k):
         return np.asarray(

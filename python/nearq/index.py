@@ -162,7 +162,9 @@ class Index:
             threads: worker threads for a batch (default: all cores).
             rerank: candidates re-ranked with exact distances (or a finer code), for
                 encodings that estimate distances (default ``max(3k, 30)``, at most ``ef``;
-                a larger value widens the beam).
+                a larger value widens the beam). An unfiltered search of an index with a
+                quantized graph (:attr:`quantized_graph`) re-ranks every vector it expands
+                exactly; there ``rerank`` only widens the beam to ``max(ef, rerank)``.
             filter: restrict results to some ids: an array-like (or set) of allowed int64 ids,
                 or a boolean mask indexed by id (``mask[id]`` True = allowed; ids beyond the
                 mask are excluded). Applied inside the graph traversal (rejected vectors still
@@ -175,21 +177,18 @@ class Index:
         # which matters for one query per call: the dimension is checked natively, and a
         # SearchResult is a tuple, built without its Python-level constructor.
         if (
-            type(queries) is np.ndarray
-            and queries.dtype == _F32
+            filter is None
+            and type(queries) is np.ndarray
             and type(k) is int
-            and 1 <= k <= 1_000_000
             and (ef is None or (type(ef) is int and 1 <= ef <= 1_000_000))
-            and (rerank is None or (type(rerank) is int and 1 <= rerank <= 1_000_000))
+            and rerank is None
+            and queries.dtype == _F32
+            and 1 <= k <= 1_000_000
             and (threads is None or (type(threads) is int and 1 <= threads <= _MAX_THREADS))
-            and filter is None
             and filter_strategy == "auto"
             and queries.size > 0
-            and queries.flags.c_contiguous
-            and 1 <= queries.ndim <= 2
         ):
-            q = queries if queries.ndim == 2 else queries.reshape(1, -1)
-            return _result(SearchResult, self._inner.search(q, k, ef, rerank, threads))
+            return _result(SearchResult, self._inner.search(queries, k, ef, None, threads))
         q = as_matrix(queries, "queries", allow_1d=True)
         k = as_int("k", k, lo=1, hi=1_000_000)
         ef = as_int("ef", ef, lo=1, hi=1_000_000, optional=True)

@@ -36,7 +36,10 @@ fn main() {
     let t = Instant::now();
     base.set_quantized_graph(false, threads);
     base.set_quantized_graph(true, threads);
-    println!("full rebuild of the rows: {:.3}s", t.elapsed().as_secs_f64());
+    println!(
+        "full rebuild of the rows: {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
     let on = base.to_bytes();
     base.set_quantized_graph(false, threads);
     let off = base.to_bytes();
@@ -50,7 +53,8 @@ fn main() {
             .unwrap();
         let add1 = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        ix.add(&data[(n0 + m1) * dim..], dim, None, threads).unwrap();
+        ix.add(&data[(n0 + m1) * dim..], dim, None, threads)
+            .unwrap();
         let add10 = t.elapsed().as_secs_f64();
         let del: Vec<i64> = (0..ix.len() as i64).step_by(20).collect();
         let t = Instant::now();

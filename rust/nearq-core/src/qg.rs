@@ -200,12 +200,9 @@ impl QgIndex {
             self.rows = rows;
         }
         // 2. New nodes get rows.
-        if n != self.n {
-            let mut rows = Rows::zeroed(rb * n);
-            let keep = self.n.min(n);
-            rows.bytes_mut()[..keep * rb].copy_from_slice(&self.rows.bytes()[..keep * rb]);
-            self.rows = rows;
-            dirty[keep..].fill(true);
+        if n > self.n {
+            self.rows.grow(rb * n);
+            dirty[self.n..].fill(true);
         }
         self.n = n;
         self.entry = entry;
@@ -295,7 +292,9 @@ impl QgIndex {
                             // bit t of nibble j: y_{4j+t} > 0 (lanes 16..32 in the high nibbles)
                             let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
                             let (lane, shift) = (slot % 16, if slot % 32 < 16 { 0 } else { 4 });
-                            for (j, (a, b)) in ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate() {
+                            for (j, (a, b)) in
+                                ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate()
+                            {
                                 let nib = (a[0] > b[0]) as u8
                                     | ((a[1] > b[1]) as u8) << 1
                                     | ((a[2] > b[2]) as u8) << 2
@@ -314,7 +313,12 @@ impl QgIndex {
             });
         self.rows = rows;
         if std::env::var_os("NEARQ_QG_TRACE").is_some() {
-            eprintln!("qg sync: {} rows, lists {t_lists:.3}s, rotations {:.3}s, rows {:.3}s", todo.len(), t_rot - t_lists, t0.elapsed().as_secs_f64() - t_rot);
+            eprintln!(
+                "qg sync: {} rows, lists {t_lists:.3}s, rotations {:.3}s, rows {:.3}s",
+                todo.len(),
+                t_rot - t_lists,
+                t0.elapsed().as_secs_f64() - t_rot
+            );
         }
         todo.len()
     }
@@ -516,7 +520,7 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.bytes().len() + self.rot.memory_bytes()
+        self.rows.allocated() + self.rot.memory_bytes()
     }
 
     #[inline(always)]
@@ -976,6 +980,8 @@ impl Pool {
 struct Rows {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Bytes the allocation was made for (`>= len`; rows appended by `add` grow into it).
+    cap: usize,
 }
 
 // SAFETY: `Rows` owns its allocation exclusively, like a `Vec<u8>`.
@@ -996,6 +1002,7 @@ impl Default for Rows {
         Rows {
             ptr: std::ptr::NonNull::dangling(),
             len: 0,
+            cap: 0,
         }
     }
 }
@@ -1008,10 +1015,15 @@ impl Rows {
     }
 
     fn zeroed(len: usize) -> Rows {
-        if len == 0 {
+        Self::zeroed_with_capacity(len, len)
+    }
+
+    /// Zeroed rows of `len` bytes with room for `cap >= len` (all zero too).
+    fn zeroed_with_capacity(len: usize, cap: usize) -> Rows {
+        if cap == 0 {
             return Rows::default();
         }
-        let layout = Self::layout(len);
+        let layout = Self::layout(cap);
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         let Some(ptr) = std::ptr::NonNull::new(p) else {
@@ -1028,7 +1040,33 @@ impl Rows {
         }
         // SAFETY: `p` is valid for `layout.size() >= len` bytes.
         unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
-        Rows { ptr, len }
+        Rows { ptr, len, cap }
+    }
+
+    /// Grows to `len` bytes, zero-filled, reallocating (with 50% headroom) only when the
+    /// allocation is too small, so that adding a few rows at a time does not copy them all.
+    fn grow(&mut self, len: usize) {
+        if len <= self.len {
+            return;
+        }
+        if len <= self.cap {
+            let old = self.len;
+            self.len = len;
+            self.bytes_mut()[old..].fill(0);
+            return;
+        }
+        let mut r = Rows::zeroed_with_capacity(len, len.max(self.cap + self.cap / 2));
+        r.bytes_mut()[..self.len].copy_from_slice(self.bytes());
+        *self = r;
+    }
+
+    /// Bytes allocated.
+    fn allocated(&self) -> usize {
+        if self.cap == 0 {
+            0
+        } else {
+            Self::layout(self.cap).size()
+        }
     }
 
     #[inline(always)]
@@ -1045,9 +1083,9 @@ impl Rows {
 
 impl Drop for Rows {
     fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `zeroed` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) };
+        if self.cap > 0 {
+            // SAFETY: allocated in `zeroed_with_capacity` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
         }
     }
 }
@@ -1133,7 +1171,8 @@ fn residual_stats(u: &[f32], v: &[f32]) -> (f32, f32, f32) {
             b[l] += if y > 0.0 { z[l] } else { 0.0 };
         }
     }
-    let (mut sa, mut sr, mut sb): (f32, f32, f32) = (a.iter().sum(), r.iter().sum(), b.iter().sum());
+    let (mut sa, mut sr, mut sb): (f32, f32, f32) =
+        (a.iter().sum(), r.iter().sum(), b.iter().sum());
     for (x, z) in ut.iter().zip(vt) {
         let y = x - z;
         sa += y.abs();

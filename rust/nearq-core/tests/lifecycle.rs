@@ -71,7 +71,9 @@ fn cases() -> Vec<(Metric, EncodingSpec, bool)> {
 /// Where an index has a quantized graph, its rows agree with the graph: one row per stored
 /// position, each starting with the node's pruned neighbours.
 fn check_qg(index: &Index, what: &str) {
-    let enc_qg = index.encoding() == "rabitq" && index.keep_vectors() && index.metric() != Metric::InnerProduct;
+    let enc_qg = index.encoding() == "rabitq"
+        && index.keep_vectors()
+        && index.metric() != Metric::InnerProduct;
     assert_eq!(index.has_quantized_graph(), enc_qg, "{what}");
     if let Some(qg) = index.quantized_graph() {
         let g = index.graph();
@@ -81,7 +83,10 @@ fn check_qg(index: &Index, what: &str) {
             let nb = g.neighbors(v);
             assert!(row.len() >= nb.len(), "{what}: row {v}");
             assert_eq!(&row[..nb.len()], nb, "{what}: row {v}");
-            assert!(row.iter().all(|&u| (u as usize) < g.len()), "{what}: row {v}");
+            assert!(
+                row.iter().all(|&u| (u as usize) < g.len()),
+                "{what}: row {v}"
+            );
         }
     }
 }
@@ -320,9 +325,7 @@ fn filtered_search_matches_exact_filtered_search() {
             for &strategy in strategies {
                 for allowed in [Allowed::Ids(&allowed), Allowed::Mask(&mask)] {
                     let f = Filter { allowed, strategy };
-                    let (ids, _) = index
-                        .search_with(&queries, &fp, Some(&f), Some(2))
-                        .unwrap();
+                    let (ids, _) = index.search_with(&queries, &fp, Some(&f), Some(2)).unwrap();
                     for id in &ids {
                         assert!(*id >= 0, "{pct}%: fewer than k results");
                         assert!(mask[*id as usize], "{pct}%: a filtered-out id was returned");
@@ -491,6 +494,8 @@ fn quantized_graph_serves_searches_and_can_be_turned_off() {
     // filtered searches keep using the codes
     let allowed: Vec<i64> = (0..n as i64).step_by(2).collect();
     let f = Filter::new(Allowed::Ids(&allowed));
-    let (c, _) = back.search_with(&queries, &sp(k, 64), Some(&f), None).unwrap();
+    let (c, _) = back
+        .search_with(&queries, &sp(k, 64), Some(&f), None)
+        .unwrap();
     assert!(c.iter().all(|&i| i >= 0 && i % 2 == 0));
 }

@@ -199,7 +199,7 @@ impl Index {
     fn search<'py>(
         &self,
         py: Python<'py>,
-        queries: PyReadonlyArray2<'py, f32>,
+        queries: numpy::PyReadonlyArrayDyn<'py, f32>,
         k: usize,
         ef: Option<usize>,
         rerank: Option<usize>,
@@ -208,9 +208,25 @@ impl Index {
         filter_mask: Option<PyReadonlyArray1<'py, bool>>,
         filter_strategy: Option<&str>,
     ) -> PyResult<Neighbors<'py>> {
-        let dim = queries.shape()[1];
-        let nq = queries.shape()[0];
-        let q = slice(&queries, "queries")?;
+        // shape (dim,) or (n, dim), any layout (copied unless C-contiguous)
+        let (nq, dim) = match *queries.shape() {
+            [d] => (1, d),
+            [n, d] => (n, d),
+            _ => {
+                return Err(to_py(
+                    py,
+                    Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
+                ))
+            }
+        };
+        let owned: Vec<f32>;
+        let q = match queries.as_slice() {
+            Ok(q) if queries.is_c_contiguous() => q,
+            _ => {
+                owned = queries.as_array().iter().copied().collect();
+                &owned
+            }
+        };
         let strategy = match filter_strategy.unwrap_or("auto") {
             "auto" => core::FilterStrategy::Auto,
             "graph" => core::FilterStrategy::Graph,

@@ -17,10 +17,10 @@
 //! the rows follow (u64 length, then [`QgIndex::to_payload`]'s bytes), so a loaded index
 //! searches exactly like the saved one without re-encoding anything.
 
-use super::{Index, Inner, Ids, MemoryUsage, SearchParams};
+use super::{Ids, Index, Inner, MemoryUsage, SearchParams};
+use crate::encoding::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
-use crate::encoding::Encoding;
 use crate::metric::Metric;
 use crate::parallel::with_threads;
 use crate::qg::QgIndex;
