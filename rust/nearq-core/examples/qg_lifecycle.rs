@@ -2,8 +2,10 @@
 //! its graph: `qg_lifecycle VECTORS DIM [--threads T]` (raw little-endian f32, cosine).
 //!
 //! Builds the index once, then times, with the quantized graph on and off (the difference is
-//! the quantized graph's share): loading from bytes (the rows are rebuilt), adding 1% and 10%
-//! more vectors, tombstoning 5% and consolidating, and a full rebuild of the rows.
+//! the quantized graph's share): loading from bytes (the rows are read back), adding 1% and 10%
+//! more vectors, tombstoning 5% and consolidating, and a full rebuild of the rows. With
+//! `NEARQ_QG_TRACE=1` each update of the rows reports how many were re-encoded and where the
+//! time went (neighbour lists with their fill, rotations, encoding).
 use nearq_core::{BuildParams, EncodingSpec, Index, IndexParams, Metric};
 use std::time::Instant;
 

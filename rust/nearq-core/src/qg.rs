@@ -2,6 +2,11 @@
 //! float vector and the 1-bit RaBitQ codes of its neighbours in the 4-bit FastScan layout, so
 //! expanding a node is one contiguous read that scores all its neighbours together.
 //!
+//! An [`Index`] with encoding RaBitQ, float vectors kept and metric L2 or cosine carries one
+//! over its own graph (built with `QgIndex::from_parts`, kept in step with
+//! `QgIndex::sync`; see `index/qg_glue.rs`); `QgIndex::build` / `from_graph` build a
+//! stand-alone one (`nearq.experimental.QuantizedGraph`).
+//!
 //! # Row layout (fixed size, one per node)
 //! ```text
 //! [vector: d f32][R/32 FastScan blocks: D/4 sub-quantizers x 16 bytes][f_add: R f32][f_rescale: R f32][ids: R u32]
