@@ -31,7 +31,7 @@ def _exact_subset(train, test, rows, ids, k=K):
     return np.asarray(ids)[np.asarray(rows)][t]
 
 
-@pytest.mark.parametrize("encoding,keep", [("flat", True), ("sq8", False), ("lvq", False)])
+@pytest.mark.parametrize("encoding,keep", [("flat", True), ("sq8", False), ("lvq", False), ("rabitq", True)])
 def test_adding_half_incrementally_is_as_good_as_a_full_build(minilm, encoding, keep):
     train, test = minilm
     n = len(train)
@@ -45,12 +45,13 @@ def test_adding_half_incrementally_is_as_good_as_a_full_build(minilm, encoding, 
         np.testing.assert_array_equal(got, np.arange(at, at + m))
         at += m
     assert len(inc) == n
+    assert inc.quantized_graph == (encoding == "rabitq")
     ra = recall(full.search(test, K, ef=64).ids, truth)
     rb = recall(inc.search(test, K, ef=64).ids, truth)
     assert rb >= ra - 0.01, (rb, ra)
 
 
-@pytest.mark.parametrize("encoding,keep", [("flat", True), ("sq8", False)])
+@pytest.mark.parametrize("encoding,keep", [("flat", True), ("sq8", False), ("rabitq", True)])
 def test_deleting_30_percent_keeps_the_recall_of_a_fresh_build(minilm, encoding, keep):
     train, test = minilm
     n = len(train)
@@ -61,6 +62,7 @@ def test_deleting_30_percent_keeps_the_recall_of_a_fresh_build(minilm, encoding,
     for part in np.array_split(dead, 4):
         assert index.delete(part) == len(part)
     assert index.delete(dead[:5]) == 0
+    assert index.quantized_graph == (encoding == "rabitq")
     live = np.setdiff1d(np.arange(n), dead)
     assert len(index) == len(live)
     np.testing.assert_array_equal(np.sort(index.ids()), live)
@@ -74,7 +76,7 @@ def test_deleting_30_percent_keeps_the_recall_of_a_fresh_build(minilm, encoding,
 
 
 @pytest.mark.parametrize("selectivity", [0.5, 0.1, 0.01])
-@pytest.mark.parametrize("encoding", ["flat", "sq8"])
+@pytest.mark.parametrize("encoding", ["flat", "sq8", "rabitq"])
 def test_filtered_search_matches_exact_filtered_search(minilm, selectivity, encoding):
     train, test = minilm
     n = len(train)

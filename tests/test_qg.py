@@ -100,3 +100,71 @@ def test_search_input_forms_agree():
     for bad in (dict(k=0), dict(ef=0), dict(k=True), dict(threads=0), dict(k=2.0)):
         with pytest.raises(nearq.InvalidInputError):
             g.search(q, **bad)
+
+
+# ------------------------------------------- the quantized graph behind nearq.Index (rabitq)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_index_rabitq_with_vectors_searches_through_the_quantized_graph(real_data, real_truth, metric):
+    (x, q), (truth, _) = real_data, real_truth[metric]
+    idx = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, keep_vectors=True, seed=0)
+    assert idx.quantized_graph and idx.build_params["alpha"] == pytest.approx(1.1)
+    res = idx.search(q, k=10, ef=64)
+    r = _recall(res.ids, truth[:, :10])
+    assert r >= 0.95, r
+    # exact distances (every expanded node is re-ranked from its row), nearest first
+    np.testing.assert_allclose(res.distances, _dist(metric, q, x, res.ids), atol=2e-4, rtol=1e-4)
+    assert (np.diff(res.distances, axis=1) >= 0).all()
+    # the same results as the experimental graph built over the same graph parameters
+    g = QuantizedGraph.build(x, metric=metric, seed=0)
+    np.testing.assert_array_equal(g.search(q, k=10, ef=64).ids, res.ids)
+    # memory: the rows are reported, and they hold a second copy of the float vectors
+    m = idx.memory_usage(detail=True)
+    assert m["quantized_graph"] > m["vectors"] >= x.nbytes
+    assert m["total"] == sum(m[p] for p in ("codes", "graph", "vectors", "params", "ids", "quantized_graph"))
+
+
+def _dist(metric, q, x, ids):
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        return 1.0 - np.einsum("ij,ikj->ik", qn, xn[ids])
+    return np.einsum("ikj,ikj->ik", x[ids] - q[:, None], x[ids] - q[:, None])
+
+
+def test_index_quantized_graph_opt_out_and_where_it_applies(real_data):
+    x, q = real_data
+    x = x[:2000]
+    off = nearq.Index.build(x, metric="cosine", encoding="rabitq", quantized_graph=False)
+    assert not off.quantized_graph and off.build_params["alpha"] == pytest.approx(1.1)
+    assert off.memory_usage(detail=True)["quantized_graph"] == 0
+    # the choice survives pickling
+    import pickle
+
+    assert not pickle.loads(pickle.dumps(off)).quantized_graph
+    for kw in (dict(keep_vectors=False), dict(metric="ip")):
+        i = nearq.Index.build(x, **{"metric": "cosine", "encoding": "rabitq", **kw})
+        assert not i.quantized_graph
+    assert not nearq.Index.build(x, metric="cosine", encoding="sq8").quantized_graph
+    with pytest.raises(nearq.InvalidInputError):
+        nearq.Index.build(x, encoding="rabitq", quantized_graph="yes")
+
+
+def test_index_quantized_graph_round_trips_and_changes(real_data, tmp_path):
+    x, q = real_data
+    idx = nearq.Index.build(x[:3000], metric="cosine", encoding="rabitq", ids=np.arange(3000) + 10)
+    idx.add(x[3000:3500])
+    idx.delete(np.arange(10, 200, 3))  # tombstones, below the consolidation threshold
+    assert idx.quantized_graph and idx.memory_usage(detail=True)["ids"] > 0
+    a = idx.search(q, k=10, ef=64)
+    assert not np.isin(a.ids, np.arange(10, 200, 3)).any()
+    path = tmp_path / "qg.nearq"
+    idx.save(path)
+    import pickle
+
+    for other in (nearq.Index.load(path), nearq.Index.load(path, mmap=True), pickle.loads(pickle.dumps(idx))):
+        assert other.quantized_graph
+        b = other.search(q, k=10, ef=64)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)

@@ -23,14 +23,14 @@ CONFIGS = {
     "nearq-flat-R32-bef200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=32, build_ef=200)),
     "nearq-sq8-R32": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", degree=32, build_ef=128)),
     "nearq-flat-R48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=48, build_ef=200)),
-    "nearq-rabitq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128, rerank="ef")),
+    "nearq-rabitq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128, rerank="ef", quantized_graph=False)),
     "nearq-rabitq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=8, keep_vectors=False, degree=32, build_ef=128, rerank="ef")),
     "nearq-sq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128)),
     "nearq-lvq4x8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128)),
     "nearq-lvq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-tq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, degree=32, build_ef=128)),
     "nearq-pq96-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, degree=32, build_ef=128)),
-    "nearq-rabitq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, mmap=True, degree=32, build_ef=128, rerank="ef")),
+    "nearq-rabitq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, mmap=True, degree=32, build_ef=128, rerank="ef", quantized_graph=False)),
     "nearq-tq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-tq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-pq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128)),
@@ -46,6 +46,8 @@ CONFIGS = {
     "nearq-lvq4x8-nokeep-nohp": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128, hugepages=False)),
     "nearq-lvq4x8-nokeep-a12": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128, alpha=1.2)),
     "nearq-sq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
+    # the same design through the Index API (rabitq with float vectors kept: quantized graph)
+    "nearq-rabitq-qg": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128)),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
     "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),
@@ -94,7 +96,7 @@ DEFAULT = [
     "faiss-hnsw-M32", "faiss-hnsw-M16", "faiss-hnswpq-M32-refine", "faiss-ivfpq-fs-refine",
     "faiss-ivf-rabitq-refine",
     "hnswlib-M16", "usearch-f32-M32", "usearch-i8-M32", "svs-vamana-f32-R32", "svs-vamana-f16-R32",
-    "rabitqlib-symqg-R32", "rabitqlib-hnsw-4bit", "rabitqlib-hnsw-8bit", "rabitqlib-ivf-4bit",
+    "nearq-rabitq-qg", "rabitqlib-symqg-R32", "rabitqlib-hnsw-4bit", "rabitqlib-hnsw-8bit", "rabitqlib-ivf-4bit",
     "turbovec-4bit", "exact-numpy",
 ]
 

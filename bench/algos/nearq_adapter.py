@@ -41,7 +41,7 @@ class NearQ(Algo):
             build_ef=p.get("build_ef", 128),
             threads=build_threads,
             seed=0,
-            **{k: p[k] for k in ("variant", "subspaces", "opq", "alpha") if k in p},
+            **{k: p[k] for k in ("variant", "subspaces", "opq", "alpha", "quantized_graph") if k in p},
         )
         if p.get("mmap"):
             self._tmp = tempfile.TemporaryDirectory()
@@ -55,9 +55,8 @@ class NearQ(Algo):
         self.rerank = ef if self.params.get("rerank") == "ef" else self.params.get("rerank")
 
     def query(self, q, k):
-        res = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank)
-        ids = np.asarray(res.ids)[0]
-        return ids[ids >= 0]
+        ids = self.index.search(q, k=k, ef=self.query_arg, threads=self.threads, rerank=self.rerank).ids[0]
+        return ids if ids[-1] >= 0 else ids[ids >= 0]
 
     def batch_query(self, Q, k):
         return np.asarray(

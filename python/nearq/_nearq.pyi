@@ -30,6 +30,7 @@ class Index:
         opq: bool = False,
         ids: Optional[npt.NDArray[np.int64]] = None,
         saq_bits: Optional[float] = None,
+        quantized_graph: bool = True,
     ) -> Index: ...
     def search(
         self,
@@ -77,6 +78,8 @@ class Index:
     def encoding(self) -> str: ...
     @property
     def keep_vectors(self) -> bool: ...
+    @property
+    def quantized_graph(self) -> bool: ...
     @property
     def degree(self) -> int: ...
     @property

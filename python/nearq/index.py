@@ -14,6 +14,8 @@ from .errors import DimensionMismatchError, InvalidInputError
 PathLike = Union[str, "os.PathLike[str]"]
 
 _MAX_THREADS = 4096
+_F32 = np.dtype(np.float32)
+_result = tuple.__new__
 
 
 class SearchResult(NamedTuple):
@@ -64,6 +66,7 @@ class Index:
         subspaces: Optional[int] = None,
         opq: bool = False,
         ids: Any = None,
+        quantized_graph: bool = True,
     ) -> "Index":
         """Builds an index over ``vectors`` (array-like of shape (n, dim), float16/32/64).
 
@@ -96,6 +99,12 @@ class Index:
                 returns its look-up-table (ADC) distance estimates.
             ids: int64 id of each vector (array-like of length n, all distinct), returned by
                 :meth:`search`; default ``0..n-1``.
+            quantized_graph: for ``"rabitq"`` with ``keep_vectors=True`` and metric ``"l2"`` or
+                ``"cosine"``: also lay the graph out as a quantized graph (SymphonyQG design:
+                each node's row holds its float vector and its neighbours' 1-bit RaBitQ codes,
+                degree rounded up to a multiple of 32), which serves unfiltered searches, about
+                ``dim * 4 + degree * (dim / 2 + 12)`` more bytes per vector. ``False`` opts out
+                (searches then traverse the ``bits``-bit codes and re-rank). Ignored elsewhere.
         """
         x = as_matrix(vectors, "vectors", allow_1d=False)
         metric = as_str("metric", metric)
@@ -113,6 +122,8 @@ class Index:
             raise InvalidInputError(f"opq must be a bool, got {opq!r}")
         degree = as_int("degree", degree, lo=2, hi=1024)
         build_ef = as_int("build_ef", build_ef, lo=1, hi=100_000)
+        if not isinstance(quantized_graph, (bool, np.bool_)):
+            raise InvalidInputError(f"quantized_graph must be a bool, got {quantized_graph!r}")
         alpha = as_float("alpha", alpha)
         seed = as_int("seed", seed, lo=0, hi=2**64 - 1)
         id_array = None if ids is None else as_ids("ids", ids, n=x.shape[0])
@@ -120,6 +131,7 @@ class Index:
             x, metric, encoding, bits_list, bool(keep_vectors), degree, build_ef, alpha,
             _threads(threads), seed, bool(progress), variant=variant,
             subspaces=subspaces, opq=bool(opq), ids=id_array, saq_bits=saq_bits,
+            quantized_graph=bool(quantized_graph),
         )
         return cls(inner)
 
@@ -142,7 +154,9 @@ class Index:
             threads: worker threads for a batch (default: all cores).
             rerank: candidates re-ranked with exact distances (or a finer code), for
                 encodings that estimate distances (default ``max(3k, 30)``, at most ``ef``;
-                a larger value widens the beam).
+                a larger value widens the beam). An unfiltered search of an index with a
+                quantized graph (:attr:`quantized_graph`) re-ranks every vector it expands
+                exactly; there ``rerank`` only widens the beam to ``max(ef, rerank)``.
             filter: restrict results to some ids: an array-like (or set) of allowed int64 ids,
                 or a boolean mask indexed by id (``mask[id]`` True = allowed; ids beyond the
                 mask are excluded). Applied inside the graph traversal (rejected vectors still
@@ -151,6 +165,22 @@ class Index:
                 still returns ``k`` results when ``k`` exist.
             filter_strategy: ``"auto"`` (default), ``"graph"`` or ``"scan"``.
         """
+        # Fast path for the common call (a float32 array, plain ints in range, no filter),
+        # which matters for one query per call: the dimension is checked natively, and a
+        # SearchResult is a tuple, built without its Python-level constructor.
+        if (
+            filter is None
+            and type(queries) is np.ndarray
+            and type(k) is int
+            and (ef is None or (type(ef) is int and 1 <= ef <= 1_000_000))
+            and rerank is None
+            and queries.dtype == _F32
+            and 1 <= k <= 1_000_000
+            and (threads is None or (type(threads) is int and 1 <= threads <= _MAX_THREADS))
+            and filter_strategy == "auto"
+            and queries.size > 0
+        ):
+            return _result(SearchResult, self._inner.search(queries, k, ef, None, threads))
         q = as_matrix(queries, "queries", allow_1d=True)
         k = as_int("k", k, lo=1, hi=1_000_000)
         ef = as_int("ef", ef, lo=1, hi=1_000_000, optional=True)
@@ -276,6 +306,11 @@ class Index:
         return self._inner.keep_vectors
 
     @property
+    def quantized_graph(self) -> bool:
+        """Whether unfiltered searches go through a quantized graph (see :meth:`build`)."""
+        return self._inner.quantized_graph
+
+    @property
     def bit_allocation(self) -> Optional[list]:
         """For ``"saq"``: the bits chosen per segment of principal directions, as
         ``[(dimensions, bits), ...]`` from the leading (highest-variance) segment on;
@@ -291,7 +326,7 @@ class Index:
     def memory_usage(self, detail: bool = False) -> Any:
         """Bytes the index holds in RAM. With ``detail=True``, a dict by part
         (``codes``, ``graph``, ``vectors``, ``params``, ``ids`` (user ids and tombstones),
-        ``total``, and ``mmap``: bytes served from a memory map, not counted in ``total``)."""
+        ``quantized_graph`` (its rows, which hold a second copy of the float vectors), ``total``, and ``mmap``: bytes served from a memory map, not counted in ``total``)."""
         m = dict(self._inner.memory_usage())
         return m if detail else int(m["total"])
 

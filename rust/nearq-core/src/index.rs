@@ -18,6 +18,8 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
+mod qg_glue;
+
 /// Largest supported dimension and degree (also bounds what a file may claim).
 pub const MAX_DIM: usize = 1 << 16;
 pub const MAX_DEGREE: usize = 1024;
@@ -75,12 +77,15 @@ pub struct MemoryUsage {
     pub ids: usize,
     /// Bytes served from a memory map (not counted in [`MemoryUsage::total`]).
     pub mapped: usize,
+    /// Rows of the quantized graph (RaBitQ with float vectors kept: each row holds a node's
+    /// float vector, a second copy of `vectors`, and its neighbours' 1-bit codes).
+    pub quantized_graph: usize,
 }
 
 impl MemoryUsage {
     /// Bytes held in RAM.
     pub fn total(&self) -> usize {
-        self.codes + self.graph + self.vectors + self.params + self.ids
+        self.codes + self.graph + self.vectors + self.params + self.ids + self.quantized_graph
     }
 }
 
@@ -431,6 +436,7 @@ impl<E: Encoding> GraphIndex<E> {
             ids: 0,
             mapped: self.codes.mapped_bytes()
                 + self.vectors.as_ref().map_or(0, |v| v.mapped_bytes()),
+            quantized_graph: 0,
         }
     }
 
@@ -679,6 +685,10 @@ pub struct Index {
     deleted: BitSet,
     /// Id the next vector added without an explicit id gets.
     next_id: i64,
+    /// The quantized graph serving unfiltered searches (see `qg_glue`), and whether it is
+    /// enabled.
+    qg: Option<crate::qg::QgIndex>,
+    qg_on: bool,
 }
 
 /// Progress stage names of [`Index::build_reporting`].
@@ -855,7 +865,9 @@ impl Index {
                     ))
                 }
             };
-            Ok(Index::from_inner(inner))
+            let mut index = Index::from_inner(inner);
+            index.refresh_qg(None);
+            Ok(index)
         })
     }
 
@@ -865,6 +877,8 @@ impl Index {
             ids: Ids::Range,
             deleted: BitSet::default(),
             next_id: 0,
+            qg: None,
+            qg_on: true,
         }
         .with_range_ids()
     }
@@ -946,6 +960,7 @@ impl Index {
     }
     pub fn memory_usage(&self) -> MemoryUsage {
         let mut m = dispatch!(self, g => g.memory());
+        self.qg_memory(&mut m);
         m.ids = self.deleted.memory_bytes()
             + match &self.ids {
                 Ids::Range => 0,
@@ -1109,6 +1124,7 @@ impl Index {
             let data = normalized_copy(data, dim, metric);
             dispatch_mut!(self, g => g.add(&data, &|p| deleted.contains(p)));
         });
+        with_threads(threads, || self.refresh_qg(None));
         if !stays_range {
             let (ext, pos) = self.explicit_ids();
             for (j, &id) in new_ids.iter().enumerate() {
@@ -1174,6 +1190,7 @@ impl Index {
             threads,
             || dispatch_mut!(self, g => g.consolidate(&|p| deleted.contains(p))),
         );
+        with_threads(threads, || self.refresh_qg(Some(&new_id)));
         let identity = new_id
             .iter()
             .enumerate()
@@ -1284,6 +1301,9 @@ impl Index {
         if nq == 0 {
             return Err(Error::Empty("queries (0 rows)"));
         }
+        if let (None, Some(qg)) = (filter, &self.qg) {
+            return Ok(self.search_qg(qg, queries, nq, p, threads));
+        }
         let allow = match filter {
             Some(f) => Some((self.allowed_set(&f.allowed), f.strategy)),
             None if self.deleted.count > 0 => Some((self.live_set(), FilterStrategy::Auto)),
@@ -1343,6 +1363,7 @@ impl Index {
             v.resize(words, 0);
             w.u64s(&v);
         }
+        self.write_qg(&mut w);
         w.buf
     }
 
@@ -1445,8 +1466,12 @@ impl Index {
             } else if index.next_id < n as i64 {
                 return Err(Error::Format("next id below a stored id".into()));
             }
+            if version >= 3 {
+                index.read_qg(&mut r)?;
+            }
         }
         r.finish()?;
+        index.refresh_qg(None);
         Ok(index)
     }
 

@@ -12,6 +12,9 @@
 //! Version 2 (this release) aligns the bulk sections of the payload (codes, float vectors) to
 //! 64-byte file offsets with zero padding, so a memory-mapped file can be searched in place
 //! ([`open_mapped`]); version 1 files (no padding, no ids or tombstones) still load.
+//! Version 3 adds an optional section at the end of the payload: a RaBitQ index's quantized
+//! graph rows, or the mark that it is turned off (see `index/qg_glue.rs`); version 2 files
+//! (which have none) load as before, their rows rebuilt.
 //! The whole file is checked (length, version, checksum) before any field is parsed, and every
 //! length read from the payload is checked against the bytes that remain before anything is
 //! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
@@ -23,7 +26,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes before the payload; payload offset `p` lies at file offset `HEADER + p`.
 pub const HEADER: usize = 24;
 

@@ -2,6 +2,11 @@
 //! float vector and the 1-bit RaBitQ codes of its neighbours in the 4-bit FastScan layout, so
 //! expanding a node is one contiguous read that scores all its neighbours together.
 //!
+//! An [`Index`] with encoding RaBitQ, float vectors kept and metric L2 or cosine carries one
+//! over its own graph (built with `QgIndex::from_parts`, kept in step with
+//! `QgIndex::sync`; see `index/qg_glue.rs`); `QgIndex::build` / `from_graph` build a
+//! stand-alone one (`nearq.experimental.QuantizedGraph`).
+//!
 //! # Row layout (fixed size, one per node)
 //! ```text
 //! [vector: d f32][R/32 FastScan blocks: D/4 sub-quantizers x 16 bytes][f_add: R f32][f_rescale: R f32][ids: R u32]
@@ -37,6 +42,7 @@
 
 use crate::encoding::rotation::Rotation;
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::Index;
@@ -46,7 +52,7 @@ use std::cell::RefCell;
 
 const EMPTY: u32 = u32::MAX;
 /// Node ids stay below 2^31: the search pool keeps an "expanded" flag in bit 31.
-const MAX_NODES: usize = 1 << 31;
+pub(crate) const MAX_NODES: usize = 1 << 31;
 /// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
 const PAYLOAD_KIND: u8 = 0xA0;
 
@@ -101,41 +107,45 @@ impl QgIndex {
     /// (row-major, `dim` columns). L2 and cosine only; the degree is rounded up to 32.
     pub fn from_graph(index: &Index, data: &[f32], seed: u64) -> Result<QgIndex> {
         let metric = index.metric();
+        let dim = index.dim();
+        if data.len() / dim.max(1) != index.len() {
+            return Err(Error::InvalidInput("data and index sizes differ".into()));
+        }
+        let mut data = data.to_vec();
+        if metric.normalizes() {
+            data.par_chunks_mut(dim).for_each(crate::metric::normalize);
+        }
+        Self::from_parts(index.graph(), index.entry_point(), &data, dim, metric, seed)
+    }
+
+    /// Builds the quantized graph over `graph` (entry point `entry`) and its nodes' vectors
+    /// `data` (row-major, `dim` columns, already normalised for cosine).
+    pub(crate) fn from_parts(
+        g: &Graph,
+        entry: u32,
+        data: &[f32],
+        dim: usize,
+        metric: Metric,
+        seed: u64,
+    ) -> Result<QgIndex> {
         if metric == Metric::InnerProduct {
             return Err(Error::param(
                 "metric",
                 "the quantized graph supports l2 and cosine",
             ));
         }
-        let dim = index.dim();
         let n = data.len() / dim;
-        if n != index.len() {
-            return Err(Error::InvalidInput("data and index sizes differ".into()));
+        if n != g.len() {
+            return Err(Error::InvalidInput("data and graph sizes differ".into()));
         }
         if n > MAX_NODES {
             return Err(Error::InvalidInput(format!(
                 "the quantized graph holds at most {MAX_NODES} vectors"
             )));
         }
-        let g = index.graph();
         let degree = g.degree().div_ceil(32) * 32;
         let pad = dim.div_ceil(64) * 64;
         let rot = Rotation::new(pad, seed);
-        let mut data = data.to_vec();
-        if metric.normalizes() {
-            data.par_chunks_mut(dim).for_each(crate::metric::normalize);
-        }
-        // Rotated vectors, once.
-        let rotated: Vec<f32> = data
-            .par_chunks(dim)
-            .flat_map_iter(|x| {
-                let mut xp = vec![0f32; pad];
-                xp[..dim].copy_from_slice(x);
-                let mut y = vec![0f32; pad];
-                rot.apply(&xp, &mut y);
-                y
-            })
-            .collect();
         let mut q = QgIndex {
             dim,
             pad,
@@ -145,53 +155,156 @@ impl QgIndex {
             rot,
             row_bytes: 0,
             rows: Rows::default(),
-            entry: index.entry_point(),
-            n,
+            entry,
+            n: 0,
             k: kernels(),
         };
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
-        let rb = q.row_bytes;
-        let kern = q.k;
-        let mut rows = Rows::zeroed(rb * n);
-        let (cb, oc, ofa, ofr, oid) = (
-            q.code_bytes(),
-            q.off_codes(),
-            q.off_fadd(),
-            q.off_fres(),
-            q.off_ids(),
+        q.sync(g, entry, data, None);
+        Ok(q)
+    }
+
+    /// Brings the rows in line with `g` (and `entry`) over `data` (the nodes' vectors,
+    /// normalised for cosine): after a consolidation `remap` gives every old row's new
+    /// position (`u32::MAX` for dropped rows); rows are then appended for new nodes, and every
+    /// row whose pruned neighbours differ from the graph's (or that names a dropped node) is
+    /// re-encoded. Returns the number of rows written.
+    pub(crate) fn sync(
+        &mut self,
+        g: &Graph,
+        entry: u32,
+        data: &[f32],
+        remap: Option<&[u32]>,
+    ) -> usize {
+        let (dim, rb, oid, deg) = (self.dim, self.row_bytes, self.off_ids(), self.degree);
+        let n = g.len();
+        assert!(n <= MAX_NODES && data.len() == n * dim && deg >= g.degree());
+        let mut dirty = vec![false; n];
+        // 1. Dropped rows go, the others move to their new positions with renumbered ids.
+        if let Some(new_id) = remap {
+            let mut rows = Rows::zeroed(rb * n);
+            {
+                let out = rows.bytes_mut();
+                for (p, &np) in new_id.iter().enumerate().take(self.n) {
+                    if np == u32::MAX {
+                        continue;
+                    }
+                    let np = np as usize;
+                    let dst = &mut out[np * rb..(np + 1) * rb];
+                    dst.copy_from_slice(self.row(p as u32));
+                    let ids: &mut [u32] = bytemuck::cast_slice_mut(&mut dst[oid..oid + deg * 4]);
+                    for id in ids.iter_mut().filter(|id| **id != EMPTY) {
+                        *id = new_id.get(*id as usize).copied().unwrap_or(u32::MAX);
+                        if *id == u32::MAX {
+                            dirty[np] = true;
+                        }
+                    }
+                }
+            }
+            self.n = new_id.iter().filter(|&&x| x != u32::MAX).count().min(n);
+            self.rows = rows;
+        }
+        // 2. New nodes get rows.
+        if n > self.n {
+            self.rows.grow(rb * n);
+            dirty[self.n..].fill(true);
+        }
+        self.n = n;
+        self.entry = entry;
+        // 3. Rows whose pruned neighbours changed. (The fill after them, the nearest two-hop
+        //    neighbours when the graph's row is not full, is computed when a row is written
+        //    and kept while the pruned neighbours stay: refreshing it whenever a neighbour's
+        //    row changes would rewrite most rows after any change.)
+        {
+            let rows = self.rows.bytes();
+            dirty.par_iter_mut().enumerate().for_each(|(v, d)| {
+                if !*d {
+                    let ids: &[u32] =
+                        bytemuck::cast_slice(&rows[v * rb + oid..v * rb + oid + deg * 4]);
+                    let nb = g.neighbors(v as u32);
+                    *d = ids[..nb.len()] != *nb;
+                }
+            });
+        }
+        let todo: Vec<u32> = (0..n as u32).filter(|&v| dirty[v as usize]).collect();
+        if todo.is_empty() {
+            return 0;
+        }
+        let t0 = std::time::Instant::now();
+        let kern = self.k;
+        // Neighbour lists, then the rotated vectors of every node they involve, once each.
+        let lists: Vec<Vec<u32>> = todo
+            .par_iter()
+            .map(|&v| full_row(g, v, deg, data, dim, kern))
+            .collect();
+        let t_lists = t0.elapsed().as_secs_f64();
+        let mut slot = vec![u32::MAX; n];
+        let mut need = Vec::new();
+        for (&v, nb) in todo.iter().zip(&lists) {
+            for &u in std::iter::once(&v).chain(nb) {
+                if slot[u as usize] == u32::MAX {
+                    slot[u as usize] = need.len() as u32;
+                    need.push(u);
+                }
+            }
+        }
+        let pad = self.pad;
+        let mut rotated = vec![0f32; need.len() * pad];
+        rotated
+            .par_chunks_mut(pad)
+            .zip(need.par_iter())
+            .for_each_init(
+                || vec![0f32; pad],
+                |xp, (y, &u)| {
+                    xp[..dim].copy_from_slice(&data[u as usize * dim..(u as usize + 1) * dim]);
+                    self.rot.apply(xp, y);
+                },
+            );
+        let t_rot = t0.elapsed().as_secs_f64();
+        let mut list_of = vec![u32::MAX; n];
+        for (i, &v) in todo.iter().enumerate() {
+            list_of[v as usize] = i as u32;
+        }
+        let (cb, oc, ofa, ofr) = (
+            self.code_bytes(),
+            self.off_codes(),
+            self.off_fadd(),
+            self.off_fres(),
         );
+        let rot_of = |u: u32| {
+            let s = slot[u as usize] as usize;
+            &rotated[s * pad..(s + 1) * pad]
+        };
+        let mut rows = std::mem::take(&mut self.rows);
         rows.bytes_mut()
             .par_chunks_mut(rb)
             .enumerate()
+            .filter(|(v, _)| list_of[*v] != u32::MAX)
             .for_each(|(v, row)| {
+                row.fill(0);
+                let nb = &lists[list_of[v] as usize];
                 let x = &data[v * dim..(v + 1) * dim];
                 for (i, f) in x.iter().enumerate() {
                     row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
                 }
-                let vr = &rotated[v * pad..(v + 1) * pad];
-                let nb = full_row(g, v as u32, degree, &data, dim, kern);
-                for slot in 0..degree {
+                let vr = rot_of(v as u32);
+                let sv: f32 = vr.iter().sum();
+                for slot in 0..deg {
                     let (fadd, fres, id) = match nb.get(slot) {
                         Some(&u) => {
-                            let ur = &rotated[u as usize * pad..(u as usize + 1) * pad];
-                            let mut sum_abs = 0f32;
-                            let mut r2 = 0f32;
-                            let mut bv = 0f32;
-                            let mut sv = 0f32;
+                            let ur = rot_of(u);
+                            let (sum_abs, r2, bv) = residual_stats(ur, vr);
+                            // bit t of nibble j: y_{4j+t} > 0 (lanes 16..32 in the high nibbles)
                             let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
-                            let lane = slot % 32;
-                            for i in 0..pad {
-                                let y = ur[i] - vr[i];
-                                sum_abs += y.abs();
-                                r2 += y * y;
-                                sv += vr[i];
-                                if y > 0.0 {
-                                    bv += vr[i];
-                                    let j = i / 4;
-                                    let bit = 1u8 << (i % 4);
-                                    let byte = &mut block[j * 16 + lane % 16];
-                                    *byte |= if lane < 16 { bit } else { bit << 4 };
-                                }
+                            let (lane, shift) = (slot % 16, if slot % 32 < 16 { 0 } else { 4 });
+                            for (j, (a, b)) in
+                                ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate()
+                            {
+                                let nib = (a[0] > b[0]) as u8
+                                    | ((a[1] > b[1]) as u8) << 1
+                                    | ((a[2] > b[2]) as u8) << 2
+                                    | ((a[3] > b[3]) as u8) << 3;
+                                block[j * 16 + lane] |= nib << shift;
                             }
                             let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
                             (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
@@ -203,8 +316,16 @@ impl QgIndex {
                     row[oid + slot * 4..oid + slot * 4 + 4].copy_from_slice(&id.to_le_bytes());
                 }
             });
-        q.rows = rows;
-        Ok(q)
+        self.rows = rows;
+        if std::env::var_os("NEARQ_QG_TRACE").is_some() {
+            eprintln!(
+                "qg sync: {} rows, lists {t_lists:.3}s, rotations {:.3}s, rows {:.3}s",
+                todo.len(),
+                t_rot - t_lists,
+                t0.elapsed().as_secs_f64() - t_rot
+            );
+        }
+        todo.len()
     }
 
     /// Builds the float graph over `data` and then the quantized rows, on `threads` threads.
@@ -283,6 +404,10 @@ impl QgIndex {
 
     pub fn len(&self) -> usize {
         self.n
+    }
+    /// Slots per row (the graph's degree rounded up to a multiple of 32).
+    pub fn degree(&self) -> usize {
+        self.degree
     }
 
     /// Serialises the graph (inside the same container as [`Index`] files, see [`crate::io`]).
@@ -400,7 +525,7 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.bytes().len() + self.rot.memory_bytes()
+        self.rows.allocated() + self.rot.memory_bytes()
     }
 
     #[inline(always)]
@@ -422,10 +547,33 @@ impl QgIndex {
         }
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            let hops = self.search_in(query, k, ef, s);
+            let hops = self.search_in(query, k, ef, s, |_| true);
             let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
             (s.res.iter().map(|&(d, id)| (d * scale, id)).collect(), hops)
         })
+    }
+
+    /// [`QgIndex::search`] returning only nodes `accept` admits (rejected nodes still route
+    /// the search): writes up to `k` (node, distance) pairs, nearest first, through `out`.
+    pub(crate) fn search_accept<A: Fn(u32) -> bool>(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: A,
+        out: &mut dyn FnMut(usize, u32, f32),
+    ) {
+        if self.n == 0 {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.search_in(query, k, ef, s, accept);
+            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
+            for (j, &(d, id)) in s.res.iter().enumerate() {
+                out(j, id, d * scale);
+            }
+        });
     }
 
     #[doc(hidden)]
@@ -511,7 +659,16 @@ impl QgIndex {
     /// was tried: fewer expansions per recall on real embeddings, but on data whose distances
     /// all lie within the estimator's noise, e.g. random vectors, the beam then keeps admitting
     /// lucky estimates and the search nearly visits the whole graph.)
-    fn search_in(&self, query: &[f32], k: usize, ef: usize, s: &mut Scratch) -> usize {
+    ///
+    /// Only nodes `accept` admits become results (the others still route the search).
+    fn search_in<A: Fn(u32) -> bool>(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        s: &mut Scratch,
+        accept: A,
+    ) -> usize {
         let (a_mul, b_add) = self.prepare(query, s);
         let kern = self.k;
         let (dim, deg) = (self.dim, self.degree);
@@ -559,7 +716,7 @@ impl QgIndex {
             let row = self.row(v);
             let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
             let g_add = (kern.l2sq_f32)(q, x);
-            if s.res.len() < k || g_add < s.res[s.res.len() - 1].0 {
+            if (s.res.len() < k || g_add < s.res[s.res.len() - 1].0) && accept(v) {
                 if s.res.len() < k {
                     s.res.push((g_add, v));
                 }
@@ -619,27 +776,43 @@ impl QgIndex {
             }
         }
         if s.res.len() < k {
-            self.top_up(q, k, &mut s.res, &mut s.visited);
+            self.top_up(q, k, &mut s.res, &accept);
         }
         expanded
     }
 
-    /// Fewer than `k` nodes were expanded (the pool can hold a node twice): adds the nodes
-    /// around the results, breadth first, at their exact distances.
+    /// Fewer than `k` accepted nodes were expanded (the pool can hold a node twice, and
+    /// `accept` may reject many): adds the accepted nodes around the results, breadth first,
+    /// at their exact distances.
     #[cold]
-    fn top_up(&self, q: &[f32], k: usize, res: &mut Vec<(f32, u32)>, visited: &mut Visited) {
+    fn top_up(&self, q: &[f32], k: usize, res: &mut Vec<(f32, u32)>, accept: &dyn Fn(u32) -> bool) {
         let oid = self.off_ids();
-        let mut i = 0;
-        while res.len() < k && i < res.len() {
-            let row = self.row(res[i].1);
+        // Breadth first from the results and the entry point, through rejected nodes too
+        // (the results hold every accepted node expanded so far: fewer than k were found).
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut queue = std::collections::VecDeque::new();
+        for v in res.iter().map(|r| r.1).chain(std::iter::once(self.entry)) {
+            if seen.insert(v) {
+                queue.push_back(v);
+            }
+        }
+        if !res.iter().any(|r| r.1 == self.entry) && accept(self.entry) {
+            let x: &[f32] = bytemuck::cast_slice(&self.row(self.entry)[..self.dim * 4]);
+            res.push(((self.k.l2sq_f32)(q, x), self.entry));
+        }
+        while res.len() < k {
+            let Some(v) = queue.pop_front() else { break };
+            let row = self.row(v);
             let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
             for &u in ids {
-                if u != EMPTY && !visited.mark(u) {
-                    let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
-                    res.push(((self.k.l2sq_f32)(q, x), u));
+                if u != EMPTY && seen.insert(u) {
+                    queue.push_back(u);
+                    if accept(u) {
+                        let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
+                        res.push(((self.k.l2sq_f32)(q, x), u));
+                    }
                 }
             }
-            i += 1;
         }
         res.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         res.truncate(k);
@@ -812,6 +985,8 @@ impl Pool {
 struct Rows {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
+    /// Bytes the allocation was made for (`>= len`; rows appended by `add` grow into it).
+    cap: usize,
 }
 
 // SAFETY: `Rows` owns its allocation exclusively, like a `Vec<u8>`.
@@ -832,6 +1007,7 @@ impl Default for Rows {
         Rows {
             ptr: std::ptr::NonNull::dangling(),
             len: 0,
+            cap: 0,
         }
     }
 }
@@ -844,10 +1020,15 @@ impl Rows {
     }
 
     fn zeroed(len: usize) -> Rows {
-        if len == 0 {
+        Self::zeroed_with_capacity(len, len)
+    }
+
+    /// Zeroed rows of `len` bytes with room for `cap >= len` (all zero too).
+    fn zeroed_with_capacity(len: usize, cap: usize) -> Rows {
+        if cap == 0 {
             return Rows::default();
         }
-        let layout = Self::layout(len);
+        let layout = Self::layout(cap);
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         let Some(ptr) = std::ptr::NonNull::new(p) else {
@@ -864,7 +1045,33 @@ impl Rows {
         }
         // SAFETY: `p` is valid for `layout.size() >= len` bytes.
         unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
-        Rows { ptr, len }
+        Rows { ptr, len, cap }
+    }
+
+    /// Grows to `len` bytes, zero-filled, reallocating (with 50% headroom) only when the
+    /// allocation is too small, so that adding a few rows at a time does not copy them all.
+    fn grow(&mut self, len: usize) {
+        if len <= self.len {
+            return;
+        }
+        if len <= self.cap {
+            let old = self.len;
+            self.len = len;
+            self.bytes_mut()[old..].fill(0);
+            return;
+        }
+        let mut r = Rows::zeroed_with_capacity(len, len.max(self.cap + self.cap / 2));
+        r.bytes_mut()[..self.len].copy_from_slice(self.bytes());
+        *self = r;
+    }
+
+    /// Bytes allocated.
+    fn allocated(&self) -> usize {
+        if self.cap == 0 {
+            0
+        } else {
+            Self::layout(self.cap).size()
+        }
     }
 
     #[inline(always)]
@@ -881,9 +1088,9 @@ impl Rows {
 
 impl Drop for Rows {
     fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `zeroed` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) };
+        if self.cap > 0 {
+            // SAFETY: allocated in `zeroed_with_capacity` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
         }
     }
 }
@@ -956,6 +1163,30 @@ impl Visited {
     }
 }
 
+/// For `y = u - v`: `(Σ|y_i|, Σ y_i², Σ_{y_i > 0} v_i)`, in eight lanes (vectorised).
+fn residual_stats(u: &[f32], v: &[f32]) -> (f32, f32, f32) {
+    let (mut a, mut r, mut b) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    let (uc, vc) = (u.chunks_exact(8), v.chunks_exact(8));
+    let (ut, vt) = (uc.remainder(), vc.remainder());
+    for (x, z) in uc.zip(vc) {
+        for l in 0..8 {
+            let y = x[l] - z[l];
+            a[l] += y.abs();
+            r[l] += y * y;
+            b[l] += if y > 0.0 { z[l] } else { 0.0 };
+        }
+    }
+    let (mut sa, mut sr, mut sb): (f32, f32, f32) =
+        (a.iter().sum(), r.iter().sum(), b.iter().sum());
+    for (x, z) in ut.iter().zip(vt) {
+        let y = x - z;
+        sa += y.abs();
+        sr += y * y;
+        sb += if y > 0.0 { *z } else { 0.0 };
+    }
+    (sa, sr, sb)
+}
+
 /// Node `v`'s pruned neighbours, then (a FastScan block scores all its slots at the same cost)
 /// the nearest of its two-hop neighbours until the row holds `degree` ids.
 fn full_row(
@@ -972,14 +1203,19 @@ fn full_row(
         return out;
     }
     let row = |i: u32| &data[i as usize * dim..(i as usize + 1) * dim];
-    let mut cands: Vec<(f32, u32)> = out
+    let mut two_hop: Vec<u32> = out
         .iter()
         .flat_map(|&u| g.neighbors(u).iter().copied())
-        .filter(|&w| w != v && !out.contains(&w))
+        .filter(|&w| w != v)
+        .collect();
+    two_hop.sort_unstable();
+    two_hop.dedup();
+    let mut cands: Vec<(f32, u32)> = two_hop
+        .into_iter()
+        .filter(|w| !out.contains(w))
         .map(|w| ((k.l2sq_f32)(row(v), row(w)), w))
         .collect();
     cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    cands.dedup_by_key(|c| c.1);
     for (_, w) in cands {
         if out.len() >= degree {
             break;

@@ -62,7 +62,33 @@ fn cases() -> Vec<(Metric, EncodingSpec, bool)> {
             false,
         ),
         (Metric::Cosine, EncodingSpec::RaBitQ { bits: 8 }, false),
+        // with a quantized graph serving unfiltered searches
+        (Metric::L2, EncodingSpec::RaBitQ { bits: 7 }, true),
+        (Metric::Cosine, EncodingSpec::RaBitQ { bits: 4 }, true),
     ]
+}
+
+/// Where an index has a quantized graph, its rows agree with the graph: one row per stored
+/// position, each starting with the node's pruned neighbours.
+fn check_qg(index: &Index, what: &str) {
+    let enc_qg = index.encoding() == "rabitq"
+        && index.keep_vectors()
+        && index.metric() != Metric::InnerProduct;
+    assert_eq!(index.has_quantized_graph(), enc_qg, "{what}");
+    if let Some(qg) = index.quantized_graph() {
+        let g = index.graph();
+        assert_eq!(qg.len(), g.len(), "{what}");
+        for v in 0..g.len() as u32 {
+            let row = qg.neighbors(v);
+            let nb = g.neighbors(v);
+            assert!(row.len() >= nb.len(), "{what}: row {v}");
+            assert_eq!(&row[..nb.len()], nb, "{what}: row {v}");
+            assert!(
+                row.iter().all(|&u| (u as usize) < g.len()),
+                "{what}: row {v}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -85,6 +111,8 @@ fn adding_half_incrementally_matches_a_full_build() {
             at += chunk;
         }
         assert_eq!(inc.len(), n);
+        check_qg(&full, "full build");
+        check_qg(&inc, "after adds");
         let ef = 64;
         let (a, _) = full.search(&queries, &sp(k, ef), None).unwrap();
         let (b, _) = inc.search(&queries, &sp(k, ef), None).unwrap();
@@ -113,6 +141,7 @@ fn deleting_30_percent_keeps_recall_of_a_fresh_build() {
             assert_eq!(index.delete(part, Some(2)), part.len());
         }
         assert_eq!(index.delete(&del[..10], Some(2)), 0, "deleting twice");
+        check_qg(&index, "after deletes");
         let live: Vec<usize> = (0..n).filter(|i| !del.contains(&(*i as i64))).collect();
         assert_eq!(index.len(), live.len());
         let all_ids: Vec<i64> = (0..n as i64).collect();
@@ -141,9 +170,15 @@ fn deleting_30_percent_keeps_recall_of_a_fresh_build() {
 
 #[test]
 fn tombstones_are_never_returned_before_consolidation() {
+    for enc in [EncodingSpec::Flat, EncodingSpec::RaBitQ { bits: 4 }] {
+        tombstones_never_returned(enc);
+    }
+}
+
+fn tombstones_never_returned(enc: EncodingSpec) {
     let (n, dim, k) = (2000, 16, 10);
     let data = clustered(n, dim, 31);
-    let p = params(Metric::L2, EncodingSpec::Flat, true);
+    let p = params(Metric::L2, enc, true);
     let mut index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
     // a few deletes stay below the consolidation threshold
     let del: Vec<i64> = (0..n as i64).step_by(50).collect();
@@ -166,6 +201,7 @@ fn tombstones_are_never_returned_before_consolidation() {
     let (ids2, _) = index.search(&q, &sp(k, 64), None).unwrap();
     assert!(ids2.iter().all(|i| *i >= 0 && !del.contains(i)));
     assert!(index.graph().validate().is_ok());
+    check_qg(&index, "after consolidation");
 }
 
 #[test]
@@ -246,7 +282,23 @@ fn filtered_search_matches_exact_filtered_search() {
         // with the index's own unfiltered recall (capped at 0.95); a scan with exact
         // re-ranking must be near exact.
         let (truth_all, _) = exact_search(&data, &queries, dim, k, metric);
-        let (base_ids, _) = index.search(&queries, &sp(k, 64), None).unwrap();
+        // (An index with a quantized graph serves unfiltered searches from it and filtered
+        // ones from its codes: its base is the codes' path, a filter that allows everything.)
+        let everything = vec![true; n];
+        let base_filter = Filter::new(Allowed::Mask(&everything));
+        let base_with = index.has_quantized_graph().then_some(&base_filter);
+        // RaBitQ codes are traversed on their 1-bit part: with float vectors kept, the whole
+        // beam is re-ranked (as the benchmarks' `rerank="ef"` configurations do).
+        let fp = match enc {
+            EncodingSpec::RaBitQ { .. } if keep => SearchParams {
+                rerank: Some(64),
+                ..sp(k, 64)
+            },
+            _ => sp(k, 64),
+        };
+        let (base_ids, _) = index
+            .search_with(&queries, &fp, base_with, Some(2))
+            .unwrap();
         let base = recall(&base_ids, &truth_all, k);
         let graph_floor = base.min(0.95) - 0.05;
         for &(pct, strategies) in &[
@@ -273,15 +325,17 @@ fn filtered_search_matches_exact_filtered_search() {
             for &strategy in strategies {
                 for allowed in [Allowed::Ids(&allowed), Allowed::Mask(&mask)] {
                     let f = Filter { allowed, strategy };
-                    let (ids, _) = index
-                        .search_with(&queries, &sp(k, 64), Some(&f), Some(2))
-                        .unwrap();
+                    let (ids, _) = index.search_with(&queries, &fp, Some(&f), Some(2)).unwrap();
                     for id in &ids {
                         assert!(*id >= 0, "{pct}%: fewer than k results");
                         assert!(mask[*id as usize], "{pct}%: a filtered-out id was returned");
                     }
                     let r = recall(&ids, &truth, k);
-                    let floor = if keep && strategy == FilterStrategy::Scan {
+                    // (A RaBitQ scan ranks the allowed vectors on the codes' 1-bit part and
+                    // re-ranks only the beam's best, which on this data misses the 0.98 of the
+                    // other encodings: it is held to the graph floor.)
+                    let rabitq = matches!(enc, EncodingSpec::RaBitQ { .. });
+                    let floor = if keep && strategy == FilterStrategy::Scan && !rabitq {
                         0.98
                     } else {
                         graph_floor
@@ -329,6 +383,7 @@ fn ids_tombstones_and_adds_survive_save_load_and_mmap() {
         index.add(&data[1000 * dim..], dim, None, Some(1)).unwrap();
         index.delete(&[4, 7, 3001, 3002], Some(1));
         assert_eq!(index.deleted_count(), 4);
+        check_qg(&index, "before saving");
         let (a, ad) = index.search(&queries, &sp(k, 64), None).unwrap();
         let path = dir.join("lc.nearq");
         index.save(&path).unwrap();
@@ -342,6 +397,7 @@ fn ids_tombstones_and_adds_survive_save_load_and_mmap() {
             assert_eq!(a, b, "{metric:?} {enc:?}");
             assert_eq!(ad, bd);
             assert_eq!(other.to_payload(), index.to_payload());
+            check_qg(other, "loaded");
         }
         let mu = mapped.memory_usage();
         assert!(mu.mapped > 0 && mu.codes == 0, "{mu:?}");
@@ -352,15 +408,25 @@ fn ids_tombstones_and_adds_survive_save_load_and_mmap() {
         mapped.delete(&[1], Some(1));
         assert_eq!(std::fs::read(&path).unwrap(), before);
         assert!(mapped.contains(-1) && !mapped.contains(1));
+        check_qg(&mapped, "mapped, then changed");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn deleting_everything_then_adding_works() {
+    for (enc, keep) in [
+        (EncodingSpec::Sq8, false),
+        (EncodingSpec::RaBitQ { bits: 4 }, true),
+    ] {
+        delete_all_then_add(enc, keep);
+    }
+}
+
+fn delete_all_then_add(enc: EncodingSpec, keep: bool) {
     let (n, dim) = (300, 8);
     let data = clustered(n, dim, 81);
-    let p = params(Metric::Cosine, EncodingSpec::Sq8, false);
+    let p = params(Metric::Cosine, enc, keep);
     let mut index = Index::build(&data, dim, &p, Some(1), &|_, _| {}).unwrap();
     let all: Vec<i64> = (0..n as i64).collect();
     assert_eq!(index.delete(&all, Some(1)), n);
@@ -371,4 +437,65 @@ fn deleting_everything_then_adding_works() {
     assert_eq!(new, (n as i64..n as i64 + 10).collect::<Vec<_>>());
     let (ids, _) = index.search(&data[..dim], &sp(1, 16), None).unwrap();
     assert_eq!(ids[0], n as i64);
+    check_qg(&index, "after deleting everything and adding");
+}
+
+#[test]
+fn quantized_graph_serves_searches_and_can_be_turned_off() {
+    let (n, dim, k) = (3000, 48, 10);
+    let data = clustered(n, dim, 91);
+    let queries = clustered(100, dim, 92);
+    let p = params(Metric::L2, EncodingSpec::RaBitQ { bits: 7 }, true);
+    let mut index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
+    assert!(index.has_quantized_graph());
+    let mem = index.memory_usage();
+    // each row holds the float vector and the neighbours' codes: more than the vectors
+    assert!(mem.quantized_graph > mem.vectors, "{mem:?}");
+    assert_eq!(
+        mem.total(),
+        mem.codes + mem.graph + mem.vectors + mem.params + mem.ids + mem.quantized_graph
+    );
+    let (truth, _) = exact_search(&data, &queries, dim, k, Metric::L2);
+    let (a, ad) = index.search(&queries, &sp(k, 64), None).unwrap();
+    let ra = recall(&a, &truth, k);
+    // the distances are exact (every expanded node is re-ranked from its row)
+    for (q, (&id, &d)) in a.iter().zip(&ad).enumerate().map(|(i, x)| (i / k, x)) {
+        let x = &data[id as usize * dim..(id as usize + 1) * dim];
+        let e: f32 = x
+            .iter()
+            .zip(&queries[q * dim..(q + 1) * dim])
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum();
+        assert!((e - d).abs() <= 1e-3 * e.max(1.0), "{e} vs {d}");
+    }
+    assert!(ra >= 0.9, "recall {ra}");
+    // turned off: the codes serve the search, and the choice survives a round trip
+    index.set_quantized_graph(false, Some(1));
+    assert!(!index.has_quantized_graph());
+    assert_eq!(index.memory_usage().quantized_graph, 0);
+    let full_rerank = SearchParams {
+        rerank: Some(64),
+        ..sp(k, 64)
+    };
+    let (b, _) = index.search(&queries, &full_rerank, None).unwrap();
+    let rb = recall(&b, &truth, k);
+    eprintln!("quantized graph {ra}, codes {rb}");
+    assert!(rb >= 0.7, "recall without the quantized graph {rb}");
+    let back = Index::from_bytes(index.to_bytes()).unwrap();
+    assert!(!back.has_quantized_graph() && !back.quantized_graph_enabled());
+    assert_eq!(back.search(&queries, &full_rerank, None).unwrap().0, b);
+    // and on again: the same results as before
+    let mut back = back;
+    back.set_quantized_graph(true, None);
+    assert!(back.has_quantized_graph());
+    assert_eq!(back.search(&queries, &sp(k, 64), None).unwrap().0, a);
+    let again = Index::from_bytes(back.to_bytes()).unwrap();
+    assert_eq!(again.search(&queries, &sp(k, 64), None).unwrap().0, a);
+    // filtered searches keep using the codes
+    let allowed: Vec<i64> = (0..n as i64).step_by(2).collect();
+    let f = Filter::new(Allowed::Ids(&allowed));
+    let (c, _) = back
+        .search_with(&queries, &sp(k, 64), Some(&f), None)
+        .unwrap();
+    assert!(c.iter().all(|&i| i >= 0 && i % 2 == 0));
 }

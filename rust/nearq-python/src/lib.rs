@@ -98,7 +98,7 @@ fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None, quantized_graph=true))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
@@ -117,6 +117,7 @@ impl Index {
         opq: bool,
         ids: Option<PyReadonlyArray1<'_, i64>>,
         saq_bits: Option<f32>,
+        quantized_graph: bool,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
@@ -181,7 +182,10 @@ impl Index {
             }
         };
         let r = py.detach(|| {
-            let index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
+            let mut index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
+            if !quantized_graph {
+                index.set_quantized_graph(false, threads);
+            }
             match ids {
                 Some(ids) => index.with_ids(ids),
                 None => Ok(index),
@@ -195,7 +199,7 @@ impl Index {
     fn search<'py>(
         &self,
         py: Python<'py>,
-        queries: PyReadonlyArray2<'py, f32>,
+        queries: numpy::PyReadonlyArrayDyn<'py, f32>,
         k: usize,
         ef: Option<usize>,
         rerank: Option<usize>,
@@ -204,9 +208,25 @@ impl Index {
         filter_mask: Option<PyReadonlyArray1<'py, bool>>,
         filter_strategy: Option<&str>,
     ) -> PyResult<Neighbors<'py>> {
-        let dim = queries.shape()[1];
-        let nq = queries.shape()[0];
-        let q = slice(&queries, "queries")?;
+        // shape (dim,) or (n, dim), any layout (copied unless C-contiguous)
+        let (nq, dim) = match *queries.shape() {
+            [d] => (1, d),
+            [n, d] => (n, d),
+            _ => {
+                return Err(to_py(
+                    py,
+                    Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
+                ))
+            }
+        };
+        let owned: Vec<f32>;
+        let q = match queries.as_slice() {
+            Ok(q) if queries.is_c_contiguous() => q,
+            _ => {
+                owned = queries.as_array().iter().copied().collect();
+                &owned
+            }
+        };
         let strategy = match filter_strategy.unwrap_or("auto") {
             "auto" => core::FilterStrategy::Auto,
             "graph" => core::FilterStrategy::Graph,
@@ -370,6 +390,10 @@ impl Index {
         self.read().keep_vectors()
     }
     #[getter]
+    fn quantized_graph(&self) -> bool {
+        self.read().has_quantized_graph()
+    }
+    #[getter]
     fn degree(&self) -> usize {
         self.read().graph().degree()
     }
@@ -391,6 +415,7 @@ impl Index {
         d.set_item("vectors", m.vectors)?;
         d.set_item("params", m.params)?;
         d.set_item("ids", m.ids)?;
+        d.set_item("quantized_graph", m.quantized_graph)?;
         d.set_item("total", m.total())?;
         d.set_item("mmap", m.mapped)?;
         Ok(d)

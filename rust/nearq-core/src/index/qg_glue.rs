@@ -1,0 +1,194 @@
+//! The quantized graph behind a RaBitQ index that keeps its float vectors (ALGORITHMS.md §6.4,
+//! [`crate::qg`]).
+//!
+//! An [`Index`] with encoding RaBitQ, float vectors kept and metric L2 or cosine also holds a
+//! [`QgIndex`] over the same graph and (normalised) vectors: each node's row carries its
+//! vector and its neighbours' 1-bit FastScan codes, so an unfiltered search expands a node with
+//! one contiguous read and re-ranks every expanded node exactly. Filtered searches (and
+//! everything the rows cannot serve) keep using the RaBitQ codes and the graph.
+//!
+//! The rows follow the graph through every change: after an `add` rows are appended for the
+//! new nodes, after a consolidation the rows are renumbered, and every row whose pruned
+//! neighbours differ from the graph's is re-encoded ([`QgIndex::sync`]). Deleted (tombstoned)
+//! nodes still route the search but are never accepted as results.
+//!
+//! Files: an optional section after the index's payload (absent from files of earlier
+//! releases, whose rows are rebuilt at load): tag 0 = quantized graph turned off; tag 1 =
+//! the rows follow (u64 length, then [`QgIndex::to_payload`]'s bytes), so a loaded index
+//! searches exactly like the saved one without re-encoding anything.
+
+use super::{Ids, Index, Inner, MemoryUsage, SearchParams};
+use crate::encoding::Encoding;
+use crate::error::{Error, Result};
+use crate::io::{Reader, Writer};
+use crate::metric::Metric;
+use crate::parallel::with_threads;
+use crate::qg::QgIndex;
+use rayon::prelude::*;
+
+/// Tags of the optional trailing section of an index payload.
+const QG_OFF: u8 = 0;
+const QG_ROWS: u8 = 1;
+
+impl Index {
+    /// Whether the configuration can carry a quantized graph at all.
+    fn qg_eligible(&self) -> bool {
+        match &self.inner {
+            Inner::RaBitQ(g) => g.vectors.is_some() && g.enc.metric() != Metric::InnerProduct,
+            _ => false,
+        }
+    }
+
+    /// Builds or updates the quantized graph so that it agrees with the graph (`remap`: new
+    /// position of every old one, after a consolidation), or drops it where it does not apply.
+    pub(super) fn refresh_qg(&mut self, remap: Option<&[u32]>) {
+        if !(self.qg_on && self.qg_eligible()) || self.positions() > crate::qg::MAX_NODES {
+            self.qg = None;
+            return;
+        }
+        let Inner::RaBitQ(g) = &self.inner else {
+            return;
+        };
+        let Some(v) = &g.vectors else { return };
+        let data = v.as_slice();
+        match &mut self.qg {
+            Some(q) => {
+                q.sync(&g.graph, g.entry, data, remap);
+            }
+            None => {
+                self.qg = QgIndex::from_parts(
+                    &g.graph,
+                    g.entry,
+                    data,
+                    g.enc.dim(),
+                    g.enc.metric(),
+                    g.build.seed,
+                )
+                .ok();
+            }
+        }
+    }
+
+    /// Turns the quantized graph on (the default where it applies: encoding RaBitQ, float
+    /// vectors kept, metric L2 or cosine) or off (searches then traverse the RaBitQ codes and
+    /// re-rank; the rows' memory is released). The choice is saved with the index.
+    pub fn set_quantized_graph(&mut self, on: bool, threads: Option<usize>) {
+        self.qg_on = on;
+        if !on {
+            self.qg = None;
+        } else if self.qg.is_none() {
+            with_threads(threads, || self.refresh_qg(None));
+        }
+    }
+
+    /// Whether unfiltered searches go through the quantized graph.
+    pub fn has_quantized_graph(&self) -> bool {
+        self.qg.is_some()
+    }
+
+    /// The quantized graph, if unfiltered searches go through it (for tests and diagnostics).
+    pub fn quantized_graph(&self) -> Option<&QgIndex> {
+        self.qg.as_ref()
+    }
+
+    /// Whether the quantized graph is enabled (it exists when the configuration allows it).
+    pub fn quantized_graph_enabled(&self) -> bool {
+        self.qg_on
+    }
+
+    /// Writes the optional trailing section (see the module's documentation).
+    pub(super) fn write_qg(&self, w: &mut Writer) {
+        if !self.qg_on {
+            w.u8(QG_OFF);
+        } else if let Some(q) = &self.qg {
+            w.u8(QG_ROWS);
+            let p = q.to_payload();
+            w.u64(p.len() as u64);
+            w.bytes(&p);
+        }
+    }
+
+    /// Reads the optional trailing section, checking that the rows fit the index (their
+    /// agreement with the graph is then checked, and repaired, by `refresh_qg`).
+    pub(super) fn read_qg(&mut self, r: &mut Reader) -> Result<()> {
+        if r.remaining() == 0 {
+            return Ok(());
+        }
+        match r.u8()? {
+            QG_OFF => self.qg_on = false,
+            QG_ROWS => {
+                let len = r.count("quantized graph size", r.remaining() as u64)?;
+                let q = QgIndex::from_payload(r.take(len)?)?;
+                let g = self.graph();
+                let fits = self.qg_eligible()
+                    && q.len() == self.positions()
+                    && q.dim() == self.dim()
+                    && q.metric() == self.metric()
+                    && q.degree() == g.degree().div_ceil(32) * 32;
+                if !fits {
+                    return Err(Error::Format(
+                        "the quantized graph does not match the index".into(),
+                    ));
+                }
+                self.qg = Some(q);
+            }
+            t => return Err(Error::Format(format!("unknown index section {t}"))),
+        }
+        Ok(())
+    }
+
+    pub(super) fn qg_memory(&self, m: &mut MemoryUsage) {
+        m.quantized_graph = self.qg.as_ref().map_or(0, |q| q.memory_bytes());
+    }
+
+    /// Unfiltered search through the quantized graph (queries checked, `nq` rows). The beam
+    /// holds `max(ef, k, rerank)` estimates (default ef 64); every expanded node is re-ranked
+    /// exactly, so there is no separate re-ranking step.
+    pub(super) fn search_qg(
+        &self,
+        qg: &QgIndex,
+        queries: &[f32],
+        nq: usize,
+        p: &SearchParams,
+        threads: Option<usize>,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let dim = self.dim();
+        let k = p.k;
+        let ef = p.ef.unwrap_or(64).max(k).max(p.rerank.unwrap_or(0));
+        let mut ids = vec![-1i64; nq * k];
+        let mut dists = vec![f32::INFINITY; nq * k];
+        let explicit = match &self.ids {
+            Ids::Range => None,
+            Ids::Explicit { ext, .. } => Some(ext),
+        };
+        let run = |qi: usize, oi: &mut [i64], od: &mut [f32]| {
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let mut out = |j: usize, v: u32, d: f32| {
+                oi[j] = match explicit {
+                    None => v as i64,
+                    Some(ext) => ext[v as usize],
+                };
+                od[j] = d;
+            };
+            if self.deleted.count > 0 {
+                let del = &self.deleted;
+                qg.search_accept(q, k, ef, |v| !del.contains(v), &mut out);
+            } else {
+                qg.search_accept(q, k, ef, |_| true, &mut out);
+            }
+        };
+        if nq == 1 || threads == Some(1) {
+            for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
+                run(qi, oi, od);
+            }
+        } else {
+            with_threads(threads, || {
+                ids.par_chunks_mut(k)
+                    .zip(dists.par_chunks_mut(k))
+                    .enumerate()
+                    .for_each(|(qi, (oi, od))| run(qi, oi, od));
+            });
+        }
+        (ids, dists)
+    }
+}
