@@ -111,6 +111,33 @@ fn estimator_is_unbiased_over_rotations() {
     }
 }
 
+/// From 4 bits the traversal estimate is the 4-bit one (the top 4 bits of the code, i8
+/// query): unbiased, with about the 4-bit error (E<x̄,ŷ> ≈ 0.9946 at 4 bits; the top nibble of
+/// a wider code is slightly worse) plus a small query-quantisation error.
+#[test]
+fn traversal_estimate_from_4_bits_is_unbiased() {
+    let n = 1500;
+    for metric in [Metric::L2, Metric::InnerProduct] {
+        for cos in [0.0, 0.8] {
+            for bits in [4, 8] {
+                let (coarse, _) = ip_errors(metric, 128, bits, cos, n);
+                let (m, s) = mean_std(&coarse);
+                let c2 = 0.9946f64 * 0.9946;
+                let theory = (1.0 - cos * cos).sqrt() * ((1.0 - c2) / (c2 * 127.0)).sqrt();
+                eprintln!("{metric:?} cos={cos} bits={bits}: traversal mean {m:.5} std {s:.5} (4-bit theory {theory:.5})");
+                assert!(
+                    m.abs() < 5.0 * s / (n as f64).sqrt() + 1e-4,
+                    "{metric:?} cos={cos} bits={bits}: biased, mean {m}"
+                );
+                assert!(
+                    s < 1.3 * theory + 1e-3,
+                    "{metric:?} cos={cos} bits={bits}: std {s} vs {theory}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn error_halves_per_extra_bit() {
     let mut prev: Option<f64> = None;

@@ -102,8 +102,9 @@ const WINDOW_START: [f64; 8] = [0.0, 0.12, 0.18, 0.30, 0.45, 0.60, 0.66, 0.68];
 /// 1-bit factor block: f_add, f_rescale, f_err (f32), popcount(b) (u32), centre id (u32),
 /// `||r||` (f32, used only by `decode`; 0 in codes written before it was stored).
 const F1_BYTES: usize = 24;
-/// Ex factor block: f_rescale_ex, f_err_ex (f32).
+/// Ex factor block: f_rescale_ex, f_err_ex (f32); layout 1 adds `g_ex - g` (f32).
 const FEX_BYTES: usize = 8;
+const FEX1_BYTES: usize = 12;
 
 /// Code layout 0: `[sign plane][1-bit factors][B-1 ex planes][ex factors]`, 1-bit traversal
 /// (every bit width; the only layout for `B <= 3` and of files written before layout 1).
@@ -202,6 +203,8 @@ pub struct RaBitQQuery {
     zeta: f32,
     w8_mid: f32,
     sum_w: f32,
+    /// Layout 1: `w = P q` (length `pad`).
+    w: Vec<f32>,
     /// Unpacked `B`-bit code for `distance_fine`.
     scratch: RefCell<Vec<u8>>,
 }
@@ -824,27 +827,43 @@ impl RaBitQ {
         rd_f32(code, pb + 4) * (2.0 * bz - c.sum_z)
     }
 
-    /// Layout 1: estimate of `<r, q - c_j>` from the 4-bit code with the i8 query,
-    /// `f·<x̄4, w> - g` with `<x̄4, w> = <u4 - 7.5, w> ≈ ζ·(<u4, w8> - 7.5·Σw8)` (the rounding
-    /// error of `w8` meets the centred code `u4 - 7.5`).
+    /// Layout 1: `f·<x̄4, w>` from the 4-bit code with the i8 query, `<x̄4, w> = <u4 - 7.5, w>
+    /// ≈ ζ·(<u4, w8> - 7.5·Σw8)` (the rounding error of `w8` meets the centred code
+    /// `u4 - 7.5`). The estimate of `<r, q - c_j>` is this minus `g = f·<x̄4, P c_j>`, which
+    /// the code's stored `f_add` already holds (see [`RaBitQ::encode_nibble`]).
     #[inline(always)]
     fn ip_nib(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
         let dot = (self.k.dot_u4_i8_split)(&code[..self.nib_bytes()], &q.w8_lo, &q.w8_hi);
-        let t = self.t_off();
-        rd_f32(code, t + 4) * q.zeta * (dot as f32 - q.w8_mid) - rd_f32(code, t + 12)
+        rd_f32(code, self.t_off() + 4) * q.zeta * (dot as f32 - q.w8_mid)
     }
 
-    /// Layout 1: the same estimate with the float query (the full code at `B = 4`).
+    /// Layout 1: the same with the float query (the full code at `B = 4`).
     fn ip_nib_float(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
         let dot = (self.k.dot_f32_u4_split)(&code[..self.nib_bytes()], &q.wf_lo, &q.wf_hi);
-        let t = self.t_off();
-        rd_f32(code, t + 4) * (dot - MID4 * q.sum_w) - rd_f32(code, t + 12)
+        rd_f32(code, self.t_off() + 4) * (dot - MID4 * q.sum_w)
     }
 
-    /// Estimate of `<r, q - c_j>` from the full code with the float query.
+    /// Layout 1, `B > 4`: `f_ex·<x̄, w> - (g_ex - g)` from the full code with the float query,
+    /// `<x̄, w> = 2^(B-4)·<u4, w> + <low, w> + c_B·Σw` (nibbles and planes read in place);
+    /// with the stored `f_add` it gives the estimate of `<r, q - c_j>` (`g` cancels).
+    fn ip_nib_fine(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
+        let hi = (self.k.dot_f32_u4_split)(&code[..self.nib_bytes()], &q.wf_lo, &q.wf_hi);
+        let (eo, fo) = (self.ex_offset(), self.ex_factor_offset());
+        let lo = (self.k.dot_f32_bitplanes)(&q.w, &code[eo..fo]);
+        let cb = -(((1u32 << self.bits) - 1) as f32) / 2.0;
+        let dot = (1u32 << (self.bits - 4)) as f32 * hi + lo + cb * q.sum_w;
+        rd_f32(code, fo) * dot - rd_f32(code, fo + 8)
+    }
+
+    /// Estimate of `<r, q - c_j>` from the full code with the float query (layout 1: up to
+    /// the centre term folded into `f_add`).
     fn ip_fine(&self, q: &RaBitQQuery, code: &[u8], j: usize) -> f32 {
-        if self.nibble() && self.bits == 4 {
-            return self.ip_nib_float(q, code);
+        if self.nibble() {
+            return if self.bits == 4 {
+                self.ip_nib_float(q, code)
+            } else {
+                self.ip_nib_fine(q, code)
+            };
         }
         let mut u = q.scratch.borrow_mut();
         self.unpack(code, &mut u);
@@ -856,6 +875,60 @@ impl RaBitQ {
         } else {
             let cb = -(((1u32 << self.bits) - 1) as f32) / 2.0;
             rd_f32(code, self.ex_factor_offset()) * (dot + cb * sum_z)
+        }
+    }
+
+    /// Layout 1: the query needs no per-centre rotated copy (the centre terms are stored in
+    /// the codes), only `||q - c_j||` and `<c_j, q>` per centre, and `w = P q` as i8 and f32.
+    fn prepare_nibble(&self, q: &[f32], qr: Vec<f32>) -> RaBitQQuery {
+        let per = self
+            .centres
+            .chunks_exact(self.dim)
+            .map(|c| {
+                let zn2 = (self.k.l2sq_f32)(q, c);
+                CentreQuery {
+                    delta: 0.0,
+                    vl: 0.0,
+                    sum_z: 0.0,
+                    zn: zn2.sqrt(),
+                    g_add: match self.metric {
+                        Metric::L2 => zn2,
+                        _ => (self.k.dot_f32)(q, c),
+                    },
+                }
+            })
+            .collect();
+        // `w` to i8 by rounding to nearest on `ζ = max|w|/127` (a zero query: ζ = 1, w8 = 0).
+        let wmax = qr.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let zeta = if wmax > 0.0 && wmax.is_finite() {
+            wmax / 127.0
+        } else {
+            1.0
+        };
+        let inv = 1.0 / zeta;
+        let w8: Vec<i8> = qr
+            .iter()
+            .map(|&x| {
+                let v = (x * inv).clamp(-127.0, 127.0);
+                (v + 0.5f32.copysign(v)) as i8
+            })
+            .collect();
+        let s8: i32 = w8.iter().map(|&x| x as i32).sum();
+        let (w8_lo, w8_hi) = split_nibble_weights(&w8);
+        let (wf_lo, wf_hi) = split_nibble_weights(&qr);
+        RaBitQQuery {
+            z: Vec::new(),
+            planes: Vec::new(),
+            per,
+            scratch: RefCell::new(Vec::new()),
+            w8_lo,
+            w8_hi,
+            wf_lo,
+            wf_hi,
+            zeta,
+            w8_mid: MID4 * s8 as f32,
+            sum_w: qr.iter().sum(),
+            w: qr,
         }
     }
 
@@ -1025,7 +1098,9 @@ impl RaBitQ {
         let eo = self.ex_offset();
         let pc = &self.rot_centres[cid * d..(cid + 1) * d];
         let mut u4 = vec![0u8; d];
-        let (mut ip4, mut n4, mut cdot, mut ip_ma) = (0f64, 0f64, 0f64, 0f64);
+        let cb = -(((1u32 << self.bits) - 1) as f64) / 2.0;
+        let (mut ip4, mut n4, mut cdot) = (0f64, 0f64, 0f64);
+        let (mut ip_ma, mut cdot_ex) = (0f64, 0f64);
         for (i, ((&x, &l), &c)) in y.iter().zip(&m).zip(pc).enumerate() {
             let l4 = l >> sh;
             let v4 = l4 as f64 + 0.5;
@@ -1035,6 +1110,8 @@ impl RaBitQ {
             cdot += (u4[i] as f64 - MID4 as f64) * c as f64;
             ip_ma += (l as f64 + 0.5) * x.abs() as f64;
             let mm = if x > 0.0 { l } else { lmax - l };
+            let u = ((u4[i] as u32) << sh) | (mm as u32 & ((1 << sh) - 1));
+            cdot_ex += (u as f64 + cb) * c as f64;
             for j in 0..sh as usize {
                 if (mm >> j) & 1 == 1 {
                     out[eo + j * pb + i / 8] |= 1 << (i % 8);
@@ -1049,28 +1126,26 @@ impl RaBitQ {
             0.0
         };
         let t = self.t_off();
+        // The estimate of `<r, q - c>` is `f4·<x̄4, P q> - g`: `g` folds into `f_add` (the L2
+        // distance is `f_add + ||q - c||^2 - 2<r, q - c>`, the IP one `f_add + <c, q> +
+        // <r, q - c>`), so the traversal reads no centre term.
+        let g = f4 * cdot;
         let f_add = match self.metric {
-            Metric::L2 => norm2 as f32,
-            _ => rc,
+            Metric::L2 => norm2 + 2.0 * g,
+            _ => rc as f64 - g,
         };
-        wr_f32(out, t, f_add);
+        wr_f32(out, t, f_add as f32);
         wr_f32(out, t + 4, f4 as f32);
         wr_f32(out, t + 8, err_factor(norm, cos4, d));
-        wr_f32(out, t + 12, (f4 * cdot) as f32);
+        wr_f32(out, t + 12, g as f32);
         out[t + 16..t + 20].copy_from_slice(&(cid as u32).to_le_bytes());
         wr_f32(out, t + 20, norm as f32);
         if sh > 0 {
             let fo = self.ex_factor_offset();
-            wr_f32(
-                out,
-                fo,
-                if ip_ma > 0.0 {
-                    (norm2 / ip_ma) as f32
-                } else {
-                    0.0
-                },
-            );
+            let f_ex = if ip_ma > 0.0 { norm2 / ip_ma } else { 0.0 };
+            wr_f32(out, fo, f_ex as f32);
             wr_f32(out, fo + 4, err_factor(norm, cos, d));
+            wr_f32(out, fo + 8, (f_ex * cdot_ex - g) as f32);
         }
     }
 }
@@ -1098,10 +1173,10 @@ impl Encoding for RaBitQ {
         self.metric
     }
     fn code_size(&self) -> usize {
-        let fex = if self.bits > 1 && !(self.nibble() && self.bits == 4) {
-            FEX_BYTES
-        } else {
-            0
+        let fex = match (self.nibble(), self.bits) {
+            (false, 1) | (true, 4) => 0,
+            (false, _) => FEX_BYTES,
+            (true, _) => FEX1_BYTES,
         };
         self.ex_factor_offset() + fex
     }
@@ -1151,13 +1226,12 @@ impl Encoding for RaBitQ {
         let kc = self.num_centres();
         let mut qr = vec![0.0f32; d];
         self.rot.apply(q, &mut qr);
+        if self.nibble() {
+            return self.prepare_nibble(q, qr);
+        }
         let mut z = vec![0.0f32; kc * d];
         let nb = QUERY_BITS as usize;
-        let mut planes = if self.nibble() {
-            Vec::new()
-        } else {
-            vec![0u64; kc * nb * w]
-        };
+        let mut planes = vec![0u64; kc * nb * w];
         let levels = ((1u32 << QUERY_BITS) - 1) as f32;
         let mut per = Vec::with_capacity(kc);
         let mut qu = vec![0u8; d];
@@ -1184,7 +1258,7 @@ impl Encoding for RaBitQ {
             } else {
                 0.0
             };
-            if delta > 0.0 && !self.nibble() {
+            if delta > 0.0 {
                 let inv = 1.0 / delta;
                 // x - vl >= 0: adding ½ and truncating rounds to nearest (no libm call);
                 // `as` saturates and `min` caps float overshoot at the top level.
@@ -1211,7 +1285,7 @@ impl Encoding for RaBitQ {
                 g_add,
             });
         }
-        let mut query = RaBitQQuery {
+        RaBitQQuery {
             z,
             planes,
             per,
@@ -1223,32 +1297,8 @@ impl Encoding for RaBitQ {
             zeta: 0.0,
             w8_mid: 0.0,
             sum_w: 0.0,
-        };
-        if self.nibble() {
-            // `w = P q` to i8 by rounding to nearest on `ζ = max|w|/127` (a zero query: ζ = 1,
-            // w8 = 0).
-            let wmax = qr.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let zeta = if wmax > 0.0 && wmax.is_finite() {
-                wmax / 127.0
-            } else {
-                1.0
-            };
-            let inv = 1.0 / zeta;
-            let w8: Vec<i8> = qr
-                .iter()
-                .map(|&x| {
-                    let v = (x * inv).clamp(-127.0, 127.0);
-                    (v + 0.5f32.copysign(v)) as i8
-                })
-                .collect();
-            let s8: i32 = w8.iter().map(|&x| x as i32).sum();
-            (query.w8_lo, query.w8_hi) = split_nibble_weights(&w8);
-            (query.wf_lo, query.wf_hi) = split_nibble_weights(&qr);
-            query.zeta = zeta;
-            query.w8_mid = MID4 * s8 as f32;
-            query.sum_w = qr.iter().sum();
+            w: Vec::new(),
         }
-        query
     }
     #[inline]
     fn distance(&self, q: &RaBitQQuery, code: &[u8]) -> f32 {
@@ -1278,8 +1328,7 @@ impl Encoding for RaBitQ {
         let (bytes, stride) = (codes.bytes(), codes.stride());
         let t = self.t_off();
         let kc = q.per.len() - 1;
-        let (mut dots, mut fadd, mut fr, mut g, mut gadd) =
-            ([0i32; B], [0f32; B], [0f32; B], [0f32; B], [0f32; B]);
+        let (mut dots, mut fadd, mut fr, mut gadd) = ([0i32; B], [0f32; B], [0f32; B], [0f32; B]);
         for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
             let n = ids.len();
             (self.k.dot_u4_i8_split_gather)(bytes, stride, ids, &q.w8_lo, &q.w8_hi, &mut dots[..n]);
@@ -1288,12 +1337,11 @@ impl Encoding for RaBitQ {
                 let c = &bytes[id as usize * stride + t..][..20];
                 fadd[i] = rd_f32(c, 0);
                 fr[i] = rd_f32(c, 4);
-                g[i] = rd_f32(c, 12);
                 let j = u32::from_le_bytes([c[16], c[17], c[18], c[19]]) as usize;
                 gadd[i] = q.per[j.min(kc)].g_add;
             }
             let (zeta, mid) = (q.zeta, q.w8_mid);
-            let ip = |i: usize| fr[i] * zeta * (dots[i] as f32 - mid) - g[i];
+            let ip = |i: usize| fr[i] * zeta * (dots[i] as f32 - mid);
             match self.metric {
                 Metric::L2 => {
                     for (i, o) in out.iter_mut().enumerate() {
@@ -1465,19 +1513,22 @@ mod tests {
                 let yy: f64 = y.iter().map(|&b| b as f64 * b as f64).sum();
                 let xz: f64 = x4.iter().zip(&z).map(|(a, &b)| a * b as f64).sum();
                 let truth = yy / xy * xz;
-                let float = enc.ip_nib_float(&pq, &code) as f64;
+                // The code paths leave out `g = f4·<x̄4, P c>`, folded into `f_add`.
+                let g = rd_f32(&code, enc.t_off() + 12) as f64;
+                let float = enc.ip_nib_float(&pq, &code) as f64 - g;
                 assert!(
                     (float - truth).abs() < 1e-4 * (1.0 + truth.abs()),
                     "d={d} bits={bits}: float path {float} vs {truth}"
                 );
-                let int = enc.ip_nib(&pq, &code) as f64;
+                let int_raw = enc.ip_nib(&pq, &code);
+                let int = int_raw as f64 - g;
                 let sd = enc.quant_sd(&pq, &code, j) as f64;
                 gap_sd += (int - truth).abs() / sd;
                 worst = worst.max((int - truth).abs() / sd);
                 // The distance is the same estimate.
                 let est = enc.distance(&pq, &code);
                 let fa = rd_f32(&code, enc.t_off());
-                assert_eq!(est, enc.finish(int as f32, fa, pq.per[j].g_add));
+                assert_eq!(est, enc.finish(int_raw, fa, pq.per[j].g_add));
             }
             let mean = gap_sd / vs.len() as f64;
             eprintln!(
