@@ -117,8 +117,8 @@ pub trait Encoding: Send + Sync + Sized + 'static {
 pub enum EncodingSpec {
     Flat,
     Sq8,
-    /// RaBitQ with `bits` (1..=8) per dimension: 1-bit traversal code plus `bits - 1` extra
-    /// bits for re-ranking.
+    /// RaBitQ with `bits` (1..=8) per dimension: a 1-bit (`bits <= 3`) or 4-bit (`bits >= 4`)
+    /// traversal code, the rest of the bits for re-ranking.
     RaBitQ {
         bits: u32,
     },

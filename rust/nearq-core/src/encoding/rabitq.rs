@@ -28,22 +28,36 @@
 //!   The full code value is `u_i = 2^(B-1)·b_i + (b_i ? m_i : L - m_i)`, so `u_i + c_B =
 //!   ±(m_i + ½)` with `c_B = -(2^B - 1)/2`; its top bit is the 1-bit code.
 //!
-//! Code layout (all bit planes are `D` bits, dimension `i` at bit `i % 64` of little-endian
-//! word `i / 64`; the size is a multiple of 8 so stored sign planes are u64-aligned):
+//! Code layouts (all bit planes are `D` bits, dimension `i` at bit `i % 64` of little-endian
+//! word `i / 64`; the size is a multiple of 8 so stored sign planes are u64-aligned). The
+//! layout number is part of the parameter block (high half of the `bits` field; files written
+//! before it existed read as layout 0).
 //!
 //! ```text
-//! [sign plane D/8][f_add f32][f_rescale f32][f_err f32][popcount(b) u32][centre u32][0u32]
+//! layout 0 (B <= 3, and files written before layout 1), 1-bit traversal:
+//! [sign plane D/8][f_add f32][f_rescale f32][f_err f32][popcount(b) u32][centre u32][||r|| f32]
 //! [B-1 ex planes, bit j of u (j = 0..B-2)][f_rescale_ex f32][f_err_ex f32]  only for B >= 2
+//!
+//! layout 1 (B >= 4, the default), 4-bit traversal:
+//! [u4 = u >> (B-4), nibble-packed D/2][f_add' f32][f4 f32][f_err4 f32][g f32][centre u32][||r|| f32]
+//! [B-4 low planes, bit j of u][f_rescale_ex f32][f_err_ex f32][g_ex - g f32]  only for B > 4
 //! ```
 //!
-//! The 1-bit factors sit right after the sign plane so traversal touches one contiguous
-//! prefix of the code; the ex part is read only when re-ranking.
+//! The traversal factors sit right after the traversal code, so traversal reads one contiguous
+//! prefix of the code (`traversal_bytes`); the rest is read only when re-ranking.
+//!
+//! In layout 1 the top 4 bits `u4` of the `B`-bit code are themselves a symmetric 4-bit grid
+//! code: `u4 - 7.5 = ±(⌊m_i/2^(B-4)⌋ + ½)` (the sign bit is the top bit of `u4`), with its own
+//! exactly computed factors `f4 = ||r||^2/Σ(⌊m_i/2^(B-4)⌋+½)|y_i|` and `f_err4`. At `B = 4` it
+//! is the whole code. At `B = 8` it is a slightly worse 4-bit code than the best one (cosine
+//! 0.9934 against 0.9945 at D = 384, ~8% more traversal error), which keeps the 8-bit code
+//! optimal. Nibbles use the kernels' packed layout ([`nearq_kernels::scalar::u4_position`]).
 //!
 //! # Estimator
 //!
 //! For any vector `z` with `z' = P z`, `<r, z> ≈ ||r||·<x̄, z'>/<x̄, ŷ>` is unbiased over the
 //! random rotation (RaBitQ, Theorem 3.2). With `z = q - c` (the query centred on the code's
-//! centre; the prepared query holds `P q - P c_j` for every centre `j`) this is
+//! centre `c`) this is
 //!
 //! ```text
 //! 1 bit:  e = f_rescale    · (2<b, z'> - Σz'),            f_rescale    = ||r||^2 / Σ|y_i|
@@ -55,20 +69,39 @@
 //! Centring the query as well (rather than estimating `<r, q>`) makes the estimator's error
 //! scale with `||q - c||` instead of `||q||`, which is smaller on clustered data.
 //!
-//! `distance` (traversal) computes `<b, z'>` with the query quantised to `Bq = 4` bits by
-//! deterministic rounding on `[min z', max z']`: `z' ≈ v_l + Δ·q_u`, so
+//! Layout 0: the prepared query holds `z'_j = P q - P c_j` for every centre `j`. `distance`
+//! (traversal) computes `<b, z'>` with the query quantised to `Bq = 4` bits by deterministic
+//! rounding on `[min z', max z']`: `z' ≈ v_l + Δ·q_u`, so
 //! `<b, z'> ≈ Δ·Σ_j 2^j·popcount(b AND plane_j(q_u)) + v_l·popcount(b)` (4 calls of the
-//! `and_popcount_u64` kernel on `D/64` words; a fused multi-plane kernel would save the calls). `distance_fine` (re-ranking without float vectors) uses the full `B`-bit code
-//! against the float query (`<u, z'>` with the f32×u8 kernel after unpacking the planes); for
-//! `B = 1` it is the 1-bit estimate without query quantisation.
+//! `and_popcount_u64` kernel on `D/64` words). `distance_fine` (re-ranking without float
+//! vectors) uses the full `B`-bit code against the float query (`<u, z'>` with the f32×u8
+//! kernel after unpacking the planes); for `B = 1` it is the 1-bit estimate without query
+//! quantisation.
+//!
+//! Layout 1: the same centred estimate, written `e = f4·<x̄4, P q> - g` with
+//! `x̄4 = u4 - 7.5` and the exact per-code centre term `g = f4·<x̄4, P c>` computed at encode
+//! time, so one query `w = P q` serves every centre (as RaBitQ-Library folds `<c', u>` into
+//! `F_add`) and the codes of one graph neighbourhood are scored together whatever their
+//! centres. `g` is folded into the stored `f_add' = f_add + 2g` (L2) or `f_add - g` (IP).
+//! `distance` quantises `w` once per query to i8, `w ≈ ζ·w8`, `ζ = max|w|/127`, and
+//! `<x̄4, w> ≈ ζ·(<u4, w8> - 7.5·Σw8)`: one exact u4×i8 kernel per code (`distance_ids`
+//! scores a whole neighbour list with the gather kernel, as LVQ-4 does). `distance_fine` uses
+//! the float `w`: `2^(B-4)·<u4, w> + <low, w> + c_B·Σw` (nibble and bit-plane kernels, no
+//! unpacking) with `f_rescale_ex` and the full code's own centre term `g_ex` (stored as
+//! `g_ex - g`).
 //!
 //! # Error bound
 //!
 //! With probability about `1 - 2·exp(-c0·ε0^2)` (ε0 = 1.9 by default),
 //! `|e - <r, z>| ≤ ε0·||r||·||z||·sqrt((1 - <x̄,ŷ>^2)/<x̄,ŷ>^2)/sqrt(D - 1)`; the per-code part
-//! `||r||·sqrt(...)/sqrt(D-1)` is stored as `f_err` (and `f_err_ex` for the `B`-bit code), and
-//! [`RaBitQ::bound`] / [`RaBitQ::bound_fine`] turn it into a distance interval (twice as wide
-//! for L2 because of the factor 2 in front of `<r, q - c>`).
+//! `||r||·sqrt(...)/sqrt(D-1)` is stored as `f_err` (`f_err4`, and `f_err_ex` for the `B`-bit
+//! code), and [`RaBitQ::bound`] / [`RaBitQ::bound_fine`] turn it into a distance interval
+//! (twice as wide for L2 because of the factor 2 in front of `<r, q - c>`). The traversal
+//! interval also covers `ε0` standard deviations of the query quantisation's error, modelled
+//! as independent uniform rounding errors (layout 0: `2·f_rescale·Δ·sqrt(|b|/12)`; layout 1:
+//! `ζ·||r||/(<x̄4,ŷ>·sqrt(12))`), combined in quadrature. The index's re-ranking uses it
+//! (`Encoding::distance_interval`) to skip candidates whose lower end lies above the `k`-th
+//! smallest upper end.
 
 use super::rotation::{Rotation, SplitMix, ROUNDS};
 use super::Encoding;
@@ -81,12 +114,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-/// Bits per query coordinate for the traversal (1-bit) estimate.
+/// Bits per query coordinate for the 1-bit traversal estimate (layout 0).
 pub const QUERY_BITS: u32 = 4;
 /// Default confidence constant of the error bound.
 pub const DEFAULT_EPS0: f32 = 1.9;
 /// Default bits per dimension: 4 bits keep recall@10 around 0.9+ even without float vectors
-/// for re-ranking (the 1-bit code alone needs them), at `D/2 + 32` bytes per vector.
+/// for re-ranking (the 1-bit code alone needs them), at `D/2 + 24` bytes per vector.
 pub const DEFAULT_BITS: u32 = 4;
 /// Default number of k-means centres an index trains (fewer for small data sets).
 pub const DEFAULT_CENTRES: usize = 16;
