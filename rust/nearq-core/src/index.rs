@@ -265,6 +265,9 @@ fn skip_by_bounds<E: Encoding>(
         }
     }
     let tau = *hi.select_nth_unstable_by(k - 1, f32::total_cmp).1;
+    if tau.is_nan() {
+        return; // NaN factors (a damaged code): no threshold, re-score everything
+    }
     let before = cands.len();
     let mut i = 0;
     cands.retain(|_| {
