@@ -14,7 +14,7 @@ use memmap2::Mmap;
 use nearq_kernels::kernels;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -230,6 +230,59 @@ impl<E: Encoding> Scorer for CodeScorer<'_, E> {
 }
 
 thread_local! {
+    static RERANK_BOUNDS: Cell<bool> = const { Cell::new(true) };
+    static RERANK_SKIPPED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether re-ranking on the calling thread skips candidates by the encoding's error bound
+/// (on by default; for tests and diagnostics). Returns the previous setting.
+pub fn set_rerank_bounds(on: bool) -> bool {
+    RERANK_BOUNDS.with(|c| c.replace(on))
+}
+
+/// How many re-ranking computations the error bound has skipped on the calling thread.
+pub fn rerank_skipped() -> u64 {
+    RERANK_SKIPPED.with(Cell::get)
+}
+
+/// Bound-driven re-ranking: drops from `cands` (traversal estimates) those whose interval's
+/// lower end exceeds the `k`-th smallest upper end, so they are never re-scored. At least `k`
+/// candidates remain (those whose upper ends define the threshold).
+fn skip_by_bounds<E: Encoding>(
+    enc: &E,
+    q: &E::Query,
+    codes: &CodeStore,
+    k: usize,
+    cands: &mut Vec<(f32, u32)>,
+) {
+    if cands.len() <= k || !RERANK_BOUNDS.with(Cell::get) {
+        return;
+    }
+    let mut lo = Vec::with_capacity(cands.len());
+    let mut hi = Vec::with_capacity(cands.len());
+    for &(d, id) in cands.iter() {
+        match enc.distance_interval(q, codes.get(id as usize), d) {
+            Some((l, h)) => {
+                lo.push(l);
+                hi.push(h);
+            }
+            None => return,
+        }
+    }
+    let tau = *hi.select_nth_unstable_by(k - 1, f32::total_cmp).1;
+    if tau.is_nan() {
+        return; // NaN factors (a damaged code): no threshold, re-score everything
+    }
+    let before = cands.len();
+    let mut i = 0;
+    cands.retain(|_| {
+        i += 1;
+        lo[i - 1] <= tau
+    });
+    RERANK_SKIPPED.with(|c| c.set(c.get() + (before - cands.len()) as u64));
+}
+
+thread_local! {
     pub(crate) static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::default());
 }
 
@@ -367,6 +420,7 @@ impl<E: Encoding> GraphIndex<E> {
                 let metric = self.enc.metric();
                 let code = |id: u32| self.codes.get(id as usize);
                 let mut cands: Vec<(f32, u32)> = found.iter().take(rerank).collect();
+                skip_by_bounds(&self.enc, &pq, &self.codes, k, &mut cands);
                 // Their finer codes (beyond what the traversal read) are fetched all at once.
                 if E::HAS_FINE && (src.is_none() || self.enc.fine_prefilters()) {
                     let cs = self.enc.code_size();

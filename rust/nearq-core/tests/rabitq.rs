@@ -111,6 +111,33 @@ fn estimator_is_unbiased_over_rotations() {
     }
 }
 
+/// From 4 bits the traversal estimate is the 4-bit one (the top 4 bits of the code, i8
+/// query): unbiased, with about the 4-bit error (E<x̄,ŷ> ≈ 0.9946 at 4 bits; the top nibble of
+/// a wider code is slightly worse) plus a small query-quantisation error.
+#[test]
+fn traversal_estimate_from_4_bits_is_unbiased() {
+    let n = 1500;
+    for metric in [Metric::L2, Metric::InnerProduct] {
+        for cos in [0.0, 0.8] {
+            for bits in [4, 8] {
+                let (coarse, _) = ip_errors(metric, 128, bits, cos, n);
+                let (m, s) = mean_std(&coarse);
+                let c2 = 0.9946f64 * 0.9946;
+                let theory = (1.0 - cos * cos).sqrt() * ((1.0 - c2) / (c2 * 127.0)).sqrt();
+                eprintln!("{metric:?} cos={cos} bits={bits}: traversal mean {m:.5} std {s:.5} (4-bit theory {theory:.5})");
+                assert!(
+                    m.abs() < 5.0 * s / (n as f64).sqrt() + 1e-4,
+                    "{metric:?} cos={cos} bits={bits}: biased, mean {m}"
+                );
+                assert!(
+                    s < 1.3 * theory + 1e-3,
+                    "{metric:?} cos={cos} bits={bits}: std {s} vs {theory}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn error_halves_per_extra_bit() {
     let mut prev: Option<f64> = None;
@@ -393,5 +420,75 @@ fn persistence_round_trip_and_validation() {
             Index::from_payload(&payload[..60]),
             Err(Error::Format(_))
         ));
+    }
+}
+
+/// Bound-driven re-ranking: candidates whose traversal interval starts above the k-th
+/// smallest upper end are not re-scored. With the whole beam re-ranked most of it is skipped,
+/// and the results stay those of re-scoring every candidate.
+#[test]
+fn rerank_skips_candidates_that_cannot_enter_the_top_k() {
+    use nearq_core::index::{rerank_skipped, set_rerank_bounds};
+    let (n, dim, k) = (3000, 128, 10);
+    let data = clustered(n, dim, 1);
+    let queries = clustered(200, dim, 2);
+    let nq = queries.len() / dim;
+    // (metric, bits, keep_vectors, least skipped per query): the 1-bit bound at D = 128 is
+    // too wide to skip much (measured 0.5 of 128), but must not change results either.
+    for (metric, bits, keep, least) in [
+        (Metric::L2, 4, true, 60.0),
+        (Metric::Cosine, 8, false, 60.0),
+        (Metric::InnerProduct, 8, true, 60.0),
+        (Metric::L2, 1, true, 0.0),
+    ] {
+        let (truth, _) = exact_search(&data, &queries, dim, k, metric);
+        let index = build(&data, dim, metric, bits, keep);
+        let p = SearchParams {
+            k,
+            ef: Some(128),
+            rerank: Some(128),
+        };
+        // `threads = 1` searches on this thread, whose counter and switch these are.
+        let was = set_rerank_bounds(false);
+        assert!(was, "bounds are on by default");
+        let before = rerank_skipped();
+        let (ids_all, d_all) = index.search_with(&queries, &p, None, Some(1)).unwrap();
+        assert_eq!(
+            rerank_skipped(),
+            before,
+            "skipped with the bound switched off"
+        );
+        set_rerank_bounds(true);
+        let (ids, d) = index.search_with(&queries, &p, None, Some(1)).unwrap();
+        let skipped = rerank_skipped() - before;
+        let per_query = skipped as f64 / nq as f64;
+        let same = ids
+            .chunks(k)
+            .zip(ids_all.chunks(k))
+            .filter(|(a, b)| a == b)
+            .count();
+        let (r, r_all) = (recall(&ids, &truth, k), recall(&ids_all, &truth, k));
+        eprintln!(
+            "{metric:?} bits={bits} keep={keep}: skipped {per_query:.1} of 128 per query; \
+             identical results {same}/{nq}; recall {r:.4} (all re-scored {r_all:.4})"
+        );
+        assert!(
+            per_query >= least,
+            "{metric:?} bits={bits}: only {per_query} skipped"
+        );
+        assert!(
+            same >= nq * 99 / 100,
+            "{metric:?} bits={bits}: {same}/{nq} identical"
+        );
+        assert!(
+            r >= r_all - 0.002,
+            "{metric:?} bits={bits}: recall {r} vs {r_all}"
+        );
+        // Where results agree the distances are the same re-scored values.
+        for ((a, b), (x, y)) in ids.iter().zip(&ids_all).zip(d.iter().zip(&d_all)) {
+            if a == b {
+                assert_eq!(x, y);
+            }
+        }
     }
 }

@@ -89,6 +89,14 @@ pub trait Encoding: Send + Sync + Sized + 'static {
             *o = self.distance(q, codes.get(id as usize));
         }
     }
+    /// A confidence interval `(lower, upper)` for the exact distance from the query to the
+    /// vector of `code`, given `est = self.distance(q, code)` (the traversal estimate), or
+    /// `None` (the default) when the encoding has no error bound. Re-ranking skips candidates
+    /// whose lower end exceeds the `k`-th smallest upper end: they cannot enter the top `k`
+    /// unless a bound fails, which the encoding makes unlikely.
+    fn distance_interval(&self, _q: &Self::Query, _code: &[u8], _est: f32) -> Option<(f32, f32)> {
+        None
+    }
     /// How many leading bytes of a code [`Encoding::distance`] reads (what the traversal
     /// prefetches).
     fn traversal_bytes(&self) -> usize {
@@ -109,8 +117,8 @@ pub trait Encoding: Send + Sync + Sized + 'static {
 pub enum EncodingSpec {
     Flat,
     Sq8,
-    /// RaBitQ with `bits` (1..=8) per dimension: 1-bit traversal code plus `bits - 1` extra
-    /// bits for re-ranking.
+    /// RaBitQ with `bits` (1..=8) per dimension: a 1-bit (`bits <= 3`) or 4-bit (`bits >= 4`)
+    /// traversal code, the rest of the bits for re-ranking.
     RaBitQ {
         bits: u32,
     },

@@ -1,0 +1,54 @@
+"""Writes golden RaBitQ index files in the code layout current when run.
+
+RaBitQ's code layout is versioned inside its parameter block (a layout number in the high
+half of the `bits` field; absent = layout 0, the 1-bit-traversal layout). The files
+``v2-*-rabitq*-layout0.nearq`` were written by this script before layout 1 (the 4-bit
+traversal prefix for 4+ bits) existed; tests/test_golden.py keeps checking that they load and
+give the recorded results. Never regenerate existing files: that would hide a break.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+
+import nearq
+
+HERE = pathlib.Path(__file__).resolve().parent
+# (metric, bits, keep_vectors)
+CASES = [("l2", 4, False), ("cosine", 8, False), ("ip", 4, True)]
+
+
+def main(tag: str) -> None:
+    rng = np.random.default_rng(20261125)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    q = rng.standard_normal((10, 40)).astype(np.float32)
+    for metric, bits, keep in CASES:
+        idx = nearq.Index.build(
+            x, metric=metric, encoding="rabitq", bits=bits, keep_vectors=keep, degree=8,
+            threads=1, seed=0,
+        )
+        path = HERE / f"tmp-{metric}-rabitq{bits}.nearq"
+        idx.save(path)
+        version = int.from_bytes(path.read_bytes()[8:12], "little")
+        stem = f"v{version}-{metric}-rabitq{bits}-{tag}"
+        path.replace(HERE / f"{stem}.nearq")
+        res = idx.search(q, k=10, ef=50)
+        np.savez(
+            HERE / f"{stem}.expected.npz",
+            queries=q,
+            ids=res.ids,
+            distances=res.distances,
+            n=len(idx),
+            dim=idx.dim,
+            metric=metric,
+            encoding="rabitq",
+            version=nearq.__version__,
+        )
+        print("wrote", stem)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "layout1")
