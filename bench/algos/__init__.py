@@ -50,6 +50,8 @@ CONFIGS = {
     "nearq-sq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
     # the same design through the Index API (rabitq with float vectors kept: quantized graph)
     "nearq-rabitq-qg": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128)),
+    # the build beam of SymphonyQG's configuration (efConstruction=200)
+    "nearq-rabitq-qg-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200)),
     "nearq-flat-R64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="flat", degree=64, build_ef=200)),
     # --- faiss -----------------------------------------------------------------
     "faiss-hnsw-M32": _e("faiss-hnsw", "faiss_adapters", "FaissHNSWFlat", dict(M=32, efConstruction=200)),
