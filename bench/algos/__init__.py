@@ -26,7 +26,7 @@ CONFIGS = {
     "nearq-rabitq4-keep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=128, rerank="ef", quantized_graph=False)),
     "nearq-rabitq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=8, keep_vectors=False, degree=32, build_ef=128, rerank="ef")),
     "nearq-rabitq8-nokeep-r30": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
-    "nearq-rabitq4-mmap-r30": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, mmap=True, degree=32, build_ef=128)),
+    "nearq-rabitq4-mmap-r30": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, mmap=True, degree=32, build_ef=128, quantized_graph=False)),
     "nearq-sq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", keep_vectors=False, degree=32, build_ef=128)),
     "nearq-lvq4x8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=(4, 8), keep_vectors=False, degree=32, build_ef=128)),
     "nearq-lvq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="lvq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
