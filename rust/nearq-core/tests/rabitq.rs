@@ -329,7 +329,11 @@ fn build(data: &[f32], dim: usize, metric: Metric, bits: u32, keep_vectors: bool
         keep_vectors,
         build: BuildParams::default(),
     };
-    Index::build(data, dim, &p, Some(2), &|_, _| {}).unwrap()
+    let mut index = Index::build(data, dim, &p, Some(2), &|_, _| {}).unwrap();
+    // These tests are about the codes path (traversal on RaBitQ estimates, re-ranking), which
+    // an index with kept vectors otherwise leaves to its quantized graph for L2 and cosine.
+    index.set_quantized_graph(false, Some(1));
+    index
 }
 
 /// On isotropic Gaussian clusters the within-cluster neighbours are nearly equidistant, the
