@@ -62,7 +62,11 @@ def main():
     ap.add_argument("--bin", help="prebuilt encode_speed example (default: cargo run)")
     ap.add_argument("--dim", type=int, default=0, help="dimension of a raw .f16 / .f32 --data file")
     ap.add_argument("--no-faiss", action="store_true")
+    ap.add_argument("--faiss-pq", default="",
+                    help="extra faiss PQ configurations timed after the others, e.g. '192x8' "
+                         "(the code size of 4-bit TurboQuant at d = 384)")
     a = ap.parse_args()
+    extra = [tuple(int(v) for v in c.split("x")) for c in a.faiss_pq.split(",") if c]
     if a.data.endswith((".f16", ".f32")):
         dt = np.float16 if a.data.endswith(".f16") else np.float32
         x = np.fromfile(a.data, dtype=dt).reshape(-1, a.dim).astype(np.float32)
@@ -94,7 +98,7 @@ def main():
                         key = ("nearq", int(m[2]), int(m[3]))
                         t, mse = float(m[4]), float(m[5]) if m[5] else float("nan")
                         best[key] = min(best.get(key, (t, mse)), (t, mse))
-            for m, bits in [] if a.no_faiss else PQ:
+            for m, bits in [] if a.no_faiss else PQ + tuple(extra):
                 t_train, t_enc, cs, mse = faiss_pq(x, m, bits, a.threads)
                 print(f"faiss-pq-m{m}-{bits}bit     train {t_train:8.3f}s  encode {t_enc:8.3f}s  "
                       f"total {n / (t_train + t_enc):12.0f} vec/s  encode-only {n / t_enc:12.0f} vec/s  "
