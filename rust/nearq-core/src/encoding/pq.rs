@@ -22,19 +22,23 @@
 //! otherwise. This is exactly the metric distance to the decoded vector (the rotation is
 //! orthogonal, so it preserves both), up to float rounding.
 //!
-//! PQ has no finer code ([`Encoding::HAS_FINE`] is false): an index built with
-//! `keep_vectors = false` returns these ADC estimates as its distances; with float vectors
-//! kept, candidates are re-ranked exactly.
+//! With float vectors kept (or memory-mapped), candidates are re-ranked exactly. Without
+//! them, the float ADC above is the final distance: [`Encoding::distance_fine`] is the float
+//! ADC ([`Encoding::HAS_FINE`] is true), so the best candidates of the traversal, which with
+//! 4-bit codes used the u8 estimate below, are re-scored with it.
 //!
-//! # 4-bit FastScan (batch path)
+//! # 4-bit FastScan (graph traversal and batch path)
 //!
-//! For `bits = 4`, [`Encoding::distance_batch`] quantises the LUT to u8 (ALGORITHMS.md 5.4:
-//! each sub-table minus its minimum, one common scale `a = 255 / max span`, `b = Σ minima`),
-//! transposes each group of 32 codes into the block layout of `nearq_kernels::fastscan_u16`
-//! and accumulates in u16 (at most 256 sub-quantizers per kernel call, so no overflow); the
-//! estimate is `acc / a + b`, within `M·0.5/a` of the float ADC. [`Encoding::distance`] on a
-//! single code uses the float LUT. The graph scores one neighbour at a time, so the batch path
-//! is not used by the index yet: that needs neighbour codes stored in blocks per node.
+//! For `bits = 4`, [`Encoding::distance_ids`] (the graph's per-node neighbour scoring) and
+//! [`Encoding::distance_batch`] quantise the LUT to u8 (ALGORITHMS.md 5.4: each sub-table
+//! minus its minimum, one common scale `a = 255 / max span`, `b = Σ minima`), gather and
+//! transpose each group of up to 32 codes into the block layout of
+//! `nearq_kernels::fastscan_u16` (the `fastscan_pack_u4` kernel: a 16×16 byte transpose per
+//! 16 code bytes, then the nibbles of codes `i` and `i + 16` merged into one byte) and
+//! accumulate in u16 (at most 256 sub-quantizers per kernel call, so no overflow); the
+//! estimate is `acc / a + b`, within `M·0.5/a` of the float ADC. With `M` odd, the table is
+//! padded with a zero sub-table for the unused high nibble of the last byte.
+//! [`Encoding::distance`] on a single code uses the float LUT.
 //!
 //! # OPQ
 //!
@@ -51,6 +55,7 @@ use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
+use crate::storage::CodeStore;
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -148,12 +153,15 @@ pub struct PqQuery {
     lut: Vec<f32>,
     /// 1 for cosine, else 0.
     bias: f32,
-    /// 4-bit only: u8 tables (`M × 16`), their scale `a` and summed minima `b`.
+    /// 4-bit only: u8 tables (`2⌈M/2⌉ × 16`, a zero table last when `M` is odd), their
+    /// scale `a` and summed minima `b`.
     lut8: Vec<u8>,
     scale: f32,
     base: f32,
-    /// 4-bit only: one FastScan block of transposed codes.
+    /// 4-bit only: one FastScan block of transposed codes, and (`distance_batch`) the codes
+    /// of one block gathered contiguously.
     block: RefCell<Vec<u8>>,
+    gathered: RefCell<Vec<u8>>,
 }
 
 impl PqQuery {
@@ -163,7 +171,7 @@ impl PqQuery {
         if self.lut8.is_empty() {
             0.0
         } else {
-            (self.lut8.len() / 16) as f32 * 0.5 / self.scale
+            (self.lut.len() / 16) as f32 * 0.5 / self.scale
         }
     }
 }
@@ -313,31 +321,48 @@ impl Pq {
         }
     }
 
+    /// 4-bit FastScan estimates of up to 32 codes `base[ids[i] * stride ..]` into `out`
+    /// (`out.len() == ids.len()`): gather + transpose (`fastscan_pack_u4`), u16 look-up
+    /// accumulation per chunk of 256 sub-quantizers, then `bias + b + acc / a`.
+    fn fastscan_ids(&self, q: &PqQuery, base: &[u8], stride: usize, ids: &[u32], out: &mut [f32]) {
+        debug_assert!(ids.len() <= 32 && out.len() == ids.len());
+        let nb = self.code_size();
+        let m2 = 2 * nb;
+        let mut block = q.block.borrow_mut();
+        block.resize(32 * nb, 0);
+        (self.k.fastscan_pack_u4)(base, stride, ids, nb, &mut block);
+        let mut acc = [0u16; 32];
+        let estimate = |t: u32| q.bias + q.base + t as f32 / q.scale;
+        if m2 <= FASTSCAN_CHUNK {
+            (self.k.fastscan_u16)(&block, &q.lut8, &mut acc);
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o = estimate(a as u32);
+            }
+        } else {
+            let mut total = [0u32; 32];
+            for s in (0..m2).step_by(FASTSCAN_CHUNK) {
+                let e = (s + FASTSCAN_CHUNK).min(m2);
+                (self.k.fastscan_u16)(&block[16 * s..16 * e], &q.lut8[16 * s..16 * e], &mut acc);
+                for (t, &a) in total.iter_mut().zip(&acc) {
+                    *t += a as u32;
+                }
+            }
+            for (o, &t) in out.iter_mut().zip(&total) {
+                *o = estimate(t);
+            }
+        }
+    }
+
     /// Distances of up to 32 codes with the u8 LUT and the FastScan kernel.
     fn fastscan_block(&self, q: &PqQuery, codes: &[&[u8]], out: &mut [f32]) {
-        let m = self.m;
-        let mut block = q.block.borrow_mut();
-        block.clear();
-        block.resize(16 * m, 0);
-        for j in 0..m {
-            let row = &mut block[16 * j..16 * j + 16];
-            for (i, c) in codes.iter().enumerate() {
-                let v = (c[j / 2] >> (4 * (j & 1))) & 15;
-                row[i % 16] |= v << (4 * (i / 16));
-            }
+        let nb = self.code_size();
+        let mut g = q.gathered.borrow_mut();
+        g.clear();
+        for c in codes {
+            g.extend_from_slice(&c[..nb]);
         }
-        let mut total = [0u32; 32];
-        let mut acc = [0u16; 32];
-        for s in (0..m).step_by(FASTSCAN_CHUNK) {
-            let e = (s + FASTSCAN_CHUNK).min(m);
-            (self.k.fastscan_u16)(&block[16 * s..16 * e], &q.lut8[16 * s..16 * e], &mut acc);
-            for (t, &a) in total.iter_mut().zip(&acc) {
-                *t += a as u32;
-            }
-        }
-        for (o, &t) in out.iter_mut().zip(&total) {
-            *o = q.bias + q.base + t as f32 / q.scale;
-        }
+        let ids: Vec<u32> = (0..codes.len() as u32).collect();
+        self.fastscan_ids(q, &g, nb, &ids, &mut out[..codes.len()]);
     }
 }
 
@@ -586,6 +611,7 @@ impl Encoding for Pq {
     const NAME: &'static str = "pq";
     const TAG: u8 = 4;
     const EXACT: bool = false;
+    const HAS_FINE: bool = true;
 
     fn dim(&self) -> usize {
         self.dim
@@ -680,6 +706,8 @@ impl Encoding for Pq {
                         .map(move |&x| ((x - lo) * scale).round().min(255.0) as u8)
                 })
                 .collect();
+            // The high nibble of the last byte of an odd-M code looks up zeros.
+            lut8.resize(32 * self.m.div_ceil(2), 0);
         }
         PqQuery {
             lut,
@@ -688,6 +716,7 @@ impl Encoding for Pq {
             scale,
             base,
             block: RefCell::new(Vec::new()),
+            gathered: RefCell::new(Vec::new()),
         }
     }
     #[inline]
@@ -720,6 +749,26 @@ impl Encoding for Pq {
                 acc[0] += t[(code[pairs.len()] & 15) as usize];
             }
             q.bias + acc[0] + acc[1]
+        }
+    }
+    /// The float ADC: the final distance without float vectors (4-bit traversal uses the
+    /// coarser u8 estimate).
+    fn distance_fine(&self, q: &PqQuery, code: &[u8]) -> f32 {
+        self.distance(q, code)
+    }
+    /// 4 bits: u8 LUT + FastScan over blocks of 32 codes (see the module docs), within
+    /// [`PqQuery::fastscan_error_bound`] of [`Encoding::distance`]; 8 bits: one code at a
+    /// time.
+    fn distance_ids(&self, q: &PqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
+        if self.bits == 4 {
+            let (base, stride) = (codes.bytes(), codes.stride());
+            for (c, o) in ids.chunks(32).zip(out.chunks_mut(32)) {
+                self.fastscan_ids(q, base, stride, c, o);
+            }
+        } else {
+            for (o, &id) in out.iter_mut().zip(ids) {
+                *o = self.distance(q, codes.get(id as usize));
+            }
         }
     }
     /// 4 bits: u8 LUT + FastScan over blocks of 32 codes (see the module docs); 8 bits: one
