@@ -34,6 +34,11 @@ CONFIGS = {
     "nearq-tq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-tq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-pq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128)),
+    # 4-bit PQ: graph traversal through FastScan (default) or, "-float", the float LUT per code.
+    "nearq-pq4-mmap-float": _e("nearq", "nearq_pq_adapter", "NearQPq", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128, pq_fastscan=False)),
+    "nearq-pq4m96-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=96, mmap=True, degree=32, build_ef=128)),
+    "nearq-pq4m128-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=128, mmap=True, degree=32, build_ef=128)),
+    "nearq-pq4m96-mmap-float": _e("nearq", "nearq_pq_adapter", "NearQPq", dict(encoding="pq", bits=4, subspaces=96, mmap=True, degree=32, build_ef=128, pq_fastscan=False)),
     "nearq-pq96-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, mmap=True, degree=32, build_ef=128)),
     "nearq-sq8-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", mmap=True, degree=32, build_ef=128)),
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),

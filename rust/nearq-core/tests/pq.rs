@@ -344,8 +344,15 @@ fn distance_ids_agree_with_float_adc_within_the_bound() {
     let queries = normalized(&correlated(8, dim, 22), dim);
     for metric in [Metric::L2, Metric::Cosine, Metric::InnerProduct] {
         for (m, bits) in [(24, 4), (23, 4), (48, 4), (1, 4), (12, 8)] {
-            let enc = Pq::train(&data, dim, metric, &PqConfig::new(Some(m), bits, false, 3)).unwrap();
-            check_distance_ids(&enc, &data, &queries, dim, &format!("{metric:?} m={m} bits={bits}"));
+            let enc =
+                Pq::train(&data, dim, metric, &PqConfig::new(Some(m), bits, false, 3)).unwrap();
+            check_distance_ids(
+                &enc,
+                &data,
+                &queries,
+                dim,
+                &format!("{metric:?} m={m} bits={bits}"),
+            );
         }
     }
 }
@@ -408,7 +415,13 @@ fn distance_ids_agree_with_float_adc_on_real_data() {
     assert_eq!(dim, 384);
     let (train, test) = (normalized(&train, dim), normalized(&test, dim));
     for m in [192, 96] {
-        let enc = Pq::train(&train, dim, Metric::Cosine, &PqConfig::new(Some(m), 4, false, 5)).unwrap();
+        let enc = Pq::train(
+            &train,
+            dim,
+            Metric::Cosine,
+            &PqConfig::new(Some(m), 4, false, 5),
+        )
+        .unwrap();
         check_distance_ids(&enc, &train, &test, dim, &format!("real cosine m={m}"));
     }
 }

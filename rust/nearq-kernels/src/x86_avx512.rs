@@ -1377,10 +1377,7 @@ mod imp {
                 let rows = _mm512_permutex2var_epi64(even, sel, odd);
                 // SAFETY: 32 (b0 + 16 + k) + 32 <= 32 nbytes bytes of `out`.
                 unsafe {
-                    _mm256_storeu_si256(
-                        po.add(32 * (b0 + k)).cast(),
-                        _mm512_castsi512_si256(rows),
-                    );
+                    _mm256_storeu_si256(po.add(32 * (b0 + k)).cast(), _mm512_castsi512_si256(rows));
                     _mm256_storeu_si256(
                         po.add(32 * (b0 + 16 + k)).cast(),
                         _mm512_extracti64x4_epi64::<1>(rows),

@@ -38,7 +38,8 @@
 //! accumulate in u16 (at most 256 sub-quantizers per kernel call, so no overflow); the
 //! estimate is `acc / a + b`, within `M·0.5/a` of the float ADC. With `M` odd, the table is
 //! padded with a zero sub-table for the unused high nibble of the last byte.
-//! [`Encoding::distance`] on a single code uses the float LUT.
+//! [`Encoding::distance`] on a single code uses the float LUT. `NEARQ_PQ_FASTSCAN=0` (read
+//! once per process) makes the traversal use the float LUT too, for A/B measurements.
 //!
 //! # OPQ
 //!
@@ -72,6 +73,13 @@ const OPQ_PQ_ITERS_FIRST: usize = 10;
 const OPQ_MAX_SAMPLE: usize = 16_384;
 /// Sub-quantizers per u16 FastScan accumulation (256 · 255 < 2^16).
 const FASTSCAN_CHUNK: usize = 256;
+
+/// Whether 4-bit graph traversal uses FastScan (`distance_ids`); `NEARQ_PQ_FASTSCAN=0` (read
+/// once per process) falls back to the float LUT one code at a time, for A/B measurements.
+fn fastscan_traversal() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("NEARQ_PQ_FASTSCAN").map_or(true, |v| v.trim() != "0"))
+}
 
 /// The default number of sub-quantizers for `dim` dimensions: one per 4 dimensions for 8-bit
 /// codes and one per 2 for 4-bit codes, i.e. 2 bits per dimension either way (`d/4` bytes).
@@ -760,7 +768,7 @@ impl Encoding for Pq {
     /// [`PqQuery::fastscan_error_bound`] of [`Encoding::distance`]; 8 bits: one code at a
     /// time.
     fn distance_ids(&self, q: &PqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
-        if self.bits == 4 {
+        if self.bits == 4 && fastscan_traversal() {
             let (base, stride) = (codes.bytes(), codes.stride());
             for (c, o) in ids.chunks(32).zip(out.chunks_mut(32)) {
                 self.fastscan_ids(q, base, stride, c, o);
