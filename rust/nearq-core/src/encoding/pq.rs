@@ -369,8 +369,17 @@ impl Pq {
         for c in codes {
             g.extend_from_slice(&c[..nb]);
         }
-        let ids: Vec<u32> = (0..codes.len() as u32).collect();
-        self.fastscan_ids(q, &g, nb, &ids, &mut out[..codes.len()]);
+        const IOTA: [u32; 32] = {
+            let mut a = [0u32; 32];
+            let mut i = 0;
+            while i < 32 {
+                a[i] = i as u32;
+                i += 1;
+            }
+            a
+        };
+        let n = codes.len();
+        self.fastscan_ids(q, &g, nb, &IOTA[..n], &mut out[..n]);
     }
 }
 
