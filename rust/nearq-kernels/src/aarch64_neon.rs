@@ -809,19 +809,38 @@ mod imp {
         }
     }
 
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                vzip1q_u8(r[0], r[8]),
+                vzip2q_u8(r[0], r[8]),
+                vzip1q_u8(r[1], r[9]),
+                vzip2q_u8(r[1], r[9]),
+                vzip1q_u8(r[2], r[10]),
+                vzip2q_u8(r[2], r[10]),
+                vzip1q_u8(r[3], r[11]),
+                vzip2q_u8(r[3], r[11]),
+                vzip1q_u8(r[4], r[12]),
+                vzip2q_u8(r[4], r[12]),
+                vzip1q_u8(r[5], r[13]),
+                vzip2q_u8(r[5], r[13]),
+                vzip1q_u8(r[6], r[14]),
+                vzip2q_u8(r[6], r[14]),
+                vzip1q_u8(r[7], r[15]),
+                vzip2q_u8(r[7], r[15]),
+            ]
+        }};
+    }
+
     /// Transposes 16 rows of 16 bytes: afterwards `r[k]` byte `i` is byte `k` of row `i`.
     /// Four rounds of "zip row `i` with row `i + 8`" (each rotates the 8-bit (row, column)
     /// index left by one).
     #[target_feature(enable = "neon")]
-    fn transpose16x16(r: &mut [uint8x16_t; 16]) {
-        for _ in 0..4 {
-            let mut t = [vdupq_n_u8(0); 16];
-            for i in 0..8 {
-                t[2 * i] = vzip1q_u8(r[i], r[i + 8]);
-                t[2 * i + 1] = vzip2q_u8(r[i], r[i + 8]);
-            }
-            *r = t;
-        }
+    fn transpose16x16(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
+        zip_round!(zip_round!(zip_round!(zip_round!(r))))
     }
 
     /// `fastscan_pack_u4`: 16 code bytes per step, codes 0..16 and 16..32 transposed
@@ -857,8 +876,8 @@ mod imp {
                     }
                 }
             }
-            transpose16x16(&mut lo);
-            transpose16x16(&mut hi);
+            let lo = transpose16x16(lo);
+            let hi = transpose16x16(hi);
             for k in 0..16 {
                 let even = vorrq_u8(vandq_u8(lo[k], nib), vshlq_n_u8::<4>(hi[k]));
                 let odd = vorrq_u8(vshrq_n_u8::<4>(lo[k]), vbicq_u8(hi[k], nib));

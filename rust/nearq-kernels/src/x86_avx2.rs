@@ -934,19 +934,38 @@ pub(crate) mod imp {
         }
     }
 
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                _mm256_unpacklo_epi8(r[0], r[8]),
+                _mm256_unpackhi_epi8(r[0], r[8]),
+                _mm256_unpacklo_epi8(r[1], r[9]),
+                _mm256_unpackhi_epi8(r[1], r[9]),
+                _mm256_unpacklo_epi8(r[2], r[10]),
+                _mm256_unpackhi_epi8(r[2], r[10]),
+                _mm256_unpacklo_epi8(r[3], r[11]),
+                _mm256_unpackhi_epi8(r[3], r[11]),
+                _mm256_unpacklo_epi8(r[4], r[12]),
+                _mm256_unpackhi_epi8(r[4], r[12]),
+                _mm256_unpacklo_epi8(r[5], r[13]),
+                _mm256_unpackhi_epi8(r[5], r[13]),
+                _mm256_unpacklo_epi8(r[6], r[14]),
+                _mm256_unpackhi_epi8(r[6], r[14]),
+                _mm256_unpacklo_epi8(r[7], r[15]),
+                _mm256_unpackhi_epi8(r[7], r[15]),
+            ]
+        }};
+    }
+
     /// Transposes 16 rows of 16 bytes per 128-bit lane: afterwards `r[k]` byte `i` of a lane
     /// is byte `k` of that lane's row `i`. Four rounds of "zip row `i` with row `i + 8`"
     /// (each round rotates the 8-bit (row, column) index left by one).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn transpose16x16(r: &mut [__m256i; 16]) {
-        for _ in 0..4 {
-            let mut t = [_mm256_setzero_si256(); 16];
-            for i in 0..8 {
-                t[2 * i] = _mm256_unpacklo_epi8(r[i], r[i + 8]);
-                t[2 * i + 1] = _mm256_unpackhi_epi8(r[i], r[i + 8]);
-            }
-            *r = t;
-        }
+    pub(super) fn transpose16x16(r: [__m256i; 16]) -> [__m256i; 16] {
+        zip_round!(zip_round!(zip_round!(zip_round!(r))))
     }
 
     /// Bytes `b0..b0 + 16` of [`crate::scalar::fastscan_pack_u4`]; `p[i]` is code `i`'s
@@ -974,7 +993,7 @@ pub(crate) mod imp {
             };
             *ri = _mm256_set_m128i(hi, lo);
         }
-        transpose16x16(&mut r);
+        let r = transpose16x16(r);
         let nib = _mm256_set1_epi8(0x0f);
         for (k, &c) in r.iter().enumerate() {
             // c = [byte b0 + k of codes 0..16 | of codes 16..32]; s has the halves swapped.

@@ -1306,6 +1306,32 @@ mod imp {
         }
     }
 
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                _mm512_unpacklo_epi8(r[0], r[8]),
+                _mm512_unpackhi_epi8(r[0], r[8]),
+                _mm512_unpacklo_epi8(r[1], r[9]),
+                _mm512_unpackhi_epi8(r[1], r[9]),
+                _mm512_unpacklo_epi8(r[2], r[10]),
+                _mm512_unpackhi_epi8(r[2], r[10]),
+                _mm512_unpacklo_epi8(r[3], r[11]),
+                _mm512_unpackhi_epi8(r[3], r[11]),
+                _mm512_unpacklo_epi8(r[4], r[12]),
+                _mm512_unpackhi_epi8(r[4], r[12]),
+                _mm512_unpacklo_epi8(r[5], r[13]),
+                _mm512_unpackhi_epi8(r[5], r[13]),
+                _mm512_unpacklo_epi8(r[6], r[14]),
+                _mm512_unpackhi_epi8(r[6], r[14]),
+                _mm512_unpacklo_epi8(r[7], r[15]),
+                _mm512_unpackhi_epi8(r[7], r[15]),
+            ]
+        }};
+    }
+
     /// `fastscan_pack_u4`: 32 code bytes per step. Row `i` of the transpose holds, per
     /// 128-bit lane, bytes `b0..b0 + 16` of code `i`, of code `i + 16`, then bytes
     /// `b0 + 16..b0 + 32` of the same two codes; the in-lane byte transpose (as in the AVX2
@@ -1355,14 +1381,7 @@ mod imp {
                 let ab = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
                 *ri = _mm512_shuffle_i64x2::<0xd8>(ab, ab);
             }
-            for _ in 0..4 {
-                let mut t = [_mm512_setzero_si512(); 16];
-                for i in 0..8 {
-                    t[2 * i] = _mm512_unpacklo_epi8(r[i], r[i + 8]);
-                    t[2 * i + 1] = _mm512_unpackhi_epi8(r[i], r[i + 8]);
-                }
-                r = t;
-            }
+            let r = zip_round!(zip_round!(zip_round!(zip_round!(r))));
             for (k, &c) in r.iter().enumerate() {
                 // s: lanes (1, 0, 3, 2) of c, so codes 16..32 sit under codes 0..16.
                 let s = _mm512_shuffle_i64x2::<0xb1>(c, c);

@@ -152,6 +152,10 @@ pub struct Pq {
     rotation: Option<Vec<f32>>,
     /// Nearest-centroid search per sub-space (for encoding).
     nearest: Vec<Nearest>,
+    /// The codebooks transposed per sub-space (dimension-major: sub-space `j`'s dimension `t`
+    /// of centroid `k` at `K·offsets[j] + t·K + k`), so `prepare` computes a sub-table as
+    /// `K`-wide vector operations.
+    books_t: Vec<f32>,
     k: &'static Kernels,
 }
 
@@ -270,6 +274,7 @@ impl Pq {
                 Nearest::new(&codebooks[ksub * offsets[j]..][..ksub * ds], ds)
             })
             .collect();
+        let books_t = transpose_books(&codebooks, &offsets, ksub);
         Pq {
             dim,
             metric,
@@ -279,6 +284,7 @@ impl Pq {
             codebooks,
             rotation,
             nearest,
+            books_t,
             k: kernels(),
         }
     }
@@ -381,6 +387,20 @@ impl Pq {
         let n = codes.len();
         self.fastscan_ids(q, &g, nb, &IOTA[..n], &mut out[..n]);
     }
+}
+
+/// [`Pq::books_t`]: each sub-space's `K × ds` codebook as `ds × K`.
+fn transpose_books(books: &[f32], offsets: &[usize], ksub: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; books.len()];
+    for w in offsets.windows(2) {
+        let (a, ds) = (w[0], w[1] - w[0]);
+        for k in 0..ksub {
+            for d in 0..ds {
+                t[ksub * a + d * ksub + k] = books[ksub * a + k * ds + d];
+            }
+        }
+    }
+    t
 }
 
 /// Trains the codebooks of every sub-space on `sample` (already rotated), in parallel over
@@ -684,17 +704,24 @@ impl Encoding for Pq {
         let ksub = self.ksub();
         let l2 = self.metric == Metric::L2;
         let mut lut = vec![0.0f32; self.m * ksub];
+        // Sub-table j from the transposed codebook: one K-wide step per dimension, summed in
+        // dimension order (the same sums as term by term per centroid).
         for (j, table) in lut.chunks_exact_mut(ksub).enumerate() {
             let (a, b) = (self.offsets[j], self.offsets[j + 1]);
-            let ds = b - a;
-            let qj = &q[a..b];
-            let book = &self.codebooks[ksub * a..ksub * b];
-            for (t, c) in table.iter_mut().zip(book.chunks_exact(ds)) {
-                *t = if l2 {
-                    qj.iter().zip(c).map(|(x, y)| (x - y) * (x - y)).sum()
+            let book = &self.books_t[ksub * a..ksub * b];
+            for (&x, col) in q[a..b].iter().zip(book.chunks_exact(ksub)) {
+                if l2 {
+                    for (t, &c) in table.iter_mut().zip(col) {
+                        *t += (x - c) * (x - c);
+                    }
                 } else {
-                    -qj.iter().zip(c).map(|(x, y)| x * y).sum::<f32>()
-                };
+                    for (t, &c) in table.iter_mut().zip(col) {
+                        *t += x * c;
+                    }
+                }
+            }
+            if !l2 {
+                table.iter_mut().for_each(|t| *t = -*t);
             }
         }
         let bias = if self.metric == Metric::Cosine {
@@ -720,7 +747,9 @@ impl Encoding for Pq {
                 .zip(&mins)
                 .flat_map(|(t, &lo)| {
                     t.iter()
-                        .map(move |&x| ((x - lo) * scale).round().min(255.0) as u8)
+                        // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
+                        // saturates at 255.
+                        .map(move |&x| ((x - lo) * scale + 0.5) as u8)
                 })
                 .collect();
             // The high nibble of the last byte of an odd-M code looks up zeros.
@@ -802,7 +831,7 @@ impl Encoding for Pq {
         }
     }
     fn params_bytes(&self) -> usize {
-        4 * (self.codebooks.len() + self.rotation.as_ref().map_or(0, Vec::len))
+        4 * (self.codebooks.len() + self.books_t.len() + self.rotation.as_ref().map_or(0, Vec::len))
     }
     fn write_params(&self, w: &mut Writer) {
         w.u32(self.m as u32);
