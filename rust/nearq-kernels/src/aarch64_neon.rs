@@ -21,6 +21,8 @@
 //!   and the difference), the larger ones between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, four nibbles per register, `xtn`
 //!   twice for the low bytes.
+//! - `fastscan_pack_u4`: per 16 code bytes, two 16×16 byte transposes (`zip1`/`zip2`, codes
+//!   0..16 and 16..32), then their nibbles merged with shifts and `bic`.
 
 use crate::{Kernels, SimdLevel};
 

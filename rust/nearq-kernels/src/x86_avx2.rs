@@ -21,6 +21,9 @@
 //!   `x[i ^ h]`, a blend keeps the sum or the difference), the larger ones between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, its nibbles 0..8 and 8..16 in two
 //!   registers; the low bytes are packed with `packus` and a dword permute.
+//! - `fastscan_pack_u4`: per 16 code bytes, a 16×16 byte transpose (four rounds of
+//!   `vpunpck{l,h}bw`, codes 0..16 in the low lane and 16..32 in the high one), then the two
+//!   lanes' nibbles merged into the FastScan rows of two sub-quantizers.
 
 use crate::{Kernels, SimdLevel};
 

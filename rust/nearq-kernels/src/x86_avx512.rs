@@ -28,6 +28,9 @@
 //!   between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, its 16 nibbles in one register
 //!   (zero-masked broadcasts of the weights), `vpmovdb` for the low bytes.
+//! - `fastscan_pack_u4`: per 32 code bytes, the AVX2 transpose on four 128-bit lanes (two
+//!   byte ranges of codes 0..16 and 16..32), nibbles merged across lane pairs; a 16-byte
+//!   remainder uses the AVX2 step.
 
 use std::sync::OnceLock;
 

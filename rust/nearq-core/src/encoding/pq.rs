@@ -19,7 +19,8 @@
 //! `prepare` builds one look-up table per query: `LUT[j][k] = ||q_j - c_{j,k}||^2` for L2 and
 //! `-<q_j, c_{j,k}>` for inner product and cosine; the distance to a code is
 //! `bias + Σ_j LUT[j][code_j]` with `bias = 1` for cosine (inputs are unit vectors) and 0
-//! otherwise. This is exactly the metric distance to the decoded vector (the rotation is
+//! otherwise (computed from a dimension-major copy of each codebook, one `K`-wide step per
+//! dimension). This is exactly the metric distance to the decoded vector (the rotation is
 //! orthogonal, so it preserves both), up to float rounding.
 //!
 //! With float vectors kept (or memory-mapped), candidates are re-ranked exactly. Without
