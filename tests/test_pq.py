@@ -115,3 +115,45 @@ def test_training_progress_is_shown(capfd):
     assert "building graph" in err
     nearq.Index.build(x, encoding="pq", subspaces=8, progress=False, threads=1)
     assert capfd.readouterr().err == ""
+
+
+_FLOAT_LUT_SEARCH = """
+import sys, numpy as np, nearq
+idx = nearq.Index.load(sys.argv[1])
+q = np.load(sys.argv[2])
+res = idx.search(q, k=10, ef=int(sys.argv[3]))
+np.save(sys.argv[4], np.asarray(res.ids))
+"""
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_4bit_fastscan_traversal_keeps_recall(tmp_path, real_data, real_truth, keep):
+    """4-bit graph traversal scores neighbours with the u8 FastScan estimate; at a given ef its
+    recall matches the float-LUT traversal (NEARQ_PQ_FASTSCAN=0, another process), and the
+    final distances come from re-ranking: exact with floats kept, the float ADC otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    (x, q), truth = real_data, real_truth["cosine"][0][:, :10]
+    idx = nearq.Index.build(x, metric="cosine", encoding="pq", bits=4, subspaces=192,
+                            keep_vectors=keep, seed=0)
+    ef = 48
+    res = idx.search(q, k=10, ef=ef)
+    fast = _recall(res.ids, truth)
+    assert np.all(np.diff(res.distances, axis=1) >= 0)
+    if keep:
+        want = 1.0 - np.einsum("qd,qkd->qk", q / np.linalg.norm(q, axis=1, keepdims=True),
+                               x[res.ids] / np.linalg.norm(x[res.ids], axis=2, keepdims=True))
+        np.testing.assert_allclose(res.distances, want, atol=2e-5)
+    idx.save(tmp_path / "p.nearq")
+    np.save(tmp_path / "q.npy", q)
+    env = dict(os.environ, NEARQ_PQ_FASTSCAN="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(nearq.__file__)),
+                                                    env.get("PYTHONPATH", "")] if p)
+    subprocess.run([sys.executable, "-c", _FLOAT_LUT_SEARCH, str(tmp_path / "p.nearq"),
+                    str(tmp_path / "q.npy"), str(ef), str(tmp_path / "ids.npy")],
+                   env=env, check=True)
+    slow = _recall(np.load(tmp_path / "ids.npy"), truth)
+    assert fast >= slow - 0.01, (fast, slow)
+    assert fast >= (0.9 if keep else 0.5), fast

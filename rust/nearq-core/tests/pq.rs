@@ -293,3 +293,135 @@ fn bad_parameters_are_invalid_parameter_errors() {
         Ok(_) => panic!("m = 9 > d = 8 was accepted"),
     }
 }
+
+/// `distance_ids` (the graph traversal's neighbour scoring: FastScan for 4 bits) against the
+/// float ADC `distance`: within `fastscan_error_bound` for 4 bits, equal for 8 bits, for
+/// blocks of 1..=70 ids (partial blocks, several blocks, repeated and unordered ids).
+fn check_distance_ids(enc: &Pq, data: &[f32], queries: &[f32], dim: usize, label: &str) {
+    use nearq_core::storage::CodeStore;
+    let n = data.len() / dim;
+    let mut codes = CodeStore::with_len(enc.code_size(), n);
+    for (i, x) in data.chunks_exact(dim).enumerate() {
+        enc.encode(x, codes.get_mut(i));
+    }
+    let mut worst = 0.0f32;
+    for (qi, q) in queries.chunks_exact(dim).enumerate() {
+        let pq = enc.prepare(q);
+        let bound = pq.fastscan_error_bound();
+        if enc.bits() == 4 {
+            assert!(bound > 0.0 && bound.is_finite(), "{label}: bound {bound}");
+        } else {
+            assert_eq!(bound, 0.0);
+        }
+        for len in [1usize, 5, 16, 17, 31, 32, 33, 70] {
+            let ids: Vec<u32> = (0..len)
+                .map(|t| ((qi * 131 + t * 977 + t * t * 13) % n) as u32)
+                .collect();
+            let mut out = vec![f32::NAN; len];
+            enc.distance_ids(&pq, &codes, &ids, &mut out);
+            for (&id, &got) in ids.iter().zip(&out) {
+                let want = enc.distance(&pq, codes.get(id as usize));
+                let tol = bound * 1.001 + 1e-5 * (1.0 + want.abs());
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{label}: id {id} of {len}: {got} vs ADC {want} (bound {bound})"
+                );
+                worst = worst.max((got - want).abs() / bound.max(f32::MIN_POSITIVE));
+            }
+        }
+    }
+    if enc.bits() == 4 && enc.subspaces() >= 64 {
+        // The rounding errors of many sub-tables do not all line up.
+        assert!(worst < 0.5, "{label}: worst error {worst} of the bound");
+    }
+    eprintln!("{label}: worst |distance_ids - ADC| = {worst:.3} of the bound");
+}
+
+#[test]
+fn distance_ids_agree_with_float_adc_within_the_bound() {
+    let dim = 48;
+    let data = normalized(&correlated(1500, dim, 21), dim);
+    let queries = normalized(&correlated(8, dim, 22), dim);
+    for metric in [Metric::L2, Metric::Cosine, Metric::InnerProduct] {
+        for (m, bits) in [(24, 4), (23, 4), (48, 4), (1, 4), (12, 8)] {
+            let enc =
+                Pq::train(&data, dim, metric, &PqConfig::new(Some(m), bits, false, 3)).unwrap();
+            check_distance_ids(
+                &enc,
+                &data,
+                &queries,
+                dim,
+                &format!("{metric:?} m={m} bits={bits}"),
+            );
+        }
+    }
+}
+
+/// The first `n` train and `nq` test rows of the real dataset (ann-benchmarks HDF5), read
+/// through python3 + h5py into raw f32; `None` (the test is skipped, with a message) when the
+/// file, python3 or h5py is missing. `NEARQ_DATA` overrides the path, as in tests/conftest.py.
+fn real_rows(n: usize, nq: usize) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+    let path = std::env::var("NEARQ_DATA").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/pypi-minilm-384-angular-50k.hdf5"
+        )
+        .to_string()
+    });
+    let fallback = "/work/shared/data/pypi-minilm-384-angular-50k.hdf5";
+    let path = [path.as_str(), fallback]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("nearq-pq-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let script = format!(
+        "import h5py, numpy as np\n\
+         f = h5py.File({path:?}, 'r')\n\
+         np.ascontiguousarray(f['train'][:{n}], dtype='<f4').tofile({tr:?})\n\
+         np.ascontiguousarray(f['test'][:{nq}], dtype='<f4').tofile({te:?})\n\
+         print(f['train'].shape[1])",
+        tr = dir.join("train.f32").to_str()?,
+        te = dir.join("test.f32").to_str()?,
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let dim: usize = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let read = |name: &str| -> Option<Vec<f32>> {
+        let b = std::fs::read(dir.join(name)).ok()?;
+        Some(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    };
+    let (train, test) = (read("train.f32")?, read("test.f32")?);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some((train, test, dim))
+}
+
+#[test]
+fn distance_ids_agree_with_float_adc_on_real_data() {
+    let Some((train, test, dim)) = real_rows(4000, 20) else {
+        eprintln!("skipped: real dataset not available");
+        return;
+    };
+    assert_eq!(dim, 384);
+    let (train, test) = (normalized(&train, dim), normalized(&test, dim));
+    for m in [192, 96] {
+        let enc = Pq::train(
+            &train,
+            dim,
+            Metric::Cosine,
+            &PqConfig::new(Some(m), 4, false, 5),
+        )
+        .unwrap();
+        check_distance_ids(&enc, &train, &test, dim, &format!("real cosine m={m}"));
+    }
+}

@@ -21,6 +21,8 @@
 //!   and the difference), the larger ones between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, four nibbles per register, `xtn`
 //!   twice for the low bytes.
+//! - `fastscan_pack_u4`: per 16 code bytes, two 16×16 byte transposes (`zip1`/`zip2`, codes
+//!   0..16 and 16..32), then their nibbles merged with shifts and `bic`.
 
 use crate::{Kernels, SimdLevel};
 
@@ -48,6 +50,7 @@ static TABLE: Kernels = Kernels {
     fwht_f32,
     fastscan_lut_u8,
     nearest_centroid_t,
+    fastscan_pack_u4,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -144,6 +147,11 @@ fn nearest_centroid_t(
 ) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
+}
+
+fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out: &mut [u8]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::fastscan_pack_u4(base, stride, ids, nbytes, out) }
 }
 
 mod imp {
@@ -801,5 +809,87 @@ mod imp {
                 unsafe { vst1q_u32(o.as_mut_ptr().add(4 * l), *v) };
             }
         }
+    }
+
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                vzip1q_u8(r[0], r[8]),
+                vzip2q_u8(r[0], r[8]),
+                vzip1q_u8(r[1], r[9]),
+                vzip2q_u8(r[1], r[9]),
+                vzip1q_u8(r[2], r[10]),
+                vzip2q_u8(r[2], r[10]),
+                vzip1q_u8(r[3], r[11]),
+                vzip2q_u8(r[3], r[11]),
+                vzip1q_u8(r[4], r[12]),
+                vzip2q_u8(r[4], r[12]),
+                vzip1q_u8(r[5], r[13]),
+                vzip2q_u8(r[5], r[13]),
+                vzip1q_u8(r[6], r[14]),
+                vzip2q_u8(r[6], r[14]),
+                vzip1q_u8(r[7], r[15]),
+                vzip2q_u8(r[7], r[15]),
+            ]
+        }};
+    }
+
+    /// Transposes 16 rows of 16 bytes: afterwards `r[k]` byte `i` is byte `k` of row `i`.
+    /// Four rounds of "zip row `i` with row `i + 8`" (each rotates the 8-bit (row, column)
+    /// index left by one).
+    #[target_feature(enable = "neon")]
+    fn transpose16x16(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
+        zip_round!(zip_round!(zip_round!(zip_round!(r))))
+    }
+
+    /// `fastscan_pack_u4`: 16 code bytes per step, codes 0..16 and 16..32 transposed
+    /// separately, then combined nibble-wise.
+    #[target_feature(enable = "neon")]
+    pub(super) fn fastscan_pack_u4(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        nbytes: usize,
+        out: &mut [u8],
+    ) {
+        let n = crate::scalar::fastscan_pack_check(base, stride, ids, nbytes, out);
+        let mut p = [core::ptr::null::<u8>(); 32];
+        for (pi, &id) in p.iter_mut().zip(ids) {
+            // SAFETY: checked above: the code lies inside `base`.
+            *pi = unsafe { base.as_ptr().add(id as usize * stride) };
+        }
+        let po = out.as_mut_ptr();
+        let nib = vdupq_n_u8(0x0f);
+        let full = nbytes / 16 * 16;
+        for b0 in (0..full).step_by(16) {
+            let mut lo = [vdupq_n_u8(0); 16];
+            let mut hi = [vdupq_n_u8(0); 16];
+            for i in 0..16 {
+                // SAFETY: b0 + 16 <= nbytes bytes of each code `i < n`.
+                unsafe {
+                    if i < n {
+                        lo[i] = vld1q_u8(p[i].add(b0));
+                    }
+                    if i + 16 < n {
+                        hi[i] = vld1q_u8(p[i + 16].add(b0));
+                    }
+                }
+            }
+            let lo = transpose16x16(lo);
+            let hi = transpose16x16(hi);
+            for k in 0..16 {
+                let even = vorrq_u8(vandq_u8(lo[k], nib), vshlq_n_u8::<4>(hi[k]));
+                let odd = vorrq_u8(vshrq_n_u8::<4>(lo[k]), vbicq_u8(hi[k], nib));
+                // SAFETY: 32 (b0 + k) + 32 <= 32 nbytes bytes of `out`.
+                unsafe {
+                    vst1q_u8(po.add(32 * (b0 + k)), even);
+                    vst1q_u8(po.add(32 * (b0 + k) + 16), odd);
+                }
+            }
+        }
+        crate::scalar::fastscan_pack_range(base, stride, ids, full, nbytes, out);
     }
 }

@@ -147,6 +147,11 @@ pub struct Kernels {
     #[allow(clippy::type_complexity)]
     pub nearest_centroid_t:
         fn(xt: &[f32], stride: usize, centroids: &[f32], norms: &[f32], out: &mut [u32]),
+    /// Gathers up to 32 packed 4-bit codes `base[ids[i] * stride ..][.. nbytes]` into the
+    /// block layout of `fastscan_u16`; bit-identical to [`scalar::fastscan_pack_u4`].
+    #[allow(clippy::type_complexity)]
+    pub fastscan_pack_u4:
+        fn(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out: &mut [u8]),
 }
 
 impl std::fmt::Debug for Kernels {
@@ -177,6 +182,7 @@ static SCALAR: Kernels = Kernels {
     fwht_f32: scalar::fwht_f32,
     fastscan_lut_u8: scalar::fastscan_lut_u8,
     nearest_centroid_t: scalar::nearest_centroid_t,
+    fastscan_pack_u4: scalar::fastscan_pack_u4,
 };
 
 /// The kernel table for `level`, or `None` if this CPU cannot run it.

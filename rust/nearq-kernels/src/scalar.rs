@@ -463,3 +463,77 @@ pub fn nearest_centroid_t(
         *o = nearest_t_one(xt, stride, i, dim, centroids, norms);
     }
 }
+
+/// Checks the arguments of [`fastscan_pack_u4`]: at most 32 ids, `out.len() == 32 * nbytes`,
+/// and every code `base[ids[i] * stride ..][.. nbytes]` inside `base`. Returns `ids.len()`.
+#[inline]
+pub(crate) fn fastscan_pack_check(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    nbytes: usize,
+    out: &[u8],
+) -> usize {
+    assert!(ids.len() <= 32, "fastscan_pack: at most 32 codes per block");
+    assert_eq!(
+        Some(out.len()),
+        nbytes.checked_mul(32),
+        "fastscan_pack: out.len() must be 32 * nbytes"
+    );
+    for &id in ids {
+        let end = (id as usize)
+            .checked_mul(stride)
+            .and_then(|a| a.checked_add(nbytes));
+        assert!(
+            end.is_some_and(|e| e <= base.len()),
+            "fastscan_pack: code {id} lies outside the array"
+        );
+    }
+    ids.len()
+}
+
+/// Bytes `from..to` of [`fastscan_pack_u4`] (arguments already checked): the tail loop of
+/// every variant.
+#[inline]
+pub(crate) fn fastscan_pack_range(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    from: usize,
+    to: usize,
+    out: &mut [u8],
+) {
+    let x = |i: usize, b: usize| -> u8 {
+        match ids.get(i) {
+            Some(&id) => base[id as usize * stride + b],
+            None => 0,
+        }
+    };
+    for b in from..to {
+        let row = &mut out[32 * b..32 * b + 32];
+        for i in 0..16 {
+            let (lo, hi) = (x(i, b), x(i + 16, b));
+            row[i] = (lo & 15) | (hi << 4);
+            row[16 + i] = (lo >> 4) | (hi & 0xf0);
+        }
+    }
+}
+
+/// Gathers up to 32 packed 4-bit codes and transposes them into the block layout of
+/// [`fastscan_u16`].
+///
+/// Code `i` is `base[ids[i] * stride ..][.. nbytes]`, sub-quantizer `2b` in the low nibble of
+/// its byte `b` and `2b + 1` in the high nibble; codes `i >= ids.len()` count as all zeros.
+/// With `x(i, b)` byte `b` of code `i`, for every `b < nbytes` and `i < 16`:
+///
+/// ```text
+/// out[32 b + i]      = (x(i, b) & 15) | (x(i + 16, b) & 15) << 4   // sub-quantizer 2b
+/// out[32 b + 16 + i] = (x(i, b) >> 4) | (x(i + 16, b) & 0xf0)      // sub-quantizer 2b + 1
+/// ```
+///
+/// so `out` is the `codes` argument of [`fastscan_u16`] for `2 * nbytes` sub-quantizers.
+/// Panics if `ids.len() > 32`, `out.len() != 32 * nbytes` or a code lies outside `base`.
+pub fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out: &mut [u8]) {
+    fastscan_pack_check(base, stride, ids, nbytes, out);
+    fastscan_pack_range(base, stride, ids, 0, nbytes, out);
+}

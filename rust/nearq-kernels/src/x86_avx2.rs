@@ -21,6 +21,9 @@
 //!   `x[i ^ h]`, a blend keeps the sum or the difference), the larger ones between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, its nibbles 0..8 and 8..16 in two
 //!   registers; the low bytes are packed with `packus` and a dword permute.
+//! - `fastscan_pack_u4`: per 16 code bytes, a 16×16 byte transpose (four rounds of
+//!   `vpunpck{l,h}bw`, codes 0..16 in the low lane and 16..32 in the high one), then the two
+//!   lanes' nibbles merged into the FastScan rows of two sub-quantizers.
 
 use crate::{Kernels, SimdLevel};
 
@@ -51,6 +54,7 @@ static TABLE: Kernels = Kernels {
     fwht_f32,
     fastscan_lut_u8,
     nearest_centroid_t,
+    fastscan_pack_u4,
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
@@ -149,7 +153,12 @@ fn nearest_centroid_t(
     unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
 }
 
-mod imp {
+fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out: &mut [u8]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::fastscan_pack_u4(base, stride, ids, nbytes, out) }
+}
+
+pub(crate) mod imp {
     use core::arch::x86_64::*;
 
     /// `MASK[8 - r..16 - r]` has `r` leading all-ones lanes, for `vmaskmovps` tails.
@@ -926,5 +935,106 @@ mod imp {
                 };
             }
         }
+    }
+
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                _mm256_unpacklo_epi8(r[0], r[8]),
+                _mm256_unpackhi_epi8(r[0], r[8]),
+                _mm256_unpacklo_epi8(r[1], r[9]),
+                _mm256_unpackhi_epi8(r[1], r[9]),
+                _mm256_unpacklo_epi8(r[2], r[10]),
+                _mm256_unpackhi_epi8(r[2], r[10]),
+                _mm256_unpacklo_epi8(r[3], r[11]),
+                _mm256_unpackhi_epi8(r[3], r[11]),
+                _mm256_unpacklo_epi8(r[4], r[12]),
+                _mm256_unpackhi_epi8(r[4], r[12]),
+                _mm256_unpacklo_epi8(r[5], r[13]),
+                _mm256_unpackhi_epi8(r[5], r[13]),
+                _mm256_unpacklo_epi8(r[6], r[14]),
+                _mm256_unpackhi_epi8(r[6], r[14]),
+                _mm256_unpacklo_epi8(r[7], r[15]),
+                _mm256_unpackhi_epi8(r[7], r[15]),
+            ]
+        }};
+    }
+
+    /// Transposes 16 rows of 16 bytes per 128-bit lane: afterwards `r[k]` byte `i` of a lane
+    /// is byte `k` of that lane's row `i`. Four rounds of "zip row `i` with row `i + 8`"
+    /// (each round rotates the 8-bit (row, column) index left by one).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn transpose16x16(r: [__m256i; 16]) -> [__m256i; 16] {
+        zip_round!(zip_round!(zip_round!(zip_round!(r))))
+    }
+
+    /// Bytes `b0..b0 + 16` of [`crate::scalar::fastscan_pack_u4`]; `p[i]` is code `i`'s
+    /// start for `i < n`. Caller: bytes `b0..b0 + 16` of each of those codes are readable and
+    /// `out` holds `32 * (b0 + 16)` bytes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn pack16(p: &[*const u8; 32], n: usize, b0: usize, out: *mut u8) {
+        let z = _mm_setzero_si128();
+        let mut r = [_mm256_setzero_si256(); 16];
+        for (i, ri) in r.iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            let (lo, hi) = unsafe {
+                (
+                    if i < n {
+                        _mm_loadu_si128(p[i].add(b0).cast())
+                    } else {
+                        z
+                    },
+                    if i + 16 < n {
+                        _mm_loadu_si128(p[i + 16].add(b0).cast())
+                    } else {
+                        z
+                    },
+                )
+            };
+            *ri = _mm256_set_m128i(hi, lo);
+        }
+        let r = transpose16x16(r);
+        let nib = _mm256_set1_epi8(0x0f);
+        for (k, &c) in r.iter().enumerate() {
+            // c = [byte b0 + k of codes 0..16 | of codes 16..32]; s has the halves swapped.
+            let s = _mm256_permute2x128_si256::<0x01>(c, c);
+            let even = _mm256_or_si256(
+                _mm256_and_si256(c, nib),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(s, nib)),
+            );
+            let odd = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(c), nib),
+                _mm256_andnot_si256(nib, s),
+            );
+            let row = _mm256_permute2x128_si256::<0x20>(even, odd);
+            // SAFETY: 32 (b0 + k) + 32 <= 32 (b0 + 16) bytes of `out`.
+            unsafe { _mm256_storeu_si256(out.add(32 * (b0 + k)).cast(), row) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn fastscan_pack_u4(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        nbytes: usize,
+        out: &mut [u8],
+    ) {
+        let n = crate::scalar::fastscan_pack_check(base, stride, ids, nbytes, out);
+        let mut p = [core::ptr::null::<u8>(); 32];
+        for (pi, &id) in p.iter_mut().zip(ids) {
+            // SAFETY: checked above: the code lies inside `base`.
+            *pi = unsafe { base.as_ptr().add(id as usize * stride) };
+        }
+        let full = nbytes / 16 * 16;
+        let po = out.as_mut_ptr();
+        for b0 in (0..full).step_by(16) {
+            // SAFETY: b0 + 16 <= nbytes: every code has those bytes, `out` 32 nbytes.
+            unsafe { pack16(&p, n, b0, po) };
+        }
+        crate::scalar::fastscan_pack_range(base, stride, ids, full, nbytes, out);
     }
 }

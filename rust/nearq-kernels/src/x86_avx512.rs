@@ -28,6 +28,9 @@
 //!   between registers.
 //! - `fastscan_lut_u8`: one 4-dimension group per step, its 16 nibbles in one register
 //!   (zero-masked broadcasts of the weights), `vpmovdb` for the low bytes.
+//! - `fastscan_pack_u4`: per 32 code bytes, the AVX2 transpose on four 128-bit lanes (two
+//!   byte ranges of codes 0..16 and 16..32), nibbles merged across lane pairs; a 16-byte
+//!   remainder uses the AVX2 step.
 
 use std::sync::OnceLock;
 
@@ -101,6 +104,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         fwht_f32,
         fastscan_lut_u8,
         nearest_centroid_t,
+        fastscan_pack_u4,
     }))
 }
 
@@ -235,6 +239,11 @@ fn nearest_centroid_t(
 ) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::nearest_centroid_t(xt, stride, centroids, norms, out) }
+}
+
+fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out: &mut [u8]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::fastscan_pack_u4(base, stride, ids, nbytes, out) }
 }
 
 mod imp {
@@ -1298,5 +1307,113 @@ mod imp {
                 unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(16 * l).cast(), *v) };
             }
         }
+    }
+
+    /// One round of the 16x16 byte transpose: rows `i` and `i + 8` zipped into rows `2i`,
+    /// `2i + 1` (a new array from literal indices, so the rows stay in registers).
+    macro_rules! zip_round {
+        ($r:expr) => {{
+            let r = $r;
+            [
+                _mm512_unpacklo_epi8(r[0], r[8]),
+                _mm512_unpackhi_epi8(r[0], r[8]),
+                _mm512_unpacklo_epi8(r[1], r[9]),
+                _mm512_unpackhi_epi8(r[1], r[9]),
+                _mm512_unpacklo_epi8(r[2], r[10]),
+                _mm512_unpackhi_epi8(r[2], r[10]),
+                _mm512_unpacklo_epi8(r[3], r[11]),
+                _mm512_unpackhi_epi8(r[3], r[11]),
+                _mm512_unpacklo_epi8(r[4], r[12]),
+                _mm512_unpackhi_epi8(r[4], r[12]),
+                _mm512_unpacklo_epi8(r[5], r[13]),
+                _mm512_unpackhi_epi8(r[5], r[13]),
+                _mm512_unpacklo_epi8(r[6], r[14]),
+                _mm512_unpackhi_epi8(r[6], r[14]),
+                _mm512_unpacklo_epi8(r[7], r[15]),
+                _mm512_unpackhi_epi8(r[7], r[15]),
+            ]
+        }};
+    }
+
+    /// `fastscan_pack_u4`: 32 code bytes per step. Row `i` of the transpose holds, per
+    /// 128-bit lane, bytes `b0..b0 + 16` of code `i`, of code `i + 16`, then bytes
+    /// `b0 + 16..b0 + 32` of the same two codes; the in-lane byte transpose (as in the AVX2
+    /// kernel) leaves in `r[k]` byte `b0 + k` (lanes 0, 1) and `b0 + 16 + k` (lanes 2, 3) of
+    /// codes 0..16 and 16..32. A 16-byte remainder goes through the AVX2 step (AVX-512 F
+    /// implies AVX2), the rest through the scalar loop.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn fastscan_pack_u4(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        nbytes: usize,
+        out: &mut [u8],
+    ) {
+        let n = crate::scalar::fastscan_pack_check(base, stride, ids, nbytes, out);
+        let mut p = [core::ptr::null::<u8>(); 32];
+        for (pi, &id) in p.iter_mut().zip(ids) {
+            // SAFETY: checked above: the code lies inside `base`.
+            *pi = unsafe { base.as_ptr().add(id as usize * stride) };
+        }
+        let po = out.as_mut_ptr();
+        let nib = _mm512_set1_epi8(0x0f);
+        let z = _mm256_setzero_si256();
+        // Lanes (0, 1, 2, 3) of the result: even rows of byte b0 + k, odd rows of it, then
+        // the same for byte b0 + 16 + k.
+        let sel = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+        let full = nbytes / 32 * 32;
+        for b0 in (0..full).step_by(32) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (i, ri) in r.iter_mut().enumerate() {
+                // SAFETY: b0 + 32 <= nbytes bytes of each code `i < n`.
+                let (a, b) = unsafe {
+                    (
+                        if i < n {
+                            _mm256_loadu_si256(p[i].add(b0).cast())
+                        } else {
+                            z
+                        },
+                        if i + 16 < n {
+                            _mm256_loadu_si256(p[i + 16].add(b0).cast())
+                        } else {
+                            z
+                        },
+                    )
+                };
+                // [a0 a1 b0 b1] -> [a0 b0 a1 b1] (128-bit lanes).
+                let ab = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+                *ri = _mm512_shuffle_i64x2::<0xd8>(ab, ab);
+            }
+            let r = zip_round!(zip_round!(zip_round!(zip_round!(r))));
+            for (k, &c) in r.iter().enumerate() {
+                // s: lanes (1, 0, 3, 2) of c, so codes 16..32 sit under codes 0..16.
+                let s = _mm512_shuffle_i64x2::<0xb1>(c, c);
+                let even = _mm512_or_si512(
+                    _mm512_and_si512(c, nib),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(s, nib)),
+                );
+                let odd = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(c), nib),
+                    _mm512_andnot_si512(nib, s),
+                );
+                let rows = _mm512_permutex2var_epi64(even, sel, odd);
+                // SAFETY: 32 (b0 + 16 + k) + 32 <= 32 nbytes bytes of `out`.
+                unsafe {
+                    _mm256_storeu_si256(po.add(32 * (b0 + k)).cast(), _mm512_castsi512_si256(rows));
+                    _mm256_storeu_si256(
+                        po.add(32 * (b0 + 16 + k)).cast(),
+                        _mm512_extracti64x4_epi64::<1>(rows),
+                    );
+                }
+            }
+        }
+        let mut done = full;
+        if done + 16 <= nbytes {
+            // SAFETY: bytes done..done + 16 of every code exist; `out` holds 32 nbytes bytes;
+            // AVX2 is implied by AVX-512 F.
+            unsafe { crate::x86_avx2::imp::pack16(&p, n, done, po) };
+            done += 16;
+        }
+        crate::scalar::fastscan_pack_range(base, stride, ids, done, nbytes, out);
     }
 }

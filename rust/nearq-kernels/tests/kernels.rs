@@ -980,3 +980,89 @@ proptest! {
         }
     }
 }
+
+// ---- fastscan_pack_u4 ----
+
+/// The layout of `fastscan_pack_u4` spelled out nibble by nibble: sub-quantizer `j`'s row
+/// holds code `i`'s nibble `j` in the low half of byte `i` and code `i + 16`'s in the high.
+fn pack_by_nibbles(base: &[u8], stride: usize, ids: &[u32], nbytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; 32 * nbytes];
+    for j in 0..2 * nbytes {
+        for (i, &id) in ids.iter().enumerate() {
+            let v = (base[id as usize * stride + j / 2] >> (4 * (j & 1))) & 15;
+            out[16 * j + i % 16] |= v << (4 * (i / 16));
+        }
+    }
+    out
+}
+
+#[test]
+fn fastscan_pack_matches_the_nibble_layout_and_scalar() {
+    let mut rng = Rng(37);
+    for nbytes in (0..=70).chain([95, 96, 97, 111, 112, 128, 129, 200]) {
+        for stride in [nbytes.max(1), nbytes + 3, 2 * nbytes + 5] {
+            let rows = 40;
+            let base = rng.bytes(stride * (rows - 1) + nbytes + 7);
+            for count in [0usize, 1, 7, 15, 16, 17, 31, 32] {
+                let ids: Vec<u32> = (0..count)
+                    .map(|_| (rng.next() % rows as u64) as u32)
+                    .collect();
+                let want = pack_by_nibbles(&base, stride, &ids, nbytes);
+                for k in all_variants() {
+                    let mut out = vec![0xA5u8; 32 * nbytes]; // must overwrite every byte
+                    (k.fastscan_pack_u4)(&base, stride, &ids, nbytes, &mut out);
+                    assert_eq!(
+                        out, want,
+                        "{} nbytes={nbytes} stride={stride} count={count}",
+                        k.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fastscan_pack_then_scan_scores_each_code() {
+    // Packed block + fastscan_u16 = the sum of each code's table entries.
+    let mut rng = Rng(41);
+    let (nbytes, stride, rows) = (96, 100, 50);
+    let base = rng.bytes(stride * rows);
+    let luts = rng.bytes(16 * 2 * nbytes);
+    let luts: Vec<u8> = luts.iter().map(|&x| x >> 2).collect(); // no u16 wrap-around
+    let ids: Vec<u32> = (0..23).map(|i| (i * 7 % rows) as u32).collect();
+    for k in all_variants() {
+        let mut block = vec![0u8; 32 * nbytes];
+        (k.fastscan_pack_u4)(&base, stride, &ids, nbytes, &mut block);
+        let mut acc = [0u16; 32];
+        (k.fastscan_u16)(&block, &luts, &mut acc);
+        for (i, &a) in acc.iter().enumerate() {
+            let want: u32 = match ids.get(i) {
+                Some(&id) => (0..2 * nbytes)
+                    .map(|j| {
+                        let c = (base[id as usize * stride + j / 2] >> (4 * (j & 1))) & 15;
+                        luts[16 * j + c as usize] as u32
+                    })
+                    .sum(),
+                None => (0..2 * nbytes).map(|j| luts[16 * j] as u32).sum(),
+            };
+            assert_eq!(a as u32, want, "{} code {i}", k.isa);
+        }
+    }
+}
+
+#[test]
+#[should_panic]
+fn fastscan_pack_rejects_codes_outside_the_array() {
+    let base = vec![0u8; 100];
+    let mut out = vec![0u8; 32 * 40];
+    (nearq_kernels::kernels().fastscan_pack_u4)(&base, 64, &[0, 1], 40, &mut out);
+}
+
+#[test]
+#[should_panic]
+fn fastscan_pack_rejects_more_than_32_codes() {
+    let base = vec![0u8; 100];
+    let mut out = vec![0u8; 32 * 4];
+    (nearq_kernels::kernels().fastscan_pack_u4)(&base, 4, &[0; 33], 4, &mut out);
+}

@@ -19,22 +19,28 @@
 //! `prepare` builds one look-up table per query: `LUT[j][k] = ||q_j - c_{j,k}||^2` for L2 and
 //! `-<q_j, c_{j,k}>` for inner product and cosine; the distance to a code is
 //! `bias + Σ_j LUT[j][code_j]` with `bias = 1` for cosine (inputs are unit vectors) and 0
-//! otherwise. This is exactly the metric distance to the decoded vector (the rotation is
+//! otherwise (computed from a dimension-major copy of each codebook, one `K`-wide step per
+//! dimension). This is exactly the metric distance to the decoded vector (the rotation is
 //! orthogonal, so it preserves both), up to float rounding.
 //!
-//! PQ has no finer code ([`Encoding::HAS_FINE`] is false): an index built with
-//! `keep_vectors = false` returns these ADC estimates as its distances; with float vectors
-//! kept, candidates are re-ranked exactly.
+//! With float vectors kept (or memory-mapped), candidates are re-ranked exactly. Without
+//! them, the float ADC above is the final distance: [`Encoding::distance_fine`] is the float
+//! ADC ([`Encoding::HAS_FINE`] is true), so the best candidates of the traversal, which with
+//! 4-bit codes used the u8 estimate below, are re-scored with it.
 //!
-//! # 4-bit FastScan (batch path)
+//! # 4-bit FastScan (graph traversal and batch path)
 //!
-//! For `bits = 4`, [`Encoding::distance_batch`] quantises the LUT to u8 (ALGORITHMS.md 5.4:
-//! each sub-table minus its minimum, one common scale `a = 255 / max span`, `b = Σ minima`),
-//! transposes each group of 32 codes into the block layout of `nearq_kernels::fastscan_u16`
-//! and accumulates in u16 (at most 256 sub-quantizers per kernel call, so no overflow); the
-//! estimate is `acc / a + b`, within `M·0.5/a` of the float ADC. [`Encoding::distance`] on a
-//! single code uses the float LUT. The graph scores one neighbour at a time, so the batch path
-//! is not used by the index yet: that needs neighbour codes stored in blocks per node.
+//! For `bits = 4`, [`Encoding::distance_ids`] (the graph's per-node neighbour scoring) and
+//! [`Encoding::distance_batch`] quantise the LUT to u8 (ALGORITHMS.md 5.4: each sub-table
+//! minus its minimum, one common scale `a = 255 / max span`, `b = Σ minima`), gather and
+//! transpose each group of up to 32 codes into the block layout of
+//! `nearq_kernels::fastscan_u16` (the `fastscan_pack_u4` kernel: a 16×16 byte transpose per
+//! 16 code bytes, then the nibbles of codes `i` and `i + 16` merged into one byte) and
+//! accumulate in u16 (at most 256 sub-quantizers per kernel call, so no overflow); the
+//! estimate is `acc / a + b`, within `M·0.5/a` of the float ADC. With `M` odd, the table is
+//! padded with a zero sub-table for the unused high nibble of the last byte.
+//! [`Encoding::distance`] on a single code uses the float LUT. `NEARQ_PQ_FASTSCAN=0` (read
+//! once per process) makes the traversal use the float LUT too, for A/B measurements.
 //!
 //! # OPQ
 //!
@@ -51,6 +57,7 @@ use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
+use crate::storage::CodeStore;
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -67,6 +74,13 @@ const OPQ_PQ_ITERS_FIRST: usize = 10;
 const OPQ_MAX_SAMPLE: usize = 16_384;
 /// Sub-quantizers per u16 FastScan accumulation (256 · 255 < 2^16).
 const FASTSCAN_CHUNK: usize = 256;
+
+/// Whether 4-bit graph traversal uses FastScan (`distance_ids`); `NEARQ_PQ_FASTSCAN=0` (read
+/// once per process) falls back to the float LUT one code at a time, for A/B measurements.
+fn fastscan_traversal() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("NEARQ_PQ_FASTSCAN").map_or(true, |v| v.trim() != "0"))
+}
 
 /// The default number of sub-quantizers for `dim` dimensions: one per 4 dimensions for 8-bit
 /// codes and one per 2 for 4-bit codes, i.e. 2 bits per dimension either way (`d/4` bytes).
@@ -139,6 +153,10 @@ pub struct Pq {
     rotation: Option<Vec<f32>>,
     /// Nearest-centroid search per sub-space (for encoding).
     nearest: Vec<Nearest>,
+    /// The codebooks transposed per sub-space (dimension-major: sub-space `j`'s dimension `t`
+    /// of centroid `k` at `K·offsets[j] + t·K + k`), so `prepare` computes a sub-table as
+    /// `K`-wide vector operations.
+    books_t: Vec<f32>,
     k: &'static Kernels,
 }
 
@@ -148,12 +166,15 @@ pub struct PqQuery {
     lut: Vec<f32>,
     /// 1 for cosine, else 0.
     bias: f32,
-    /// 4-bit only: u8 tables (`M × 16`), their scale `a` and summed minima `b`.
+    /// 4-bit only: u8 tables (`2⌈M/2⌉ × 16`, a zero table last when `M` is odd), their
+    /// scale `a` and summed minima `b`.
     lut8: Vec<u8>,
     scale: f32,
     base: f32,
-    /// 4-bit only: one FastScan block of transposed codes.
+    /// 4-bit only: one FastScan block of transposed codes, and (`distance_batch`) the codes
+    /// of one block gathered contiguously.
     block: RefCell<Vec<u8>>,
+    gathered: RefCell<Vec<u8>>,
 }
 
 impl PqQuery {
@@ -163,7 +184,7 @@ impl PqQuery {
         if self.lut8.is_empty() {
             0.0
         } else {
-            (self.lut8.len() / 16) as f32 * 0.5 / self.scale
+            (self.lut.len() / 16) as f32 * 0.5 / self.scale
         }
     }
 }
@@ -254,6 +275,7 @@ impl Pq {
                 Nearest::new(&codebooks[ksub * offsets[j]..][..ksub * ds], ds)
             })
             .collect();
+        let books_t = transpose_books(&codebooks, &offsets, ksub);
         Pq {
             dim,
             metric,
@@ -263,6 +285,7 @@ impl Pq {
             codebooks,
             rotation,
             nearest,
+            books_t,
             k: kernels(),
         }
     }
@@ -313,32 +336,72 @@ impl Pq {
         }
     }
 
-    /// Distances of up to 32 codes with the u8 LUT and the FastScan kernel.
-    fn fastscan_block(&self, q: &PqQuery, codes: &[&[u8]], out: &mut [f32]) {
-        let m = self.m;
+    /// 4-bit FastScan estimates of up to 32 codes `base[ids[i] * stride ..]` into `out`
+    /// (`out.len() == ids.len()`): gather + transpose (`fastscan_pack_u4`), u16 look-up
+    /// accumulation per chunk of 256 sub-quantizers, then `bias + b + acc / a`.
+    fn fastscan_ids(&self, q: &PqQuery, base: &[u8], stride: usize, ids: &[u32], out: &mut [f32]) {
+        debug_assert!(ids.len() <= 32 && out.len() == ids.len());
+        let nb = self.code_size();
+        let m2 = 2 * nb;
         let mut block = q.block.borrow_mut();
-        block.clear();
-        block.resize(16 * m, 0);
-        for j in 0..m {
-            let row = &mut block[16 * j..16 * j + 16];
-            for (i, c) in codes.iter().enumerate() {
-                let v = (c[j / 2] >> (4 * (j & 1))) & 15;
-                row[i % 16] |= v << (4 * (i / 16));
-            }
-        }
-        let mut total = [0u32; 32];
+        block.resize(32 * nb, 0);
+        (self.k.fastscan_pack_u4)(base, stride, ids, nb, &mut block);
         let mut acc = [0u16; 32];
-        for s in (0..m).step_by(FASTSCAN_CHUNK) {
-            let e = (s + FASTSCAN_CHUNK).min(m);
-            (self.k.fastscan_u16)(&block[16 * s..16 * e], &q.lut8[16 * s..16 * e], &mut acc);
-            for (t, &a) in total.iter_mut().zip(&acc) {
-                *t += a as u32;
+        let estimate = |t: u32| q.bias + q.base + t as f32 / q.scale;
+        if m2 <= FASTSCAN_CHUNK {
+            (self.k.fastscan_u16)(&block, &q.lut8, &mut acc);
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o = estimate(a as u32);
             }
-        }
-        for (o, &t) in out.iter_mut().zip(&total) {
-            *o = q.bias + q.base + t as f32 / q.scale;
+        } else {
+            let mut total = [0u32; 32];
+            for s in (0..m2).step_by(FASTSCAN_CHUNK) {
+                let e = (s + FASTSCAN_CHUNK).min(m2);
+                (self.k.fastscan_u16)(&block[16 * s..16 * e], &q.lut8[16 * s..16 * e], &mut acc);
+                for (t, &a) in total.iter_mut().zip(&acc) {
+                    *t += a as u32;
+                }
+            }
+            for (o, &t) in out.iter_mut().zip(&total) {
+                *o = estimate(t);
+            }
         }
     }
+
+    /// Distances of up to 32 codes with the u8 LUT and the FastScan kernel.
+    fn fastscan_block(&self, q: &PqQuery, codes: &[&[u8]], out: &mut [f32]) {
+        let nb = self.code_size();
+        let mut g = q.gathered.borrow_mut();
+        g.clear();
+        for c in codes {
+            g.extend_from_slice(&c[..nb]);
+        }
+        const IOTA: [u32; 32] = {
+            let mut a = [0u32; 32];
+            let mut i = 0;
+            while i < 32 {
+                a[i] = i as u32;
+                i += 1;
+            }
+            a
+        };
+        let n = codes.len();
+        self.fastscan_ids(q, &g, nb, &IOTA[..n], &mut out[..n]);
+    }
+}
+
+/// [`Pq::books_t`]: each sub-space's `K × ds` codebook as `ds × K`.
+fn transpose_books(books: &[f32], offsets: &[usize], ksub: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; books.len()];
+    for w in offsets.windows(2) {
+        let (a, ds) = (w[0], w[1] - w[0]);
+        for k in 0..ksub {
+            for d in 0..ds {
+                t[ksub * a + d * ksub + k] = books[ksub * a + k * ds + d];
+            }
+        }
+    }
+    t
 }
 
 /// Trains the codebooks of every sub-space on `sample` (already rotated), in parallel over
@@ -586,6 +649,7 @@ impl Encoding for Pq {
     const NAME: &'static str = "pq";
     const TAG: u8 = 4;
     const EXACT: bool = false;
+    const HAS_FINE: bool = true;
 
     fn dim(&self) -> usize {
         self.dim
@@ -641,17 +705,24 @@ impl Encoding for Pq {
         let ksub = self.ksub();
         let l2 = self.metric == Metric::L2;
         let mut lut = vec![0.0f32; self.m * ksub];
+        // Sub-table j from the transposed codebook: one K-wide step per dimension, summed in
+        // dimension order (the same sums as term by term per centroid).
         for (j, table) in lut.chunks_exact_mut(ksub).enumerate() {
             let (a, b) = (self.offsets[j], self.offsets[j + 1]);
-            let ds = b - a;
-            let qj = &q[a..b];
-            let book = &self.codebooks[ksub * a..ksub * b];
-            for (t, c) in table.iter_mut().zip(book.chunks_exact(ds)) {
-                *t = if l2 {
-                    qj.iter().zip(c).map(|(x, y)| (x - y) * (x - y)).sum()
+            let book = &self.books_t[ksub * a..ksub * b];
+            for (&x, col) in q[a..b].iter().zip(book.chunks_exact(ksub)) {
+                if l2 {
+                    for (t, &c) in table.iter_mut().zip(col) {
+                        *t += (x - c) * (x - c);
+                    }
                 } else {
-                    -qj.iter().zip(c).map(|(x, y)| x * y).sum::<f32>()
-                };
+                    for (t, &c) in table.iter_mut().zip(col) {
+                        *t += x * c;
+                    }
+                }
+            }
+            if !l2 {
+                table.iter_mut().for_each(|t| *t = -*t);
             }
         }
         let bias = if self.metric == Metric::Cosine {
@@ -677,9 +748,13 @@ impl Encoding for Pq {
                 .zip(&mins)
                 .flat_map(|(t, &lo)| {
                     t.iter()
-                        .map(move |&x| ((x - lo) * scale).round().min(255.0) as u8)
+                        // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
+                        // saturates at 255.
+                        .map(move |&x| ((x - lo) * scale + 0.5) as u8)
                 })
                 .collect();
+            // The high nibble of the last byte of an odd-M code looks up zeros.
+            lut8.resize(32 * self.m.div_ceil(2), 0);
         }
         PqQuery {
             lut,
@@ -688,6 +763,7 @@ impl Encoding for Pq {
             scale,
             base,
             block: RefCell::new(Vec::new()),
+            gathered: RefCell::new(Vec::new()),
         }
     }
     #[inline]
@@ -722,6 +798,26 @@ impl Encoding for Pq {
             q.bias + acc[0] + acc[1]
         }
     }
+    /// The float ADC: the final distance without float vectors (4-bit traversal uses the
+    /// coarser u8 estimate).
+    fn distance_fine(&self, q: &PqQuery, code: &[u8]) -> f32 {
+        self.distance(q, code)
+    }
+    /// 4 bits: u8 LUT + FastScan over blocks of 32 codes (see the module docs), within
+    /// [`PqQuery::fastscan_error_bound`] of [`Encoding::distance`]; 8 bits: one code at a
+    /// time.
+    fn distance_ids(&self, q: &PqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
+        if self.bits == 4 && fastscan_traversal() {
+            let (base, stride) = (codes.bytes(), codes.stride());
+            for (c, o) in ids.chunks(32).zip(out.chunks_mut(32)) {
+                self.fastscan_ids(q, base, stride, c, o);
+            }
+        } else {
+            for (o, &id) in out.iter_mut().zip(ids) {
+                *o = self.distance(q, codes.get(id as usize));
+            }
+        }
+    }
     /// 4 bits: u8 LUT + FastScan over blocks of 32 codes (see the module docs); 8 bits: one
     /// code at a time.
     fn distance_batch(&self, q: &PqQuery, codes: &[&[u8]], out: &mut [f32]) {
@@ -736,7 +832,7 @@ impl Encoding for Pq {
         }
     }
     fn params_bytes(&self) -> usize {
-        4 * (self.codebooks.len() + self.rotation.as_ref().map_or(0, Vec::len))
+        4 * (self.codebooks.len() + self.books_t.len() + self.rotation.as_ref().map_or(0, Vec::len))
     }
     fn write_params(&self, w: &mut Writer) {
         w.u32(self.m as u32);
