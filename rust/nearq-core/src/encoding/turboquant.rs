@@ -382,6 +382,10 @@ pub struct TurboQuant {
     table: Box<[f32; 256]>,
     /// `2^mbits − 1` boundaries divided by `√pad`.
     bounds: Vec<f32>,
+    /// The bounds of a code of at most 4 index bits padded with +inf to 16: a cell is then the
+    /// count of bounds below the coordinate, 16 compares that vectorise, instead of a binary
+    /// search whose branches mispredict on every coordinate.
+    bounds16: Option<[f32; 16]>,
     /// Traversal at `mbits` 1..=4 (see the module docs): the codebook replaced by the line
     /// `λ·(idx − (2^mbits − 1)/2)` through the index, so that
     /// `<q', ỹ> ≈ lin_scale·q8_step·(2·Σ q8_j·idx_j − (2^mbits − 1)·Σ q8_j)` with
@@ -573,7 +577,7 @@ impl TurboQuant {
         };
         let mut table = Box::new([0.0f32; 256]);
         table[..centroids.len()].copy_from_slice(centroids);
-        let bounds = centroids.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        let bounds: Vec<f32> = centroids.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
         // The line `lin·t_k`, `t_k = k − (2^m − 1)/2`, with the same correlation with the
         // coordinate as the codebook: E[y·lin·t(y)] = E[y·c(y)] = Σ P_k c_k² (each centroid is
         // its cell's mean), so every expectation the estimators rely on is unchanged.
@@ -600,6 +604,11 @@ impl TurboQuant {
             qjl,
             mbits,
             table,
+            bounds16: (bounds.len() <= 16).then(|| {
+                let mut b = [f32::INFINITY; 16];
+                b[..bounds.len()].copy_from_slice(&bounds);
+                b
+            }),
             bounds,
             lin_scale,
             ip_scale,
@@ -739,7 +748,11 @@ impl TurboQuant {
     /// Index of the cell of `x` (a unit-vector coordinate).
     #[inline(always)]
     fn cell(&self, x: f32) -> u8 {
-        self.bounds.partition_point(|&b| b < x) as u8
+        match &self.bounds16 {
+            // The bounds are sorted, so the count is the partition point (NaN: 0 either way).
+            Some(b) => b.iter().map(|&b| (b < x) as u8).sum(),
+            None => self.bounds.partition_point(|&b| b < x) as u8,
+        }
     }
 }
 
@@ -1068,6 +1081,25 @@ mod tests {
         let mut buf = [0u8; 8];
         buf[..m].copy_from_slice(&idx[g * m..g * m + m]);
         ((u64::from_le_bytes(buf) >> (m * l)) & ((1 << m) - 1)) as u8
+    }
+
+    #[test]
+    fn counted_cells_equal_the_binary_search() {
+        let mut rng = super::super::rotation::SplitMix::new(5);
+        for bits in 1..=4 {
+            let tq = TurboQuant::new(384, Metric::L2, bits, Variant::Mse, 1);
+            assert!(tq.bounds16.is_some());
+            let mut xs: Vec<f32> = (0..20_000).map(|_| (rng.gauss() * 0.08) as f32).collect();
+            xs.extend_from_slice(&tq.bounds); // ties: a bound itself
+            xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]);
+            for x in xs {
+                let want = tq.bounds.partition_point(|&b| b < x) as u8;
+                assert_eq!(tq.cell(x), want, "bits={bits} x={x}");
+            }
+        }
+        assert!(TurboQuant::new(384, Metric::L2, 5, Variant::Mse, 1)
+            .bounds16
+            .is_none());
     }
 
     #[test]
