@@ -11,19 +11,23 @@ import numpy as np
 from .base import Algo, import_or_skip
 
 
-def _set_simd(params):
-    """``simd="avx2"`` etc. caps nearq's kernel level (``NEARQ_SIMD``) and ``hugepages=False``
-    turns off the huge-page advice (``NEARQ_HUGEPAGES=0``) for this configuration; each
-    configuration runs in its own process, and both are read on first use."""
+def _set_env(params):
+    """Environment switches of nearq for this configuration, read on first use (each
+    configuration runs in its own process): ``simd="avx2"`` etc. caps the kernel level
+    (``NEARQ_SIMD``), ``hugepages=False`` turns off the huge-page advice
+    (``NEARQ_HUGEPAGES=0``), ``pq_fastscan=False`` makes 4-bit PQ traversal score one code at
+    a time with the float LUT (``NEARQ_PQ_FASTSCAN=0``, the path before FastScan traversal)."""
     if params.get("simd"):
         os.environ["NEARQ_SIMD"] = params["simd"]
     if params.get("hugepages") is False:
         os.environ["NEARQ_HUGEPAGES"] = "0"
+    if params.get("pq_fastscan") is False:
+        os.environ["NEARQ_PQ_FASTSCAN"] = "0"
 
 
 class NearQ(Algo):
     def fit(self, X, build_threads):
-        _set_simd(self.params)
+        _set_env(self.params)
         nearq = import_or_skip("nearq")
         if not hasattr(nearq, "Index"):
             from .base import Skip

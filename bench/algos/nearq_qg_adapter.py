@@ -6,9 +6,9 @@ from .base import Algo, import_or_skip
 
 class NearQG(Algo):
     def fit(self, X, build_threads):
-        from .nearq_adapter import _set_simd
+        from .nearq_adapter import _set_env
 
-        _set_simd(self.params)
+        _set_env(self.params)
         import_or_skip("nearq")
         from nearq.experimental import QuantizedGraph
 

@@ -8,13 +8,12 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from . import _nearq
-from ._validate import as_bits, as_filter, as_float, as_ids, as_int, as_matrix, as_str
+from ._validate import _F32, as_bits, as_filter, as_float, as_ids, as_int, as_matrix, as_str
 from .errors import DimensionMismatchError, InvalidInputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _MAX_THREADS = 4096
-_F32 = np.dtype(np.float32)
 _result = tuple.__new__
 
 
@@ -190,16 +189,12 @@ class Index:
             raise DimensionMismatchError(
                 f"dimension mismatch: the index has dimension {self.dim}, the queries have {q.shape[1]}"
             )
-        threads = _threads(threads)
-        if filter is None and filter_strategy == "auto":
-            ids, dists = self._inner.search(q, k, ef, rerank, threads)
-        else:
-            fids, fmask = as_filter(filter)
-            strategy = as_str("filter_strategy", filter_strategy)
-            ids, dists = self._inner.search(
-                q, k, ef, rerank, threads, filter_ids=fids, filter_mask=fmask,
-                filter_strategy=strategy,
-            )
+        fids, fmask = as_filter(filter)
+        strategy = as_str("filter_strategy", filter_strategy)
+        ids, dists = self._inner.search(
+            q, k, ef, rerank, _threads(threads), filter_ids=fids, filter_mask=fmask,
+            filter_strategy=strategy,
+        )
         return SearchResult(ids, dists)
 
     def add(self, vectors: Any, ids: Any = None, threads: Optional[int] = None) -> np.ndarray:

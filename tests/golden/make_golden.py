@@ -17,6 +17,29 @@ HERE = pathlib.Path(__file__).resolve().parent
 CASES = [("l2", "flat", True), ("cosine", "sq8", True), ("ip", "sq8", False)]
 
 
+def write_golden(idx: "nearq.Index", q: np.ndarray, metric: str, encoding: str, name: str) -> None:
+    """Saves `idx` as ``v{format version}-{metric}-{name}.nearq`` with the search results
+    the test expects beside it (``.expected.npz``)."""
+    path = HERE / f"tmp-{metric}-{name}.nearq"
+    idx.save(path)
+    version = int.from_bytes(path.read_bytes()[8:12], "little")
+    stem = f"v{version}-{metric}-{name}"
+    path.replace(HERE / f"{stem}.nearq")
+    res = idx.search(q, k=10, ef=50)
+    np.savez(
+        HERE / f"{stem}.expected.npz",
+        queries=q,
+        ids=res.ids,
+        distances=res.distances,
+        n=len(idx),
+        dim=idx.dim,
+        metric=metric,
+        encoding=encoding,
+        version=nearq.__version__,
+    )
+    print("wrote", stem)
+
+
 def main() -> None:
     rng = np.random.default_rng(20261124)
     x = rng.standard_normal((200, 16)).astype(np.float32)
@@ -29,24 +52,7 @@ def main() -> None:
         )
         idx.add(x[180:], threads=1)
         idx.delete([3, 10, 17 * 7 + 3], threads=1)
-        path = HERE / f"tmp-{metric}-{encoding}.nearq"
-        idx.save(path)
-        version = int.from_bytes(path.read_bytes()[8:12], "little")
-        stem = f"v{version}-{metric}-{encoding}"
-        path.replace(HERE / f"{stem}.nearq")
-        res = idx.search(q, k=10, ef=50)
-        np.savez(
-            HERE / f"{stem}.expected.npz",
-            queries=q,
-            ids=res.ids,
-            distances=res.distances,
-            n=len(idx),
-            dim=idx.dim,
-            metric=metric,
-            encoding=encoding,
-            version=nearq.__version__,
-        )
-        print("wrote", stem)
+        write_golden(idx, q, metric, encoding, encoding)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import numpy as np
 
 import nearq
 
-HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_golden import write_golden  # noqa: E402
+
 # (metric, bits, keep_vectors)
 CASES = [("l2", 4, False), ("cosine", 8, False), ("ip", 4, True)]
 
@@ -30,24 +32,7 @@ def main(tag: str) -> None:
             x, metric=metric, encoding="rabitq", bits=bits, keep_vectors=keep, degree=8,
             threads=1, seed=0,
         )
-        path = HERE / f"tmp-{metric}-rabitq{bits}.nearq"
-        idx.save(path)
-        version = int.from_bytes(path.read_bytes()[8:12], "little")
-        stem = f"v{version}-{metric}-rabitq{bits}-{tag}"
-        path.replace(HERE / f"{stem}.nearq")
-        res = idx.search(q, k=10, ef=50)
-        np.savez(
-            HERE / f"{stem}.expected.npz",
-            queries=q,
-            ids=res.ids,
-            distances=res.distances,
-            n=len(idx),
-            dim=idx.dim,
-            metric=metric,
-            encoding="rabitq",
-            version=nearq.__version__,
-        )
-        print("wrote", stem)
+        write_golden(idx, q, metric, "rabitq", f"rabitq{bits}-{tag}")
 
 
 if __name__ == "__main__":

@@ -140,13 +140,11 @@ impl<'a> Reader<'a> {
     /// index's vectors, read at random by searches).
     pub fn f32s(&mut self, count: usize) -> Result<Vec<f32>> {
         let b = self.take_array(count, 4)?;
-        let mut v = Vec::new();
-        crate::storage::reserve_huge(&mut v, count);
-        v.extend(
+        Ok(crate::storage::collect_huge(
+            count,
             b.chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-        );
-        Ok(v)
+        ))
     }
     pub fn i64s(&mut self, count: usize) -> Result<Vec<i64>> {
         let b = self.take_array(count, 8)?;
@@ -163,13 +161,11 @@ impl<'a> Reader<'a> {
     /// `count` little-endian u32s, in storage advised to use huge pages (the graph's rows).
     pub fn u32s(&mut self, count: usize) -> Result<Vec<u32>> {
         let b = self.take_array(count, 4)?;
-        let mut v = Vec::new();
-        crate::storage::reserve_huge(&mut v, count);
-        v.extend(
+        Ok(crate::storage::collect_huge(
+            count,
             b.chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
-        );
-        Ok(v)
+        ))
     }
     /// A count field that must not exceed `max`.
     pub fn count(&mut self, what: &str, max: u64) -> Result<usize> {

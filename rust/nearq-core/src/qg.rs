@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
+use crate::storage::{advise_huge, HUGE_PAGE};
 use crate::Index;
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
@@ -994,14 +995,6 @@ unsafe impl Send for Rows {}
 // SAFETY: shared access is read-only.
 unsafe impl Sync for Rows {}
 
-const HUGE_PAGE: usize = 2 << 20;
-
-#[cfg(target_os = "linux")]
-extern "C" {
-    fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int)
-        -> std::ffi::c_int;
-}
-
 impl Default for Rows {
     fn default() -> Self {
         Rows {
@@ -1034,15 +1027,8 @@ impl Rows {
         let Some(ptr) = std::ptr::NonNull::new(p) else {
             std::alloc::handle_alloc_error(layout)
         };
-        #[cfg(target_os = "linux")]
-        if layout.align() == HUGE_PAGE {
-            // MADV_HUGEPAGE; advice only (the result is ignored: without THP support the
-            // pages stay small). Given before the first write, so the faults map huge pages.
-            // SAFETY: the range is the allocation just made, aligned to the huge page size.
-            unsafe {
-                madvise(p.cast(), layout.size(), 14);
-            }
-        }
+        // Given before the first write, so the faults map huge pages.
+        advise_huge(p, layout.size());
         // SAFETY: `p` is valid for `layout.size() >= len` bytes.
         unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
         Rows { ptr, len, cap }

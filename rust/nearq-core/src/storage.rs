@@ -72,6 +72,14 @@ pub(crate) fn vec_huge<T: Clone>(n: usize, x: T) -> Vec<T> {
     v
 }
 
+/// The `n` items of `it` in storage advised to use huge pages.
+pub(crate) fn collect_huge<T>(n: usize, it: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v = Vec::new();
+    reserve_huge(&mut v, n);
+    v.extend(it);
+    v
+}
+
 /// A copy of `src` in storage advised to use huge pages.
 pub(crate) fn copy_huge<T: Copy>(src: &[T]) -> Vec<T> {
     let mut v = Vec::new();

@@ -125,6 +125,23 @@ pub fn u4_split_weights(b: &[i8], lo: &mut [i8], hi: &mut [i8]) {
     }
 }
 
+/// Per-dimension values (weights of a query, any type) split into those of the low and of the
+/// high nibbles of the packed 4-bit layout ([`u4_position`]), one pair of slices of
+/// `ceil(n / 2)` entries: per block of [`U4_BLOCK`] dimensions, the first half goes to the low
+/// nibbles and the rest to the high ones (an unused high nibble of an odd last block gets
+/// `T::default()`). The same as [`u4_split_weights`] for any `T`, by block copies.
+pub fn u4_split<T: Copy + Default>(w: &[T]) -> (Vec<T>, Vec<T>) {
+    let h = w.len().div_ceil(2);
+    let (mut lo, mut hi) = (Vec::with_capacity(h), Vec::with_capacity(h));
+    for b in w.chunks(U4_BLOCK) {
+        let (l, r) = b.split_at(b.len().div_ceil(2));
+        lo.extend_from_slice(l);
+        hi.extend_from_slice(r);
+        hi.resize(lo.len(), T::default());
+    }
+    (lo, hi)
+}
+
 /// Exact inner product of packed nibbles with one weight per nibble:
 /// `sum_j (p[j] & 15) * lo[j] + (p[j] >> 4) * hi[j]` (wrapping on i32 overflow). All three
 /// slices have the same length. With the weights of [`u4_split_weights`] it equals

@@ -477,6 +477,29 @@ fn u4_split_kernels_match_the_packed_dot() {
 }
 
 #[test]
+fn u4_split_is_the_per_dimension_layout() {
+    for n in 0..=200usize {
+        let w: Vec<i8> = (0..n).map(|i| (i as i8).wrapping_mul(37) | 1).collect();
+        let (lo, hi) = scalar::u4_split(&w);
+        let (mut l2, mut h2) = (vec![0i8; n.div_ceil(2)], vec![0i8; n.div_ceil(2)]);
+        scalar::u4_split_weights(&w, &mut l2, &mut h2);
+        assert_eq!((lo, hi), (l2, h2), "n={n}");
+        // Any element type, placed by `u4_position`.
+        let f: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+        let (lo, hi) = scalar::u4_split(&f);
+        assert_eq!(
+            (lo.len(), hi.len()),
+            (n.div_ceil(2), n.div_ceil(2)),
+            "n={n}"
+        );
+        for (i, &x) in f.iter().enumerate() {
+            let (j, high) = scalar::u4_position(n, i);
+            assert_eq!(if high { hi[j] } else { lo[j] }, x, "n={n} i={i}");
+        }
+    }
+}
+
+#[test]
 fn u4_split_kernels_are_exact_at_extremes() {
     for n in [
         1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 192, 255, 256, 257, 300, 513,

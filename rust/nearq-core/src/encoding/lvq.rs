@@ -63,7 +63,7 @@ use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::storage::CodeStore;
-use nearq_kernels::scalar::U4_BLOCK;
+use nearq_kernels::scalar::u4_split;
 use nearq_kernels::{kernels, Kernels};
 
 /// Default `(primary, residual)` bits: LVQ-4x8, SVS's default and its advice for d > 200.
@@ -328,21 +328,6 @@ fn sum_f64(v: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Per-dimension weights split into those of the low and high nibbles of packed 4-bit codes
-/// (what [`nearq_kernels::scalar::u4_split_weights`] computes), a block of 64 at a time.
-fn split_u4<T: Copy + Default>(w: &[T]) -> (Vec<T>, Vec<T>) {
-    let h = w.len().div_ceil(2);
-    let (mut lo, mut hi) = (vec![T::default(); h], vec![T::default(); h]);
-    let (l, hh) = (lo.chunks_mut(U4_BLOCK / 2), hi.chunks_mut(U4_BLOCK / 2));
-    for ((b, l), hh) in w.chunks(U4_BLOCK).zip(l).zip(hh) {
-        // A block of r dimensions: the first ceil(r/2) in the low nibbles, the rest high.
-        let (a, c) = b.split_at(b.len().div_ceil(2));
-        l.copy_from_slice(a);
-        hh[..c.len()].copy_from_slice(c);
-    }
-    (lo, hi)
-}
-
 /// `2^bits - 1` as f32.
 fn levels(bits: u32) -> f32 {
     ((1u32 << bits) - 1) as f32
@@ -565,12 +550,12 @@ impl Encoding for Lvq {
             (self.k.dot_f32)(q, &self.mean)
         };
         let (z8, z8_hi) = if self.bits == 4 {
-            split_u4(&z8)
+            u4_split(&z8)
         } else {
             (z8, Vec::new())
         };
         let (zf_lo, zf_hi) = if self.bits == 4 || self.residual == 4 {
-            split_u4(&z)
+            u4_split(&z)
         } else {
             (Vec::new(), Vec::new())
         };
@@ -694,17 +679,6 @@ mod tests {
         }
         assert_eq!(f16_to_f32(f16_up(1e9)), 65504.0);
         assert_eq!(f16_to_f32(f16_down(-1e9)), -65504.0);
-    }
-
-    #[test]
-    fn split_weights_match_the_kernels_layout() {
-        for n in 0..=200usize {
-            let w: Vec<i8> = (0..n).map(|i| (i as i8).wrapping_mul(37) | 1).collect();
-            let (lo, hi) = split_u4(&w);
-            let (mut l2, mut h2) = (vec![0i8; n.div_ceil(2)], vec![0i8; n.div_ceil(2)]);
-            nearq_kernels::scalar::u4_split_weights(&w, &mut l2, &mut h2);
-            assert_eq!((lo, hi), (l2, h2), "n={n}");
-        }
     }
 
     #[test]

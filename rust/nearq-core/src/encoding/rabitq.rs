@@ -109,6 +109,7 @@ use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::storage::CodeStore;
+use nearq_kernels::scalar::u4_split;
 use nearq_kernels::{kernels, Kernels};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -280,21 +281,6 @@ pub(super) fn bitplane_dot(k: &Kernels, code: &[u8], planes: &[u64], words: usiz
     acc
 }
 
-/// Weights per dimension (`w.len()` a multiple of 64) split into those of the low and the high
-/// nibbles of the kernels' packed 4-bit layout: per block of 64, the first 32 are low nibbles,
-/// the next 32 high ones.
-fn split_nibble_weights<T: Copy>(w: &[T]) -> (Vec<T>, Vec<T>) {
-    let (mut lo, mut hi) = (
-        Vec::with_capacity(w.len() / 2),
-        Vec::with_capacity(w.len() / 2),
-    );
-    for b in w.chunks_exact(64) {
-        lo.extend_from_slice(&b[..32]);
-        hi.extend_from_slice(&b[32..]);
-    }
-    (lo, hi)
-}
-
 /// Byte `x` spread into the low bit of 8 byte lanes (bit `l` of `x` -> lane `l`).
 const fn spread_table() -> [u64; 256] {
     let mut t = [0u64; 256];
@@ -311,7 +297,7 @@ const fn spread_table() -> [u64; 256] {
     }
     t
 }
-static SPREAD: [u64; 256] = spread_table();
+pub(super) static SPREAD: [u64; 256] = spread_table();
 
 /// Cosine between `(m_i + ½)` and `a` (the ex-code search objective, `a` a unit vector).
 pub fn ex_objective(a: &[f32], m: &[u8]) -> f64 {
@@ -947,8 +933,8 @@ impl RaBitQ {
             })
             .collect();
         let s8: i32 = w8.iter().map(|&x| x as i32).sum();
-        let (w8_lo, w8_hi) = split_nibble_weights(&w8);
-        let (wf_lo, wf_hi) = split_nibble_weights(&qr);
+        let (w8_lo, w8_hi) = u4_split(&w8);
+        let (wf_lo, wf_hi) = u4_split(&qr);
         RaBitQQuery {
             z: Vec::new(),
             planes: Vec::new(),
@@ -1501,15 +1487,6 @@ mod tests {
             .map(|x| 0.5 * x)
             .collect();
         RaBitQ::with_centres(d, metric, c, &cfg)
-    }
-
-    #[test]
-    fn split_weights_match_the_kernels_layout() {
-        let w: Vec<i8> = (0..256).map(|i| (i as i8).wrapping_mul(37) | 1).collect();
-        let (lo, hi) = split_nibble_weights(&w);
-        let (mut l2, mut h2) = (vec![0i8; 128], vec![0i8; 128]);
-        nearq_kernels::scalar::u4_split_weights(&w, &mut l2, &mut h2);
-        assert_eq!((lo, hi), (l2, h2));
     }
 
     /// Layout 1's traversal estimate against the exact inner product with the decoded 4-bit

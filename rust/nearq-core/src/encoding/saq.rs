@@ -138,6 +138,7 @@
 //!   variance bound that reads only norms) is left out: it pays when whole 32-vector blocks of
 //!   an IVF list are skipped, while here the first cache line of a code is read anyway.
 
+use super::rabitq::SPREAD;
 use super::rotation::Rotation;
 use super::Encoding;
 use crate::error::{Error, Result};
@@ -894,24 +895,6 @@ pub fn caq(z: &[f32], bits: u32, rounds: usize, codes: &mut [u16]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // The encoding
 // ---------------------------------------------------------------------------------------------
-
-/// Byte `x` spread into the low bit of 8 byte lanes (bit `l` of `x` -> lane `l`).
-const fn spread_table() -> [u64; 256] {
-    let mut t = [0u64; 256];
-    let mut x = 0;
-    while x < 256 {
-        let mut l = 0;
-        while l < 8 {
-            if (x >> l) & 1 == 1 {
-                t[x] |= 1 << (8 * l);
-            }
-            l += 1;
-        }
-        x += 1;
-    }
-    t
-}
-static SPREAD: [u64; 256] = spread_table();
 
 /// Bit `j` of each of the 8 bytes of `v` gathered into one byte (byte `l` -> bit `l`).
 #[inline(always)]

@@ -898,10 +898,10 @@ impl Encoding for TurboQuant {
             }
             q8_sum = q8.iter().map(|&v| v as i32).sum();
             if self.variant == Variant::Mse && self.mbits == 4 {
-                for b in q8.chunks_exact(64) {
-                    q8_lo.extend_from_slice(&b[..32]);
-                    q8_hi.extend_from_slice(&b[32..]);
-                }
+                // `q8` is in the kernel's dimension order already, so this pairs weight `j`
+                // with the low nibble of byte `j` and weight `j + 32` (of its block) with the
+                // high one: coordinates `2j` and `2j + 1` of the code.
+                (q8_lo, q8_hi) = nearq_kernels::scalar::u4_split(&q8);
             }
             if self.mbits < 4 {
                 nibbles = vec![0u8; d / 2];
