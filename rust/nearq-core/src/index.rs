@@ -258,6 +258,14 @@ fn skip_by_bounds<E: Encoding>(
     if cands.len() <= k || !RERANK_BOUNDS.with(Cell::get) {
         return;
     }
+    // Encodings without a bound answer None for every code: find out before allocating.
+    let (d0, id0) = cands[0];
+    if enc
+        .distance_interval(q, codes.get(id0 as usize), d0)
+        .is_none()
+    {
+        return;
+    }
     let mut lo = Vec::with_capacity(cands.len());
     let mut hi = Vec::with_capacity(cands.len());
     for &(d, id) in cands.iter() {
