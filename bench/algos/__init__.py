@@ -35,6 +35,10 @@ CONFIGS = {
     "nearq-rabitq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, mmap=True, degree=32, build_ef=128, rerank="ef", quantized_graph=False)),
     "nearq-tq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-tq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, keep_vectors=False, degree=32, build_ef=128)),
+    # TurboQuant 4-bit on a denser (degree 48) or more carefully built (build_ef 200) graph.
+    "nearq-tq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=48, build_ef=128)),
+    "nearq-tq4-mmap-bef200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, mmap=True, degree=32, build_ef=200)),
+    "nearq-tq4-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="turboquant", bits=4, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128)),
     # 4-bit PQ: graph traversal through FastScan (default) or, "-float", the float LUT per code.
     "nearq-pq4-mmap-float": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128, pq_fastscan=False)),

@@ -831,87 +831,16 @@ impl TurboQuant {
         }
     }
 
-    /// Index of the cell of `x` (a unit-vector coordinate), one coordinate at a time (the
-    /// definition the encoder's counted cells are tested against).
-    #[cfg(test)]
+    /// [`Encoding::prepare`] compiled with AVX2 enabled (the same operations, see [`Wide`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn prepare_avx2(&self, q: &[f32]) -> TurboQuantQuery {
+        self.prepare_with(q)
+    }
+
+    /// The query preparation (see [`TurboQuantQuery`]).
     #[inline(always)]
-    fn cell(&self, x: f32) -> u8 {
-        match &self.bounds16 {
-            // The bounds are sorted, so the count is the partition point (NaN: 0 either way).
-            Some(b) => b.iter().map(|&b| (b < x) as u8).sum(),
-            None => self.bounds.partition_point(|&b| b < x) as u8,
-        }
-    }
-}
-
-impl Encoding for TurboQuant {
-    type Query = TurboQuantQuery;
-    const NAME: &'static str = "turboquant";
-    const TAG: u8 = 5;
-    const EXACT: bool = false;
-
-    fn dim(&self) -> usize {
-        self.dim
-    }
-    fn metric(&self) -> Metric {
-        self.metric
-    }
-    fn code_size(&self) -> usize {
-        self.norm_offset()
-            + match self.variant {
-                Variant::Mse => 4,
-                Variant::Prod => 8,
-            }
-    }
-    fn encode(&self, v: &[f32], out: &mut [u8]) {
-        match wide() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
-            Wide::Avx2 => unsafe { self.encode_avx2(v, out) },
-            _ => self.encode_with(v, out),
-        }
-    }
-    /// `x̃ = ||v||·Pᵀ ỹ`, with `ỹ = c[idx]` (+ `γ/m_D·Sᵀ s` for prod: the QJL reconstruction).
-    fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
-        let d = self.pad;
-        let (pb, m) = (self.plane_bytes(), self.mbits as usize);
-        let mut y = vec![0.0f32; d];
-        if m > 0 {
-            let mask = (1u64 << m) - 1;
-            for (g, yc) in y.chunks_exact_mut(8).enumerate() {
-                let mut buf = [0u8; 8];
-                buf[..m].copy_from_slice(&code[pb + g * m..pb + (g + 1) * m]);
-                let w = u64::from_le_bytes(buf);
-                for (l, o) in yc.iter_mut().enumerate() {
-                    *o = self.table[((w >> (m * l)) & mask) as usize];
-                }
-            }
-        }
-        let no = self.norm_offset();
-        if let Some(s) = &self.qjl {
-            let a = rd_f32(code, no + 4) * self.qjl_scale;
-            let signs: Vec<f32> = (0..d)
-                .map(|i| {
-                    if code[i / 8] >> (i % 8) & 1 == 1 {
-                        a
-                    } else {
-                        -a
-                    }
-                })
-                .collect();
-            let mut r = vec![0.0f32; d];
-            s.apply_inverse(&signs, &mut r);
-            y.iter_mut().zip(&r).for_each(|(o, x)| *o += x);
-        }
-        let mut x = vec![0.0f32; d];
-        self.rot.apply_inverse(&y, &mut x);
-        let norm = rd_f32(code, no);
-        for (o, v) in out.iter_mut().zip(&x[..self.dim]) {
-            *o = norm * v;
-        }
-        true
-    }
-    fn prepare(&self, q: &[f32]) -> TurboQuantQuery {
+    fn prepare_with(&self, q: &[f32]) -> TurboQuantQuery {
         let d = self.pad;
         let mut qr = vec![0.0f32; d];
         self.rot.apply(q, &mut qr);
@@ -919,7 +848,15 @@ impl Encoding for TurboQuant {
         let (mut q8, mut q8_step, mut q8_sum, mut nibbles) = (Vec::new(), 0.0, 0, Vec::new());
         let (mut q8_lo, mut q8_hi) = (Vec::new(), Vec::new());
         if self.lin_scale != 0.0 {
-            let qmax = qr.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            // Eight running maxima (independent, so they vectorise); the maximum does not depend
+            // on the order (NaN is skipped by `max` either way).
+            let mut m8 = [0.0f32; 8];
+            for c in qr.chunks_exact(8) {
+                for (m, x) in m8.iter_mut().zip(c) {
+                    *m = m.max(x.abs());
+                }
+            }
+            let qmax = m8.iter().fold(0.0f32, |m, &x| m.max(x));
             q8_step = if qmax > 0.0 && qmax.is_finite() {
                 qmax / 127.0
             } else {
@@ -1004,6 +941,95 @@ impl Encoding for TurboQuant {
             out.vl = vl;
         }
         out
+    }
+
+    /// Index of the cell of `x` (a unit-vector coordinate), one coordinate at a time (the
+    /// definition the encoder's counted cells are tested against).
+    #[cfg(test)]
+    #[inline(always)]
+    fn cell(&self, x: f32) -> u8 {
+        match &self.bounds16 {
+            // The bounds are sorted, so the count is the partition point (NaN: 0 either way).
+            Some(b) => b.iter().map(|&b| (b < x) as u8).sum(),
+            None => self.bounds.partition_point(|&b| b < x) as u8,
+        }
+    }
+}
+
+impl Encoding for TurboQuant {
+    type Query = TurboQuantQuery;
+    const NAME: &'static str = "turboquant";
+    const TAG: u8 = 5;
+    const EXACT: bool = false;
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+    fn code_size(&self) -> usize {
+        self.norm_offset()
+            + match self.variant {
+                Variant::Mse => 4,
+                Variant::Prod => 8,
+            }
+    }
+    fn encode(&self, v: &[f32], out: &mut [u8]) {
+        match wide() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+            Wide::Avx2 => unsafe { self.encode_avx2(v, out) },
+            _ => self.encode_with(v, out),
+        }
+    }
+    /// `x̃ = ||v||·Pᵀ ỹ`, with `ỹ = c[idx]` (+ `γ/m_D·Sᵀ s` for prod: the QJL reconstruction).
+    fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
+        let d = self.pad;
+        let (pb, m) = (self.plane_bytes(), self.mbits as usize);
+        let mut y = vec![0.0f32; d];
+        if m > 0 {
+            let mask = (1u64 << m) - 1;
+            for (g, yc) in y.chunks_exact_mut(8).enumerate() {
+                let mut buf = [0u8; 8];
+                buf[..m].copy_from_slice(&code[pb + g * m..pb + (g + 1) * m]);
+                let w = u64::from_le_bytes(buf);
+                for (l, o) in yc.iter_mut().enumerate() {
+                    *o = self.table[((w >> (m * l)) & mask) as usize];
+                }
+            }
+        }
+        let no = self.norm_offset();
+        if let Some(s) = &self.qjl {
+            let a = rd_f32(code, no + 4) * self.qjl_scale;
+            let signs: Vec<f32> = (0..d)
+                .map(|i| {
+                    if code[i / 8] >> (i % 8) & 1 == 1 {
+                        a
+                    } else {
+                        -a
+                    }
+                })
+                .collect();
+            let mut r = vec![0.0f32; d];
+            s.apply_inverse(&signs, &mut r);
+            y.iter_mut().zip(&r).for_each(|(o, x)| *o += x);
+        }
+        let mut x = vec![0.0f32; d];
+        self.rot.apply_inverse(&y, &mut x);
+        let norm = rd_f32(code, no);
+        for (o, v) in out.iter_mut().zip(&x[..self.dim]) {
+            *o = norm * v;
+        }
+        true
+    }
+    fn prepare(&self, q: &[f32]) -> TurboQuantQuery {
+        match wide() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available.
+            Wide::Avx2 => unsafe { self.prepare_avx2(q) },
+            _ => self.prepare_with(q),
+        }
     }
     #[inline]
     fn distance(&self, q: &TurboQuantQuery, code: &[u8]) -> f32 {
@@ -1210,6 +1236,34 @@ mod tests {
                 tq.encode(&v, &mut a);
                 encode_reference(&tq, &v, &mut b);
                 assert_eq!(a, b, "dim={dim} bits={bits} {variant:?} vector {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_and_portable_query_preparation_agree() {
+        let mut rng = super::super::rotation::SplitMix::new(31);
+        for (bits, variant) in [(4, Variant::Mse), (2, Variant::Mse), (4, Variant::Prod)] {
+            let tq = TurboQuant::new(384, Metric::Cosine, bits, variant, 2);
+            for i in 0..50 {
+                let mut q: Vec<f32> = (0..384).map(|_| rng.gauss() as f32).collect();
+                if i == 0 {
+                    q[7] = f32::NAN;
+                }
+                let (a, b) = (tq.prepare(&q), tq.prepare_with(&q));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.qr), bits(&b.qr));
+                assert_eq!((&a.q8, &a.q8_lo, &a.q8_hi), (&b.q8, &b.q8_lo, &b.q8_hi));
+                assert_eq!(a.q8_step.to_bits(), b.q8_step.to_bits());
+                assert_eq!((a.q8_sum, a.lin_off), (b.q8_sum, b.lin_off));
+                assert_eq!(a.lin_mul.to_bits(), b.lin_mul.to_bits());
+                assert_eq!(bits(&a.z), bits(&b.z));
+                assert_eq!(a.planes, b.planes);
+                // The step is the largest |q'_j| over 127, as a fold in coordinate order gives.
+                let qmax = a.qr.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                if qmax > 0.0 && qmax.is_finite() {
+                    assert_eq!(a.q8_step.to_bits(), (qmax / 127.0).to_bits());
+                }
             }
         }
     }
