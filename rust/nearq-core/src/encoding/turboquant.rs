@@ -84,7 +84,7 @@
 //! vectors re-ranks its candidates with `distance_fine`.
 
 use super::rabitq::{bitplane_dot, sum_min_max};
-use super::rotation::{wide, Rotation, Wide, ROUNDS};
+use super::rotation::{wide, Rotation, ROUNDS};
 use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
@@ -746,7 +746,7 @@ impl TurboQuant {
     }
 
     /// [`Encoding::encode`] compiled with AVX2 enabled: the same operations in the same order
-    /// (bit-identical codes, see [`Wide`]), vectorised 8 wide.
+    /// (bit-identical codes, see `rotation::Wide`), vectorised 8 wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn encode_avx2(&self, v: &[f32], out: &mut [u8]) {
@@ -831,7 +831,8 @@ impl TurboQuant {
         }
     }
 
-    /// [`Encoding::prepare`] compiled with AVX2 enabled (the same operations, see [`Wide`]).
+    /// [`Encoding::prepare`] compiled with AVX2 enabled (the same operations, see
+    /// `rotation::Wide`).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn prepare_avx2(&self, q: &[f32]) -> TurboQuantQuery {
@@ -979,7 +980,7 @@ impl Encoding for TurboQuant {
         match wide() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
-            Wide::Avx2 => unsafe { self.encode_avx2(v, out) },
+            super::rotation::Wide::Avx2 => unsafe { self.encode_avx2(v, out) },
             _ => self.encode_with(v, out),
         }
     }
@@ -1027,7 +1028,7 @@ impl Encoding for TurboQuant {
         match wide() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `wide()` answers `Avx2` only where AVX2 is available.
-            Wide::Avx2 => unsafe { self.prepare_avx2(q) },
+            super::rotation::Wide::Avx2 => unsafe { self.prepare_avx2(q) },
             _ => self.prepare_with(q),
         }
     }
