@@ -8,7 +8,7 @@ use common::{clustered, dot, unit, Rng};
 use nearq_core::encoding::rabitq::ex_levels_exact;
 use nearq_core::encoding::saq::{
     adjust_codes, allocate, budget_bits, caq, code_cosine, plan_bits, plan_error, uniform_codes,
-    ADJUST_ROUNDS, MAX_SEG_BITS, MODEL_ERROR, UNIT,
+    ADJUST_ROUNDS, LAYOUT_NIBBLE, LAYOUT_PLANES, MAX_SEG_BITS, MODEL_ERROR, UNIT,
 };
 use nearq_core::encoding::{Encoding, Lvq, RaBitQ, RaBitQConfig, Saq, SaqConfig};
 use nearq_core::io::{Reader, Writer};
@@ -524,10 +524,17 @@ fn every_metric_is_estimated() {
 
 #[test]
 fn stages_agree_and_prune_safely() {
+    // Layout 0: the traversal scores the first `traversal_segments` segments fully and the
+    // rest on their top bits (layout 1's traversal is tested below). The staged scan is the
+    // same in both layouts.
     let d = 128;
     let data = decaying(3000, 30, d, 0.98, 13);
     let (base, queries) = data.split_at(3000 * d);
-    let mut saq = Saq::train(base, d, Metric::L2, &SaqConfig::new(4.0, 3)).unwrap();
+    let cfg0 = SaqConfig {
+        layout: LAYOUT_PLANES,
+        ..SaqConfig::new(4.0, 3)
+    };
+    let mut saq = Saq::train(base, d, Metric::L2, &cfg0).unwrap();
     let codes = encode_all(&saq, base);
     let nseg = saq.allocation().iter().filter(|a| a.1 > 0).count();
     assert!(nseg > 1, "{:?}", saq.allocation());
@@ -567,7 +574,7 @@ fn stages_agree_and_prune_safely() {
         }
         (best.into_iter().map(|b| b.1).collect(), full)
     };
-    let mut loose = Saq::train(base, d, Metric::L2, &SaqConfig::new(4.0, 3)).unwrap();
+    let mut loose = Saq::train(base, d, Metric::L2, &cfg0).unwrap();
     loose.set_eps0(1e30);
     let (mut same, mut full_frac) = (0usize, 0.0);
     for q in queries.chunks_exact(d) {
