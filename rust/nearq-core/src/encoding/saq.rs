@@ -1394,10 +1394,73 @@ impl Saq {
     pub fn encode_with(&self, v: &[f32], out: &mut [u8], rounds: usize) {
         assert_eq!(v.len(), self.dim, "saq: vector length");
         assert_eq!(out.len(), self.code_size, "saq: code length");
-        out.fill(0);
         let mut r = vec![0.0f32; self.dim];
         let mut z = vec![0.0f32; self.head];
         let (norm2, ip_add) = self.project(v, &mut r, &mut z);
+        self.encode_projected(&z, norm2, ip_add, out, rounds);
+    }
+
+    /// Encodes blocks of rows of `data` with the projection as one matrix product per block
+    /// (see [`Encoding::encode_batch`]); `rounds` as in [`Saq::encode_with`].
+    pub fn encode_batch_with(&self, data: &[f32], out: &mut [u8], stride: usize, rounds: usize) {
+        // Rows per matrix product: enough to amortise the packing of `proj` (`head × dim`).
+        const B: usize = 256;
+        let (dim, head) = (self.dim, self.head);
+        assert_eq!(data.len() % dim, 0, "saq: data length");
+        let n = data.len() / dim;
+        assert!(
+            stride >= self.code_size && (n == 0 || out.len() >= (n - 1) * stride + self.code_size),
+            "saq: output length"
+        );
+        let mut r = vec![0.0f32; B.min(n) * dim];
+        let mut z = vec![0.0f32; B.min(n) * head];
+        for (b0, rows) in data.chunks(B * dim).enumerate() {
+            let m = rows.len() / dim;
+            for (rr, v) in r.chunks_exact_mut(dim).zip(rows.chunks_exact(dim)) {
+                for ((o, &a), &mu) in rr.iter_mut().zip(v).zip(&self.mean) {
+                    *o = a - mu;
+                }
+            }
+            // z (m × head) = r (m × dim) · projᵀ (proj is head × dim, row-major).
+            // SAFETY: r holds m × dim values (row stride dim), proj head × dim (read transposed:
+            // row stride 1, column stride dim), z m × head (row stride head); all in bounds.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    dim,
+                    head,
+                    1.0,
+                    r.as_ptr(),
+                    dim as isize,
+                    1,
+                    self.proj.as_ptr(),
+                    1,
+                    dim as isize,
+                    0.0,
+                    z.as_mut_ptr(),
+                    head as isize,
+                    1,
+                );
+            }
+            for j in 0..m {
+                let rr = &r[j * dim..(j + 1) * dim];
+                let (norm2, ip_add) = ((self.k.dot_f32)(rr, rr), (self.k.dot_f32)(rr, &self.mean));
+                let at = (b0 * B + j) * stride;
+                self.encode_projected(
+                    &z[j * head..(j + 1) * head],
+                    norm2,
+                    ip_add,
+                    &mut out[at..at + self.code_size],
+                    rounds,
+                );
+            }
+        }
+    }
+
+    /// The code of a vector from its rotated segments `z` (length `head`), `‖v - μ‖²` and
+    /// `<v - μ, μ>`.
+    fn encode_projected(&self, z: &[f32], norm2: f32, ip_add: f32, out: &mut [u8], rounds: usize) {
+        out.fill(0);
         let a = if self.metric == Metric::L2 {
             norm2
         } else {
@@ -1405,7 +1468,7 @@ impl Saq {
         };
         wr_f32(out, self.hdr, a);
         if self.head < self.pad {
-            let head2 = (self.k.dot_f32)(&z, &z);
+            let head2 = (self.k.dot_f32)(z, z);
             wr_f32(out, self.hdr + 4, (norm2 - head2).max(0.0));
         }
         let mut w = vec![0.0f32; self.max_len];
@@ -1822,6 +1885,9 @@ impl Encoding for Saq {
     }
     fn encode(&self, v: &[f32], out: &mut [u8]) {
         self.encode_with(v, out, ADJUST_ROUNDS)
+    }
+    fn encode_batch(&self, data: &[f32], out: &mut [u8], stride: usize) {
+        self.encode_batch_with(data, out, stride, ADJUST_ROUNDS)
     }
     /// `μ + Σ_s (R_s W_s)ᵀ(f_s·w_s)`: the vector whose inner product with `q - μ` is the full-code
     /// estimate of `<x - μ, q - μ>` (a dropped tail decodes to 0 along its directions).
