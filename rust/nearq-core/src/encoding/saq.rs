@@ -1368,8 +1368,8 @@ impl Saq {
             layout.min(LAYOUT_NIBBLE),
         )
     }
-    /// Leading segments that [`Encoding::distance`] scores with their full code (layout 0;
-    /// layout 1's traversal reads the nibble code of every segment).
+    /// Leading segments that [`Encoding::distance`] scores with their full code (in layout 1
+    /// those of fewer than 4 bits; the others are scored on their top 4 bits, nibble-packed).
     pub fn traversal_segments(&self) -> usize {
         self.lead
     }
@@ -1669,12 +1669,15 @@ impl Saq {
         s.trav_factor(code) * sq.kz * (dot as f32 - sq.mid8)
     }
 
-    /// Layout 1's traversal term of segment `i`: the top 4 bits of a nibble segment, the top
-    /// bit of the others.
+    /// Layout 1's traversal term of segment `i`: the top 4 bits of a nibble segment; for the
+    /// others, as in layout 0, the full code among the first [`Saq::traversal_segments`]
+    /// segments and the top bit after them.
     #[inline(always)]
     fn ip_trav_any(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
         if self.segs[i].nibble {
             self.ip_trav(q, code, i)
+        } else if i < self.lead {
+            self.ip_full(q, code, i)
         } else {
             self.ip_top(q, code, i)
         }
@@ -1685,7 +1688,13 @@ impl Saq {
         let (mut ip, mut var) = (0.0f32, self.tail_var(q, code));
         for (i, s) in self.segs.iter().enumerate() {
             ip += self.ip_trav_any(q, code, i);
-            let k = if s.nibble { s.sd_mid } else { s.sd_top };
+            let k = if s.nibble {
+                s.sd_mid
+            } else if i < self.lead {
+                s.sd_full
+            } else {
+                s.sd_top
+            };
             let sd = k * s.f1(code).abs() * q.per[i].norm;
             var += sd * sd;
         }
@@ -2025,7 +2034,7 @@ impl Encoding for Saq {
             for (i, s) in self.segs.iter().enumerate() {
                 if !s.nibble {
                     for (a, &id) in ip[..n].iter_mut().zip(ids) {
-                        *a += self.ip_top(q, codes.get(id as usize), i);
+                        *a += self.ip_trav_any(q, codes.get(id as usize), i);
                     }
                     continue;
                 }
