@@ -30,9 +30,11 @@
 //!    rows at all (its norm is `‖x - μ‖²` minus the head's).
 //!
 //! PCA learns `d²` floats (576 KiB at `d = 384`) and the covariance of the sample costs
-//! `O(s·d²)`; the eigen-decomposition is `O(d³)` ([`symmetric_eigen`]). Encoding a vector
-//! then streams the projection once (memory-bound, about half of the encoding time at
-//! `d = 384`); the quantisation below is `O(d)`.
+//! `O(s·d²)`; the eigen-decomposition is `O(d³)` ([`symmetric_eigen`]). Encoding a single
+//! vector streams the projection once (memory-bound, more than half of the encoding time at
+//! `d = 384`); [`Encoding::encode_batch`] (what the index build uses) projects blocks of 256
+//! vectors with one matrix product (`matrixmultiply::sgemm`), which reuses each loaded row of
+//! the projection across the block. The quantisation below is `O(d)`.
 //!
 //! # Quantising one segment ([`caq`])
 //!
@@ -68,7 +70,13 @@
 //! crosses zero (it would lower `<z, w>` at equal `‖w‖`), so the top bit of `c_i` is the 1-bit
 //! RaBitQ code of the segment.
 //!
-//! # Code layout
+//! # Code layouts
+//!
+//! The layout number is stored in the parameter block (high half of the traversal-segments
+//! field; files written before layouts existed read as layout 0). Both layouts hold the same
+//! codes `c_i` and factors; only where the bits sit differs.
+//!
+//! Layout 0 ([`LAYOUT_PLANES`]):
 //!
 //! ```text
 //! [a f32][‖y_tail‖² f32]                 a = ‖x - μ‖² (L2) or <x - μ, μ> (IP, cosine)
@@ -85,6 +93,26 @@
 //! `|w_i|` over `2^(b-1)`, in `(0, 1)`; 16 bits keep it to ~1e-4, far below the 1-bit
 //! estimator's own error). Per vector this is 8 bytes of header, 4 or 6 bytes of factors per
 //! segment and the planes; the code is a multiple of 8 bytes.
+//!
+//! Layout 1 ([`LAYOUT_NIBBLE`], the default), for the graph traversal's integer kernels:
+//!
+//! ```text
+//! per segment of b ≥ 4 bits: the top 4 bits u_i = c_i >> (b-4), nibble-packed (L/2 bytes)
+//! [a f32][‖y_tail‖² f32]
+//! per segment: b = 1: [f1 f32];  2 ≤ b ≤ 4: [f f32][r u16];  b > 4: [f f32][r u16][ρ u16]
+//! zeros to a multiple of 8
+//! per segment of b < 4 bits: b planes as in layout 0 (the top bit last)
+//! per segment of b > 4 bits: the b - 4 low planes (plane j = bit j of every c_i)
+//! ```
+//!
+//! Nibbles use the kernels' packed layout ([`nearq_kernels::scalar::u4_position`], per block
+//! of 64 coordinates; segments are whole blocks), so the nibbles of all those segments start
+//! at offset 0 and one `dot_u4_i8_split_gather` call per segment scores up to 64 codes. The
+//! top 4 bits are themselves a symmetric 4-bit grid: `w_i = 2^(b-4)·(u_i - 7.5) + e_i` with
+//! `|e_i| < 2^(b-5)`, so `sign(w_i) = sign(u_i - 7.5)`; its rescale `F = ‖z‖²/<z, u - 7.5>`
+//! is `f·2^(b-4)·ρ` with `ρ = <z, w>/(2^(b-4)·<z, u - 7.5>) ∈ (0, 2)`, stored as
+//! `round(32768·ρ)` (16 bits per segment of more than 4 bits, which the bit allocation
+//! charges in this layout).
 //!
 //! # Estimator
 //!
@@ -117,13 +145,26 @@
 //! share of the variance by construction.
 //!
 //! Both `<c, p_s>` and `<m, p_s>` take the float query against the planes in place
-//! (`dot_f32_bitplanes`: masked adds of the query per plane, weighted by `2^j`), so no code
-//! is unpacked and the query is not quantised; one kernel call per segment.
+//! (`dot_f32_bitplanes`: masked adds of the query per plane, weighted by `2^j`; in layout 1
+//! the nibbles with `dot_f32_u4_split`), so no code is unpacked and the query is not
+//! quantised; one kernel call per segment (two for a nibble segment of more than 4 bits).
+//!
+//! Layout 1's traversal estimate of a segment of 4+ bits reads only its nibbles, against the
+//! query segment quantised once per query to i8 (`p_s ≈ ζ_s·w8`, `ζ_s = max|p_s|/127`):
+//!
+//! ```text
+//! <z_s, p_s> ≈ F·ζ_s·(<u, w8> - 7.5·Σ w8)          (dot_u4_i8_split, exact in i32)
+//! ```
+//!
+//! with the modelled deviation of a 4-bit code; segments of fewer bits are scored as in
+//! layout 0's traversal.
 //!
 //! # Multi-stage estimate
 //!
 //! - [`Encoding::distance`] (graph traversal): the full code for the first
-//!   [`Saq::traversal_segments`] segments and the top bit for the rest. PCA puts most of the
+//!   [`Saq::traversal_segments`] segments and the top bit for the rest (layout 1: segments of
+//!   4 or more bits on their top 4 bits with the i8 query, whatever their position;
+//!   [`Encoding::distance_ids`] scores them for up to 64 codes per kernel call). PCA puts most of the
 //!   variance in the leading segments, which also get the most bits, so scoring them fully
 //!   removes most of the 1-bit error at a fraction of the full cost. The default
 //!   ([`default_traversal_segments`]) is the shortest prefix holding half of the variance;
