@@ -976,9 +976,9 @@ fn nibble_traversal_is_close_to_the_full_estimate() {
 fn block_encoding_matches_row_by_row() {
     // `encode_batch` projects a block with one matrix product: the same codes up to the float
     // rounding of that product (the f32 factors may differ in their last bits, and at high
-    // bits a code-adjustment step near its acceptance threshold may go either way): each
-    // reconstruction is within float noise of the row-by-row one and the mean reconstruction
-    // error against the data is the same to 0.5%.
+    // bits a code-adjustment step near its acceptance threshold may go either way): all but
+    // 1% of the reconstructions are within 1e-3 (relative squared distance) of the row-by-row
+    // ones and the mean reconstruction error against the data is the same to 0.5%.
     let d = 200;
     for metric in METRICS {
         let data = normalized(decaying(700, 0, d, 0.98, 47), d, metric);
@@ -990,6 +990,7 @@ fn block_encoding_matches_row_by_row() {
             let mut block = vec![0xAAu8; 700 * stride];
             saq.encode_batch(&data, &mut block, stride);
             let (mut ea, mut eb, mut ra, mut rb) = (0f64, 0f64, vec![0f32; d], vec![0f32; d]);
+            let mut far = 0usize;
             for (i, r) in rows.iter().enumerate() {
                 let b = &block[i * stride..i * stride + cs];
                 // Bytes between codes are left alone.
@@ -999,10 +1000,7 @@ fn block_encoding_matches_row_by_row() {
                 assert!(saq.decode(r, &mut ra) && saq.decode(b, &mut rb));
                 let err: f32 = ra.iter().zip(&rb).map(|(x, y)| (x - y) * (x - y)).sum();
                 let n2: f32 = ra.iter().map(|x| x * x).sum();
-                assert!(
-                    err <= 1e-3 * n2.max(1e-6),
-                    "{metric:?} bits {bits} row {i}: {err}"
-                );
+                far += (err > 1e-3 * n2.max(1e-6)) as usize;
                 let x = &data[i * d..(i + 1) * d];
                 ea += x
                     .iter()
@@ -1015,6 +1013,7 @@ fn block_encoding_matches_row_by_row() {
                     .map(|(p, q)| ((p - q) * (p - q)) as f64)
                     .sum::<f64>();
             }
+            assert!(far <= 7, "{metric:?} bits {bits}: {far} rows differ");
             assert!(
                 (ea - eb).abs() <= 5e-3 * ea,
                 "{metric:?} bits {bits}: reconstruction error rows {ea} vs block {eb}"
