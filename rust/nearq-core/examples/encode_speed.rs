@@ -11,10 +11,10 @@
 //! reconstruction error `mean ||x - decode(encode(x))||^2` where the encoding decodes.
 
 use nearq_core::encoding::{
-    Encoding, Lvq, Pq, PqConfig, RaBitQ, RaBitQConfig, Sq8, TurboQuant, TurboQuantVariant,
+    Encoding, Lvq, Pq, PqConfig, RaBitQ, RaBitQConfig, Saq, SaqConfig, Sq8, TurboQuant,
+    TurboQuantVariant,
 };
 use nearq_core::Metric;
-use rayon::prelude::*;
 use std::time::Instant;
 
 fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl FnOnce() -> E) {
@@ -30,10 +30,8 @@ fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl FnOnce() -
     let cs = enc.code_size();
     let mut codes = vec![0u8; n * cs];
     let t1 = Instant::now();
-    codes
-        .par_chunks_exact_mut(cs)
-        .zip(data.par_chunks_exact(dim))
-        .for_each(|(c, v)| enc.encode(v, c));
+    // As the index build encodes: blocks of rows through `encode_batch`.
+    nearq_core::encoding::encode_all(&enc, data, &mut codes, cs);
     let t_enc = t1.elapsed().as_secs_f64();
     // Mean squared reconstruction error, where the encoding can decode.
     let mut rec = vec![0f32; dim];
@@ -90,7 +88,7 @@ fn main() {
         run("sq8", d, dim, || Sq8::train(d, dim, m));
         run("lvq-8", d, dim, || Lvq::train(d, dim, m, 8, 0));
         run("lvq-4x8", d, dim, || Lvq::train(d, dim, m, 4, 8));
-        for bits in [1u32, 4, 8] {
+        for bits in [1u32, 2, 3, 4, 5, 6, 8] {
             let mut cfg = RaBitQConfig::new(bits, 0);
             run(&format!("rabitq-{bits}"), d, dim, || {
                 RaBitQ::train(d, dim, m, &cfg)
@@ -101,6 +99,39 @@ fn main() {
                     RaBitQ::train(d, dim, m, &cfg)
                 });
             }
+        }
+        // SAQ's block encoder (one matrix product per block) against row-by-row encoding,
+        // alternating, best of 3 (the codes agree up to the float rounding of the product).
+        if std::env::args()
+            .nth(4)
+            .is_some_and(|f| f.starts_with("saq"))
+        {
+            let saq = Saq::train(d, dim, m, &SaqConfig::new(4.0, 0)).expect("train");
+            let (cs, n) = (saq.code_size(), d.len() / dim);
+            let mut codes = vec![0u8; n * cs];
+            let (mut rows, mut block) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..3 {
+                let t = Instant::now();
+                for (c, v) in codes.chunks_exact_mut(cs).zip(d.chunks_exact(dim)) {
+                    saq.encode(v, c);
+                }
+                rows = rows.min(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                saq.encode_batch(d, &mut codes, cs);
+                block = block.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "saq-4 encode row by row {:.2} us/vec, in blocks {:.2} us/vec ({:.2}x)",
+                rows / n as f64 * 1e6,
+                block / n as f64 * 1e6,
+                rows / block
+            );
+        }
+        // SAQ next to Extended RaBitQ's exact encoder ("rabitq-B") at the same bits.
+        for bits in [2u32, 3, 4, 5, 6, 8] {
+            run(&format!("saq-{bits}"), d, dim, || {
+                Saq::train(d, dim, m, &SaqConfig::new(bits as f32, 0)).expect("train")
+            });
         }
         for bits in [2u32, 4, 8] {
             run(&format!("turboquant-{bits}-mse"), d, dim, || {

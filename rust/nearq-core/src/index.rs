@@ -305,13 +305,8 @@ impl<E: Encoding> GraphIndex<E> {
         let dim = enc.dim();
         let n = data.len() / dim;
         let mut codes = CodeStore::with_len(enc.code_size(), n);
-        let cs = enc.code_size();
         let stride = codes.stride();
-        codes
-            .bytes_mut()
-            .par_chunks_exact_mut(stride)
-            .zip(data.par_chunks(dim))
-            .for_each(|(c, v)| enc.encode(v, &mut c[..cs]));
+        crate::encoding::encode_all(&enc, &data, codes.bytes_mut(), stride);
         let (graph, entry) = build_graph(&data, dim, enc.metric(), &build, progress);
         let max_norm2 = max_norm2(&data, dim, enc.metric());
         let vectors = if keep_vectors && !E::EXACT {

@@ -153,15 +153,11 @@ impl<E: Encoding> GraphIndex<E> {
         let dim = self.enc.dim();
         let m = data.len() / dim;
         let n0 = self.len();
-        let cs = self.enc.code_size();
         self.codes.resize(n0 + m);
         let stride = self.codes.stride();
         {
-            let enc = &self.enc;
-            self.codes.bytes_mut()[n0 * stride..]
-                .par_chunks_exact_mut(stride)
-                .zip(data.par_chunks(dim))
-                .for_each(|(c, v)| enc.encode(v, &mut c[..cs]));
+            let out = &mut self.codes.bytes_mut()[n0 * stride..];
+            crate::encoding::encode_all(&self.enc, data, out, stride);
         }
         if let Some(v) = &mut self.vectors {
             v.to_mut().extend_from_slice(data);

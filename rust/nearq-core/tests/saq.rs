@@ -8,11 +8,12 @@ use common::{clustered, dot, unit, Rng};
 use nearq_core::encoding::rabitq::ex_levels_exact;
 use nearq_core::encoding::saq::{
     adjust_codes, allocate, budget_bits, caq, code_cosine, plan_bits, plan_error, uniform_codes,
-    ADJUST_ROUNDS, MAX_SEG_BITS, MODEL_ERROR, UNIT,
+    ADJUST_ROUNDS, LAYOUT_NIBBLE, LAYOUT_PLANES, MAX_SEG_BITS, MODEL_ERROR, UNIT,
 };
 use nearq_core::encoding::{Encoding, Lvq, RaBitQ, RaBitQConfig, Saq, SaqConfig};
 use nearq_core::io::{Reader, Writer};
 use nearq_core::metric::normalize;
+use nearq_core::storage::CodeStore;
 use nearq_core::{Error, Metric};
 use proptest::prelude::*;
 
@@ -524,10 +525,17 @@ fn every_metric_is_estimated() {
 
 #[test]
 fn stages_agree_and_prune_safely() {
+    // Layout 0: the traversal scores the first `traversal_segments` segments fully and the
+    // rest on their top bits (layout 1's traversal is tested below). The staged scan is the
+    // same in both layouts.
     let d = 128;
     let data = decaying(3000, 30, d, 0.98, 13);
     let (base, queries) = data.split_at(3000 * d);
-    let mut saq = Saq::train(base, d, Metric::L2, &SaqConfig::new(4.0, 3)).unwrap();
+    let cfg0 = SaqConfig {
+        layout: LAYOUT_PLANES,
+        ..SaqConfig::new(4.0, 3)
+    };
+    let mut saq = Saq::train(base, d, Metric::L2, &cfg0).unwrap();
     let codes = encode_all(&saq, base);
     let nseg = saq.allocation().iter().filter(|a| a.1 > 0).count();
     assert!(nseg > 1, "{:?}", saq.allocation());
@@ -567,7 +575,7 @@ fn stages_agree_and_prune_safely() {
         }
         (best.into_iter().map(|b| b.1).collect(), full)
     };
-    let mut loose = Saq::train(base, d, Metric::L2, &SaqConfig::new(4.0, 3)).unwrap();
+    let mut loose = Saq::train(base, d, Metric::L2, &cfg0).unwrap();
     loose.set_eps0(1e30);
     let (mut same, mut full_frac) = (0usize, 0.0);
     for q in queries.chunks_exact(d) {
@@ -859,5 +867,157 @@ fn unit_vectors_keep_their_direction() {
         let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let o64 = unit(out.iter().map(|&v| v as f64).collect());
         assert!(dot(&x64, &o64) > 0.999);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Code layout 1 (nibble traversal) and the block encoder
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nibble_layout_holds_the_same_codes() {
+    // Layout 1 re-packs the same codes: decoding, the full-code and the top-bit estimates agree
+    // with layout 0 of the same trained encoder; parameters round-trip with their layout.
+    let d = 192;
+    for metric in METRICS {
+        let data = normalized(decaying(800, 10, d, 0.985, 41), d, metric);
+        let (base, queries) = data.split_at(800 * d);
+        for bits in [3.0f32, 4.0, 6.0] {
+            let one = Saq::train(base, d, metric, &SaqConfig::new(bits, 2)).unwrap();
+            assert_eq!(one.layout(), LAYOUT_NIBBLE);
+            let zero = one.with_layout(LAYOUT_PLANES);
+            assert_eq!(zero.layout(), LAYOUT_PLANES);
+            let alloc = one.allocation();
+            let (c1, c0) = (encode_all(&one, base), encode_all(&zero, base));
+            let (mut r1, mut r0) = (vec![0f32; d], vec![0f32; d]);
+            for q in queries.chunks_exact(d) {
+                let (p1, p0) = (one.prepare(q), zero.prepare(q));
+                for (a, b) in c1.iter().zip(&c0).take(200) {
+                    assert!(one.decode(a, &mut r1) && zero.decode(b, &mut r0));
+                    assert_eq!(r1, r0, "{metric:?} bits {bits} {alloc:?}");
+                    for (x, y) in [
+                        (one.distance_fine(&p1, a), zero.distance_fine(&p0, b)),
+                        (one.distance_top(&p1, a), zero.distance_top(&p0, b)),
+                    ] {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                            "{metric:?} bits {bits}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+            // Parameters of both layouts round-trip (layout 0 as files written before
+            // layouts existed: the layout field is 0).
+            for enc in [&one, &zero] {
+                let buf = params(enc);
+                let mut r = Reader::new(&buf);
+                let back = Saq::read_params(&mut r, d, metric).unwrap();
+                r.finish().unwrap();
+                assert_eq!(back.layout(), enc.layout());
+                assert_eq!(back.code_size(), enc.code_size());
+                assert_eq!(params(&back), buf);
+            }
+        }
+    }
+}
+
+#[test]
+fn nibble_traversal_is_close_to_the_full_estimate() {
+    // Layout 1's traversal (top 4 bits of the segments of 4+ bits with an i8 query, top bit
+    // elsewhere): `distance_ids` equals `distance`; its error is well below the top-bit
+    // estimate's and within 1.5x of layout 0's traversal (which scores the leading segments
+    // with all their bits, up to 7 here, on a float query); the bound covers the truth.
+    let d = 256;
+    let data = decaying(3000, 30, d, 0.985, 43);
+    let (base, queries) = data.split_at(3000 * d);
+    for bits in [4.0f32, 5.0, 6.0] {
+        let one = Saq::train(base, d, Metric::L2, &SaqConfig::new(bits, 5)).unwrap();
+        let alloc = one.allocation();
+        assert!(alloc.iter().any(|a| a.1 >= 4), "{alloc:?}");
+        let zero = one.with_layout(LAYOUT_PLANES);
+        let trav1 = rms_ip_error(&one, base, queries, |e, q, c| e.distance(q, c));
+        let trav0 = rms_ip_error(&zero, base, queries, |e, q, c| e.distance(q, c));
+        let top = rms_ip_error(&one, base, queries, |e, q, c| e.distance_top(q, c));
+        let fine = rms_ip_error(&one, base, queries, |e, q, c| e.distance_fine(q, c));
+        eprintln!(
+            "bits {bits} {alloc:?}: traversal layout 1 {trav1:.4e}, layout 0 {trav0:.4e}, top bits {top:.4e}, full {fine:.4e}"
+        );
+        assert!(trav1 < 1.5 * trav0, "bits {bits}: {trav1} vs {trav0}");
+        assert!(trav1 < 0.2 * top, "bits {bits}: {trav1} vs top {top}");
+        assert!(fine <= trav1, "bits {bits}: {fine} vs {trav1}");
+        // distance_ids against distance, from a code store with padded strides.
+        let n = base.len() / d;
+        let mut store = CodeStore::with_len(one.code_size(), n);
+        let stride = store.stride();
+        nearq_core::encoding::encode_all(&one, base, store.bytes_mut(), stride);
+        let ids: Vec<u32> = (0..n as u32).rev().step_by(7).collect();
+        let (mut hit, mut m) = (0usize, 0usize);
+        for q in queries.chunks_exact(d).take(10) {
+            let pq = one.prepare(q);
+            let mut out = vec![0f32; ids.len()];
+            one.distance_ids(&pq, &store, &ids, &mut out);
+            for (&id, &o) in ids.iter().zip(&out) {
+                let c = store.get(id as usize);
+                assert_eq!(o, one.distance(&pq, c), "bits {bits} id {id}");
+                let x = &base[id as usize * d..(id as usize + 1) * d];
+                let truth: f32 = x.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum();
+                let (_, lo, hi) = one.bound(&pq, c);
+                hit += (lo <= truth * 1.0001 && truth <= hi * 1.0001) as usize;
+                m += 1;
+            }
+        }
+        let cov = hit as f64 / m as f64;
+        eprintln!("    traversal bound coverage {cov:.4}");
+        assert!(cov > 0.9, "bits {bits}: coverage {cov}");
+    }
+}
+
+#[test]
+fn block_encoding_matches_row_by_row() {
+    // `encode_batch` projects a block with one matrix product: the same codes up to the float
+    // rounding of that product (the f32 factors may differ in their last bits, and at high
+    // bits a code-adjustment step near its acceptance threshold may go either way): all but
+    // 1% of the reconstructions are within 1e-3 (relative squared distance) of the row-by-row
+    // ones and the mean reconstruction error against the data is the same to 0.5%.
+    let d = 200;
+    for metric in METRICS {
+        let data = normalized(decaying(700, 0, d, 0.98, 47), d, metric);
+        for bits in [2.0f32, 4.0, 7.0] {
+            let saq = Saq::train(&data, d, metric, &SaqConfig::new(bits, 1)).unwrap();
+            let cs = saq.code_size();
+            let rows = encode_all(&saq, &data);
+            let stride = cs + 4;
+            let mut block = vec![0xAAu8; 700 * stride];
+            saq.encode_batch(&data, &mut block, stride);
+            let (mut ea, mut eb, mut ra, mut rb) = (0f64, 0f64, vec![0f32; d], vec![0f32; d]);
+            let mut far = 0usize;
+            for (i, r) in rows.iter().enumerate() {
+                let b = &block[i * stride..i * stride + cs];
+                // Bytes between codes are left alone.
+                assert!(block[i * stride + cs..(i + 1) * stride]
+                    .iter()
+                    .all(|&x| x == 0xAA));
+                assert!(saq.decode(r, &mut ra) && saq.decode(b, &mut rb));
+                let err: f32 = ra.iter().zip(&rb).map(|(x, y)| (x - y) * (x - y)).sum();
+                let n2: f32 = ra.iter().map(|x| x * x).sum();
+                far += (err > 1e-3 * n2.max(1e-6)) as usize;
+                let x = &data[i * d..(i + 1) * d];
+                ea += x
+                    .iter()
+                    .zip(&ra)
+                    .map(|(p, q)| ((p - q) * (p - q)) as f64)
+                    .sum::<f64>();
+                eb += x
+                    .iter()
+                    .zip(&rb)
+                    .map(|(p, q)| ((p - q) * (p - q)) as f64)
+                    .sum::<f64>();
+            }
+            assert!(far <= 7, "{metric:?} bits {bits}: {far} rows differ");
+            assert!(
+                (ea - eb).abs() <= 5e-3 * ea,
+                "{metric:?} bits {bits}: reconstruction error rows {ea} vs block {eb}"
+            );
+        }
     }
 }

@@ -30,9 +30,11 @@
 //!    rows at all (its norm is `‖x - μ‖²` minus the head's).
 //!
 //! PCA learns `d²` floats (576 KiB at `d = 384`) and the covariance of the sample costs
-//! `O(s·d²)`; the eigen-decomposition is `O(d³)` ([`symmetric_eigen`]). Encoding a vector
-//! then streams the projection once (memory-bound, about half of the encoding time at
-//! `d = 384`); the quantisation below is `O(d)`.
+//! `O(s·d²)`; the eigen-decomposition is `O(d³)` ([`symmetric_eigen`]). Encoding a single
+//! vector streams the projection once (memory-bound, more than half of the encoding time at
+//! `d = 384`); [`Encoding::encode_batch`] (what the index build uses) projects blocks of 256
+//! vectors with one matrix product (`matrixmultiply::sgemm`), which reuses each loaded row of
+//! the projection across the block. The quantisation below is `O(d)`.
 //!
 //! # Quantising one segment ([`caq`])
 //!
@@ -68,7 +70,13 @@
 //! crosses zero (it would lower `<z, w>` at equal `‖w‖`), so the top bit of `c_i` is the 1-bit
 //! RaBitQ code of the segment.
 //!
-//! # Code layout
+//! # Code layouts
+//!
+//! The layout number is stored in the parameter block (high half of the traversal-segments
+//! field; files written before layouts existed read as layout 0). Both layouts hold the same
+//! codes `c_i` and factors; only where the bits sit differs.
+//!
+//! Layout 0 ([`LAYOUT_PLANES`]):
 //!
 //! ```text
 //! [a f32][‖y_tail‖² f32]                 a = ‖x - μ‖² (L2) or <x - μ, μ> (IP, cosine)
@@ -85,6 +93,26 @@
 //! `|w_i|` over `2^(b-1)`, in `(0, 1)`; 16 bits keep it to ~1e-4, far below the 1-bit
 //! estimator's own error). Per vector this is 8 bytes of header, 4 or 6 bytes of factors per
 //! segment and the planes; the code is a multiple of 8 bytes.
+//!
+//! Layout 1 ([`LAYOUT_NIBBLE`], the default), for the graph traversal's integer kernels:
+//!
+//! ```text
+//! per segment of b ≥ 4 bits: the top 4 bits u_i = c_i >> (b-4), nibble-packed (L/2 bytes)
+//! [a f32][‖y_tail‖² f32]
+//! per segment: b = 1: [f1 f32];  2 ≤ b ≤ 4: [f f32][r u16];  b > 4: [f f32][r u16][ρ u16]
+//! zeros to a multiple of 8
+//! per segment of b < 4 bits: b planes as in layout 0 (the top bit last)
+//! per segment of b > 4 bits: the b - 4 low planes (plane j = bit j of every c_i)
+//! ```
+//!
+//! Nibbles use the kernels' packed layout ([`nearq_kernels::scalar::u4_position`], per block
+//! of 64 coordinates; segments are whole blocks), so the nibbles of all those segments start
+//! at offset 0 and one `dot_u4_i8_split_gather` call per segment scores up to 64 codes. The
+//! top 4 bits are themselves a symmetric 4-bit grid: `w_i = 2^(b-4)·(u_i - 7.5) + e_i` with
+//! `|e_i| < 2^(b-5)`, so `sign(w_i) = sign(u_i - 7.5)`; its rescale `F = ‖z‖²/<z, u - 7.5>`
+//! is `f·2^(b-4)·ρ` with `ρ = <z, w>/(2^(b-4)·<z, u - 7.5>) ∈ (0, 2)`, stored as
+//! `round(32768·ρ)` (16 bits per segment of more than 4 bits, which the bit allocation
+//! charges in this layout).
 //!
 //! # Estimator
 //!
@@ -117,13 +145,26 @@
 //! share of the variance by construction.
 //!
 //! Both `<c, p_s>` and `<m, p_s>` take the float query against the planes in place
-//! (`dot_f32_bitplanes`: masked adds of the query per plane, weighted by `2^j`), so no code
-//! is unpacked and the query is not quantised; one kernel call per segment.
+//! (`dot_f32_bitplanes`: masked adds of the query per plane, weighted by `2^j`; in layout 1
+//! the nibbles with `dot_f32_u4_split`), so no code is unpacked and the query is not
+//! quantised; one kernel call per segment (two for a nibble segment of more than 4 bits).
+//!
+//! Layout 1's traversal estimate of a segment of 4+ bits reads only its nibbles, against the
+//! query segment quantised once per query to i8 (`p_s ≈ ζ_s·w8`, `ζ_s = max|p_s|/127`):
+//!
+//! ```text
+//! <z_s, p_s> ≈ F·ζ_s·(<u, w8> - 7.5·Σ w8)          (dot_u4_i8_split, exact in i32)
+//! ```
+//!
+//! with the modelled deviation of a 4-bit code; segments of fewer bits are scored as in
+//! layout 0's traversal.
 //!
 //! # Multi-stage estimate
 //!
 //! - [`Encoding::distance`] (graph traversal): the full code for the first
-//!   [`Saq::traversal_segments`] segments and the top bit for the rest. PCA puts most of the
+//!   [`Saq::traversal_segments`] segments and the top bit for the rest (layout 1: segments of
+//!   4 or more bits on their top 4 bits with the i8 query, whatever their position;
+//!   [`Encoding::distance_ids`] scores them for up to 64 codes per kernel call). PCA puts most of the
 //!   variance in the leading segments, which also get the most bits, so scoring them fully
 //!   removes most of the 1-bit error at a fraction of the full cost. The default
 //!   ([`default_traversal_segments`]) is the shortest prefix holding half of the variance;
@@ -144,6 +185,8 @@ use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::{check_finite, Metric};
+use crate::storage::CodeStore;
+use nearq_kernels::scalar::{pack_u4, u4_split};
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -177,6 +220,17 @@ pub const MODEL_ERROR: [f64; MAX_SEG_BITS as usize + 1] = [
 /// Header bytes: `a`, `‖y_tail‖²`.
 const HEADER: usize = 8;
 
+/// Code layout 0: every segment as bit planes, traversal on a float query (the only layout of
+/// files written before layouts existed, and the default below 4 bits).
+pub const LAYOUT_PLANES: u32 = 0;
+/// Code layout 1 (the default): the top 4 bits of every segment of `b >= 4` bits nibble-packed
+/// at the start of the code, scored in traversal with an i8 query by the `u4 × i8` kernels,
+/// their low `b - 4` bits as planes for re-ranking; segments of fewer bits as in layout 0.
+pub const LAYOUT_NIBBLE: u32 = 1;
+/// The layout number sits in the high half of the parameter block's `lead` field (0 in files
+/// written before layouts existed).
+const LAYOUT_SHIFT: u32 = 16;
+
 /// Build-time options.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SaqConfig {
@@ -184,11 +238,18 @@ pub struct SaqConfig {
     pub bits: f32,
     /// Seed of the per-segment rotations.
     pub seed: u64,
+    /// Code layout: [`LAYOUT_NIBBLE`] (the default) or [`LAYOUT_PLANES`].
+    pub layout: u32,
 }
 
 impl SaqConfig {
+    /// `bits` and `seed` with the default layout ([`LAYOUT_NIBBLE`]).
     pub fn new(bits: f32, seed: u64) -> Self {
-        SaqConfig { bits, seed }
+        SaqConfig {
+            bits,
+            seed,
+            layout: LAYOUT_NIBBLE,
+        }
     }
 }
 
@@ -521,12 +582,14 @@ fn covariance(data: &[f32], dim: usize, mean: &[f64], rows: &[usize], k: &Kernel
 // ---------------------------------------------------------------------------------------------
 
 /// Code plus factor bits of a segment of `units` units with `bits` bits per coordinate, in
-/// steps of 16 bits (a dropped segment costs nothing).
+/// steps of 16 bits (a dropped segment costs nothing), in code layout `layout` (layout 1
+/// stores a 16-bit traversal ratio for segments of more than 4 bits).
 #[inline]
-fn seg_cost(units: usize, bits: u32) -> u64 {
+fn seg_cost(units: usize, bits: u32, layout: u32) -> u64 {
     match bits {
         0 => 0,
         1 => 4 * units as u64 + 2,
+        b if b > 4 && layout == LAYOUT_NIBBLE => 4 * b as u64 * units as u64 + 4,
         b => 4 * b as u64 * units as u64 + 3,
     }
 }
@@ -538,9 +601,17 @@ pub fn budget_bits(bits: f32, pad: usize) -> u64 {
 }
 
 /// Code and factor bits per vector of a plan `[(units, bits), ...]` (the 8-byte header and
-/// the alignment padding excluded).
+/// the alignment padding excluded) in code layout 0.
 pub fn plan_bits(plan: &[(usize, u32)]) -> u64 {
-    16 * plan.iter().map(|&(u, b)| seg_cost(u, b)).sum::<u64>()
+    plan_bits_in(plan, LAYOUT_PLANES)
+}
+
+/// [`plan_bits`] in code layout `layout`.
+pub fn plan_bits_in(plan: &[(usize, u32)], layout: u32) -> u64 {
+    16 * plan
+        .iter()
+        .map(|&(u, b)| seg_cost(u, b, layout))
+        .sum::<u64>()
 }
 
 /// Modelled error `Σ_s V_s·h(b_s)` of a plan over per-unit variances.
@@ -561,6 +632,16 @@ pub fn plan_error(unit_var: &[f64], plan: &[(usize, u32)]) -> f64 {
 /// modelled error the cheapest is returned. `budget_bits` must be at least 96 (one unit at one
 /// bit).
 pub fn allocate(unit_var: &[f64], budget_bits: u64, max_bits: u32) -> Vec<(usize, u32)> {
+    allocate_in(unit_var, budget_bits, max_bits, LAYOUT_PLANES)
+}
+
+/// [`allocate`] with the costs of code layout `layout` ([`plan_bits_in`]).
+pub fn allocate_in(
+    unit_var: &[f64],
+    budget_bits: u64,
+    max_bits: u32,
+    layout: u32,
+) -> Vec<(usize, u32)> {
     let u = unit_var.len();
     assert!(u > 0 && budget_bits >= 96 && (1..=MAX_SEG_BITS).contains(&max_bits));
     let t_max = (budget_bits / 16) as usize;
@@ -580,7 +661,7 @@ pub fn allocate(unit_var: &[f64], budget_bits: u64, max_bits: u32) -> Vec<(usize
             for j in 0..i {
                 let v = prefix[i] - prefix[j];
                 for b in 1..=max_bits {
-                    let c = seg_cost(i - j, b) as usize;
+                    let c = seg_cost(i - j, b, layout) as usize;
                     if c > t {
                         break;
                     }
@@ -602,7 +683,7 @@ pub fn allocate(unit_var: &[f64], budget_bits: u64, max_bits: u32) -> Vec<(usize
             let (j, b) = how[i * w + t];
             let j = j as usize;
             out.push((i - j, b));
-            t -= seg_cost(i - j, b) as usize;
+            t -= seg_cost(i - j, b, layout) as usize;
             i = j;
         }
         out.reverse();
@@ -620,7 +701,7 @@ pub fn allocate(unit_var: &[f64], budget_bits: u64, max_bits: u32) -> Vec<(usize
             plan.push((u - j, 0));
         }
         let err = plan_error(unit_var, &plan);
-        let cost = plan_bits(&plan);
+        let cost = plan_bits_in(&plan, layout);
         let better = match &best {
             None => true,
             Some((e, c, _)) => {
@@ -918,16 +999,22 @@ struct Segment {
     start: usize,
     len: usize,
     bits: u32,
-    /// Byte offsets of the factors and of the `bits` planes (bit `j` at `planes + j·L/8`, the
-    /// top bit last).
+    /// Byte offsets of the factors and of the planes: layout 0 all `bits` planes (bit `j` at
+    /// `planes + j·L/8`, the top bit last); layout 1 the `bits - 4` low planes (if any).
     fac: usize,
     planes: usize,
+    /// Layout 1 with `bits >= 4`: the top 4 bits of every code are nibble-packed at `nib`
+    /// (`L/2` bytes); above 4 bits the traversal ratio `ρ` (u16) follows the factors `f, r`.
+    nibble: bool,
+    nib: usize,
+    tf: usize,
     /// `-(2^b - 1)/2`: `w = c + cb`.
     cb: f32,
     /// `f1 = f·r·r_scale` for `b >= 2` (`2^(b-1)/65536`).
     r_scale: f32,
-    /// Error deviation per unit of `f1·‖p_s‖`: top bit and full code.
+    /// Error deviation per unit of `f1·‖p_s‖`: top bit, top 4 bits (nibble), full code.
     sd_top: f32,
+    sd_mid: f32,
     sd_full: f32,
 }
 
@@ -938,6 +1025,7 @@ impl Segment {
         let h1 = MODEL_ERROR[1];
         let c1 = (1.0 - h1).sqrt();
         let hb = MODEL_ERROR[bits as usize];
+        let ht = MODEL_ERROR[bits.min(4) as usize];
         let per = (l / (l - 1.0)).sqrt();
         Segment {
             start,
@@ -945,11 +1033,26 @@ impl Segment {
             bits,
             fac: 0,
             planes: 0,
+            nibble: false,
+            nib: 0,
+            tf: 0,
             cb: -(((1u32 << bits) - 1) as f32) / 2.0,
             r_scale: (1u32 << (bits - 1)) as f32 / 65536.0,
             sd_top: (per * h1.sqrt()) as f32,
+            sd_mid: (per * c1 * (ht / (1.0 - ht)).sqrt()) as f32,
             sd_full: (per * c1 * (hb / (1.0 - hb)).sqrt()) as f32,
         }
+    }
+    /// The segment's nibbles in `code` (nibble segments).
+    #[inline(always)]
+    fn nibbles<'c>(&self, code: &'c [u8]) -> &'c [u8] {
+        &code[self.nib..self.nib + self.len / 2]
+    }
+    /// The `bits - 4` low planes of a nibble segment (empty for 4 bits).
+    #[inline(always)]
+    fn low_planes<'c>(&self, code: &'c [u8]) -> &'c [u8] {
+        let n = self.bits.saturating_sub(4) as usize * self.plane_bytes();
+        &code[self.planes..self.planes + n]
     }
     #[inline(always)]
     fn plane_bytes(&self) -> usize {
@@ -969,10 +1072,20 @@ impl Segment {
     }
     #[inline(always)]
     fn factor_bytes(&self) -> usize {
-        if self.bits == 1 {
-            4
+        match self.bits {
+            1 => 4,
+            b if b > 4 && self.nibble => 8,
+            _ => 6,
+        }
+    }
+    /// The traversal factor of a nibble segment up to the constant `2^(b-4)/32768` (above 4
+    /// bits) that the query folds in: `f·ρ16` above 4 bits, `f` at 4.
+    #[inline(always)]
+    fn trav_factor(&self, code: &[u8]) -> f32 {
+        if self.bits > 4 {
+            rd_f32(code, self.fac) * u16::from_le_bytes([code[self.tf], code[self.tf + 1]]) as f32
         } else {
-            6
+            rd_f32(code, self.fac)
         }
     }
     /// The 1-bit rescale `f1`.
@@ -1011,6 +1124,12 @@ pub struct Saq {
     tail_dim: f32,
     code_size: usize,
     max_len: usize,
+    /// Code layout ([`LAYOUT_PLANES`] or [`LAYOUT_NIBBLE`]).
+    layout: u32,
+    /// Byte offset of the header (`head/2` in layout 1, after the nibbles; 0 in layout 0).
+    hdr: usize,
+    /// Bytes that the traversal estimate reads (layout 1: nibbles, header and factors).
+    trav_bytes: usize,
     k: &'static Kernels,
 }
 
@@ -1020,6 +1139,9 @@ struct SegQuery {
     sum: f32,
     /// `‖p_s‖`.
     norm: f32,
+    /// Nibble segments: `ζ_s` of the i8 query `p_s ≈ ζ_s·w8` and `7.5·Σ w8`.
+    kz: f32,
+    mid8: f32,
 }
 
 /// A query prepared for scoring many codes.
@@ -1035,6 +1157,14 @@ pub struct SaqQuery {
     tail_sd: f32,
     /// The stage scratch of `distance_within`.
     stage: RefCell<Vec<(f32, f32)>>,
+    /// Layout 1: the i8 query (per segment scale; 0 outside nibble segments) and the float
+    /// query `z`, split into the weights of the low and high nibbles ([`u4_split`]; segments
+    /// are whole nibble blocks, so segment `s` has its weights at `s.start/2..(s.start +
+    /// s.len)/2`).
+    w8_lo: Vec<i8>,
+    w8_hi: Vec<i8>,
+    wf_lo: Vec<f32>,
+    wf_hi: Vec<f32>,
 }
 
 /// Leading segments that [`Encoding::distance`] scores with their full code by default: the
@@ -1069,6 +1199,12 @@ impl Saq {
                 ),
             ));
         }
+        if cfg.layout > LAYOUT_NIBBLE {
+            return Err(Error::param(
+                "layout",
+                format!("saq has code layouts 0 and 1, not {}", cfg.layout),
+            ));
+        }
         if dim == 0 {
             return Err(Error::Empty("training data (no columns)"));
         }
@@ -1099,10 +1235,11 @@ impl Saq {
         let comps: Vec<f32> = vectors.iter().map(|&v| v as f32).collect();
         let mean: Vec<f32> = mean64.iter().map(|&v| v as f32).collect();
         let pad = dim.div_ceil(UNIT) * UNIT;
-        let plan = allocate(
+        let plan = allocate_in(
             &unit_variances(&var, pad),
             budget_bits(cfg.bits, pad),
             MAX_SEG_BITS,
+            cfg.layout,
         );
         let alloc: Vec<(usize, u32)> = plan.iter().map(|&(u, b)| (u * UNIT, b)).collect();
         let lead = default_traversal_segments(&alloc, &var);
@@ -1118,6 +1255,7 @@ impl Saq {
             &plan,
             lead,
             DEFAULT_EPS0,
+            cfg.layout,
         ))
     }
 
@@ -1133,6 +1271,7 @@ impl Saq {
         plan: &[(usize, u32)],
         lead: usize,
         eps0: f32,
+        layout: u32,
     ) -> Saq {
         let pad = dim.div_ceil(UNIT) * UNIT;
         let mut segs = Vec::new();
@@ -1144,15 +1283,34 @@ impl Saq {
             start += units * UNIT;
         }
         let head = segs.last().map_or(0, |s| s.start + s.len);
-        let mut off = HEADER;
+        // Layout 1: the nibbles of the segments of 4 or more bits first (what the traversal
+        // gathers from offset 0), then the header and the factors, then the planes of the
+        // segments of fewer bits (whose top planes the traversal reads), then the low planes.
+        let mut off = 0;
+        for s in segs.iter_mut() {
+            s.nibble = layout == LAYOUT_NIBBLE && s.bits >= 4;
+            if s.nibble {
+                s.nib = off;
+                off += s.len / 2;
+            }
+        }
+        let hdr = off;
+        off += HEADER;
         for s in segs.iter_mut() {
             s.fac = off;
+            s.tf = if s.bits > 4 { off + 6 } else { off };
             off += s.factor_bytes();
         }
         off = off.div_ceil(8) * 8;
-        for s in segs.iter_mut() {
+        let mut trav_bytes = off;
+        for s in segs.iter_mut().filter(|s| !s.nibble) {
             s.planes = off;
             off += s.bits as usize * s.plane_bytes();
+            trav_bytes = off;
+        }
+        for s in segs.iter_mut().filter(|s| s.nibble) {
+            s.planes = off;
+            off += (s.bits - 4) as usize * s.plane_bytes();
         }
         let max_len = segs.iter().map(|s| s.len).max().unwrap_or(0);
         // For independent Gaussian x, q with covariance Λ on the tail, E<x,q>² = tr Λ², so
@@ -1178,6 +1336,9 @@ impl Saq {
             tail_dim,
             code_size: off,
             max_len,
+            layout,
+            hdr,
+            trav_bytes,
             k: kernels(),
         }
     }
@@ -1220,7 +1381,36 @@ impl Saq {
     pub fn set_eps0(&mut self, eps0: f32) {
         self.eps0 = eps0;
     }
-    /// Leading segments that [`Encoding::distance`] scores with their full code.
+    /// The code layout ([`LAYOUT_PLANES`] or [`LAYOUT_NIBBLE`]).
+    pub fn layout(&self) -> u32 {
+        self.layout
+    }
+    /// The same trained encoder (projection, allocation, options) with its codes in `layout`
+    /// (tests: both layouts hold the same codes). The allocation is kept even where it exceeds
+    /// `layout`'s budget (such an encoder's parameters would not load back).
+    #[doc(hidden)]
+    pub fn with_layout(&self, layout: u32) -> Saq {
+        let plan: Vec<(usize, u32)> = self
+            .allocation()
+            .iter()
+            .map(|&(l, b)| (l / UNIT, b))
+            .collect();
+        Self::assemble(
+            self.dim,
+            self.metric,
+            self.bits,
+            self.seed,
+            self.mean.clone(),
+            self.proj.clone(),
+            self.var.clone(),
+            &plan,
+            self.lead,
+            self.eps0,
+            layout.min(LAYOUT_NIBBLE),
+        )
+    }
+    /// Leading segments that [`Encoding::distance`] scores with their full code (in layout 1
+    /// those of fewer than 4 bits; the others are scored on their top 4 bits, nibble-packed).
     pub fn traversal_segments(&self) -> usize {
         self.lead
     }
@@ -1245,19 +1435,82 @@ impl Saq {
     pub fn encode_with(&self, v: &[f32], out: &mut [u8], rounds: usize) {
         assert_eq!(v.len(), self.dim, "saq: vector length");
         assert_eq!(out.len(), self.code_size, "saq: code length");
-        out.fill(0);
         let mut r = vec![0.0f32; self.dim];
         let mut z = vec![0.0f32; self.head];
         let (norm2, ip_add) = self.project(v, &mut r, &mut z);
+        self.encode_projected(&z, norm2, ip_add, out, rounds);
+    }
+
+    /// Encodes blocks of rows of `data` with the projection as one matrix product per block
+    /// (see [`Encoding::encode_batch`]); `rounds` as in [`Saq::encode_with`].
+    pub fn encode_batch_with(&self, data: &[f32], out: &mut [u8], stride: usize, rounds: usize) {
+        // Rows per matrix product: enough to amortise the packing of `proj` (`head × dim`).
+        const B: usize = 256;
+        let (dim, head) = (self.dim, self.head);
+        assert_eq!(data.len() % dim, 0, "saq: data length");
+        let n = data.len() / dim;
+        assert!(
+            stride >= self.code_size && (n == 0 || out.len() >= (n - 1) * stride + self.code_size),
+            "saq: output length"
+        );
+        let mut r = vec![0.0f32; B.min(n) * dim];
+        let mut z = vec![0.0f32; B.min(n) * head];
+        for (b0, rows) in data.chunks(B * dim).enumerate() {
+            let m = rows.len() / dim;
+            for (rr, v) in r.chunks_exact_mut(dim).zip(rows.chunks_exact(dim)) {
+                for ((o, &a), &mu) in rr.iter_mut().zip(v).zip(&self.mean) {
+                    *o = a - mu;
+                }
+            }
+            // z (m × head) = r (m × dim) · projᵀ (proj is head × dim, row-major).
+            // SAFETY: r holds m × dim values (row stride dim), proj head × dim (read transposed:
+            // row stride 1, column stride dim), z m × head (row stride head); all in bounds.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    dim,
+                    head,
+                    1.0,
+                    r.as_ptr(),
+                    dim as isize,
+                    1,
+                    self.proj.as_ptr(),
+                    1,
+                    dim as isize,
+                    0.0,
+                    z.as_mut_ptr(),
+                    head as isize,
+                    1,
+                );
+            }
+            for j in 0..m {
+                let rr = &r[j * dim..(j + 1) * dim];
+                let (norm2, ip_add) = ((self.k.dot_f32)(rr, rr), (self.k.dot_f32)(rr, &self.mean));
+                let at = (b0 * B + j) * stride;
+                self.encode_projected(
+                    &z[j * head..(j + 1) * head],
+                    norm2,
+                    ip_add,
+                    &mut out[at..at + self.code_size],
+                    rounds,
+                );
+            }
+        }
+    }
+
+    /// The code of a vector from its rotated segments `z` (length `head`), `‖v - μ‖²` and
+    /// `<v - μ, μ>`.
+    fn encode_projected(&self, z: &[f32], norm2: f32, ip_add: f32, out: &mut [u8], rounds: usize) {
+        out.fill(0);
         let a = if self.metric == Metric::L2 {
             norm2
         } else {
             ip_add
         };
-        wr_f32(out, 0, a);
+        wr_f32(out, self.hdr, a);
         if self.head < self.pad {
-            let head2 = (self.k.dot_f32)(&z, &z);
-            wr_f32(out, 4, (norm2 - head2).max(0.0));
+            let head2 = (self.k.dot_f32)(z, z);
+            wr_f32(out, self.hdr + 4, (norm2 - head2).max(0.0));
         }
         let mut w = vec![0.0f32; self.max_len];
         let mut scratch = vec![0.0f32; self.max_len];
@@ -1287,6 +1540,13 @@ impl Saq {
         let pb = s.plane_bytes();
         let b = s.bits;
         let m = wmax(b);
+        // A nibble segment keeps the low `b - 4` bits as planes (bit j of the code in plane j).
+        let nplanes = if s.nibble {
+            self.write_nibbles(s, z, w, out);
+            b - 4
+        } else {
+            b
+        };
         for (g, eight) in w.chunks_exact(8).enumerate() {
             let (mut lo, mut hi) = (0u64, 0u64);
             for (l, &v) in eight.iter().enumerate() {
@@ -1294,7 +1554,7 @@ impl Saq {
                 lo |= ((c & 0xFF) as u64) << (8 * l);
                 hi |= ((c >> 8) as u64) << (8 * l);
             }
-            for j in 0..b {
+            for j in 0..nplanes {
                 out[s.planes + j as usize * pb + g] = if j < 8 {
                     gather_bit(lo, j)
                 } else {
@@ -1321,10 +1581,62 @@ impl Saq {
         }
     }
 
+    /// The top 4 bits of every code of a nibble segment `s`, nibble-packed by 64-dimension
+    /// blocks, and (above 4 bits) the ratio `ρ = <z, w>/(2^(b-4)·<z, u - 7.5>)` of the full to
+    /// the truncated code `u` (a symmetric 4-bit grid: `w = 2^(b-4)(u - 7.5) + e`, `|e| <
+    /// 2^(b-5)`, so `ρ ∈ (0, 2)` when the signs agree), stored as `round(32768·ρ)`: the
+    /// traversal factor of `u - 7.5` is `F = ‖z‖²/<z, u - 7.5> = f·2^(b-4)·ρ`.
+    fn write_nibbles(&self, s: &Segment, z: &[f32], w: &[f32], out: &mut [u8]) {
+        let m = wmax(s.bits);
+        let shift = s.bits - 4;
+        let mut u = [0u8; UNIT];
+        let mut ip4 = 0.0f64;
+        for (blk, (wb, zb)) in w.chunks_exact(UNIT).zip(z.chunks_exact(UNIT)).enumerate() {
+            for ((o, &v), &x) in u.iter_mut().zip(wb).zip(zb) {
+                *o = ((v + m) as u16 >> shift) as u8;
+                ip4 += x as f64 * (*o as f64 - 7.5);
+            }
+            let at = s.nib + blk * UNIT / 2;
+            pack_u4(&u, &mut out[at..at + UNIT / 2]);
+        }
+        if s.bits > 4 {
+            let ip = (self.k.dot_f32)(z, w) as f64;
+            let r = if ip > 0.0 && ip4 > 0.0 {
+                (32768.0 * ip / ((1u32 << shift) as f64 * ip4))
+                    .round()
+                    .clamp(1.0, 65535.0) as u16
+            } else {
+                0
+            };
+            out[s.tf..s.tf + 2].copy_from_slice(&r.to_le_bytes());
+        }
+    }
+
     /// Unpacks segment `s`'s codes (decode and tests).
     fn unpack(&self, code: &[u8], s: &Segment, out: &mut [u16]) {
         let pb = s.plane_bytes();
         out[..s.len].fill(0);
+        if s.nibble {
+            let shift = s.bits - 4;
+            let mut u = [0u8; UNIT];
+            for (blk, o) in out[..s.len].chunks_exact_mut(UNIT).enumerate() {
+                let at = s.nib + blk * UNIT / 2;
+                nearq_kernels::scalar::unpack_u4(&code[at..at + UNIT / 2], &mut u);
+                for (c, &x) in o.iter_mut().zip(&u) {
+                    *c = (x as u16) << shift;
+                }
+            }
+            for j in 0..shift as usize {
+                let plane = &code[s.planes + j * pb..s.planes + (j + 1) * pb];
+                for (g, o) in out[..s.len].chunks_exact_mut(8).enumerate() {
+                    let v = SPREAD[plane[g] as usize];
+                    for (l, c) in o.iter_mut().enumerate() {
+                        *c |= (((v >> (8 * l)) & 1) as u16) << j;
+                    }
+                }
+            }
+            return;
+        }
         for j in 0..s.bits as usize {
             let plane = &code[s.planes + j * pb..s.planes + (j + 1) * pb];
             for (g, o) in out[..s.len].chunks_exact_mut(8).enumerate() {
@@ -1341,7 +1653,19 @@ impl Saq {
     fn ip_full(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
         let s = &self.segs[i];
         let p = &q.z[s.start..s.start + s.len];
-        let dot = (self.k.dot_f32_bitplanes)(p, s.all_planes(code));
+        let dot = if s.nibble {
+            let (o, h) = (s.start / 2, s.len / 2);
+            let hi =
+                (self.k.dot_f32_u4_split)(s.nibbles(code), &q.wf_lo[o..o + h], &q.wf_hi[o..o + h]);
+            if s.bits > 4 {
+                let lo = (self.k.dot_f32_bitplanes)(p, s.low_planes(code));
+                (1u32 << (s.bits - 4)) as f32 * hi + lo
+            } else {
+                hi
+            }
+        } else {
+            (self.k.dot_f32_bitplanes)(p, s.all_planes(code))
+        };
         let sum = q.per[i].sum;
         if s.bits == 1 {
             rd_f32(code, s.fac) * (2.0 * dot - sum)
@@ -1355,8 +1679,67 @@ impl Saq {
     fn ip_top(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
         let s = &self.segs[i];
         let p = &q.z[s.start..s.start + s.len];
-        let dot = (self.k.dot_f32_bitplanes)(p, s.top_plane(code));
+        let dot = if s.nibble {
+            // The top bit is bit 3 of each nibble: gathered into a plane per block.
+            let t = 3;
+            let mut dot = 0.0f32;
+            for (blk, pb) in p.chunks_exact(UNIT).enumerate() {
+                let nb = &s.nibbles(code)[blk * UNIT / 2..(blk + 1) * UNIT / 2];
+                let mut plane = [0u8; UNIT / 8];
+                for (j, &x) in nb.iter().enumerate() {
+                    plane[j / 8] |= ((x >> t) & 1) << (j % 8);
+                    plane[UNIT / 16 + j / 8] |= ((x >> (4 + t)) & 1) << (j % 8);
+                }
+                dot += (self.k.dot_f32_bitplanes)(pb, &plane);
+            }
+            dot
+        } else {
+            (self.k.dot_f32_bitplanes)(p, s.top_plane(code))
+        };
         s.f1(code) * (2.0 * dot - q.per[i].sum)
+    }
+
+    /// Estimate of `<z_s, p_s>` from nibble segment `i`'s top 4 bits and the i8 query,
+    /// `F·ζ_s·(<u, w8> - 7.5·Σw8)`.
+    #[inline(always)]
+    fn ip_trav(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
+        let s = &self.segs[i];
+        let (o, h) = (s.start / 2, s.len / 2);
+        let dot = (self.k.dot_u4_i8_split)(s.nibbles(code), &q.w8_lo[o..o + h], &q.w8_hi[o..o + h]);
+        let sq = &q.per[i];
+        s.trav_factor(code) * sq.kz * (dot as f32 - sq.mid8)
+    }
+
+    /// Layout 1's traversal term of segment `i`: the top 4 bits of a nibble segment; for the
+    /// others, as in layout 0, the full code among the first [`Saq::traversal_segments`]
+    /// segments and the top bit after them.
+    #[inline(always)]
+    fn ip_trav_any(&self, q: &SaqQuery, code: &[u8], i: usize) -> f32 {
+        if self.segs[i].nibble {
+            self.ip_trav(q, code, i)
+        } else if i < self.lead {
+            self.ip_full(q, code, i)
+        } else {
+            self.ip_top(q, code, i)
+        }
+    }
+
+    /// Layout 1: the traversal estimate of `<x - μ, q - μ>` and its modelled error variance.
+    fn trav(&self, q: &SaqQuery, code: &[u8]) -> (f32, f32) {
+        let (mut ip, mut var) = (0.0f32, self.tail_var(q, code));
+        for (i, s) in self.segs.iter().enumerate() {
+            ip += self.ip_trav_any(q, code, i);
+            let k = if s.nibble {
+                s.sd_mid
+            } else if i < self.lead {
+                s.sd_full
+            } else {
+                s.sd_top
+            };
+            let sd = k * s.f1(code).abs() * q.per[i].norm;
+            var += sd * sd;
+        }
+        (ip, var)
     }
 
     /// Modelled error deviation of segment `i`'s estimate (top bit or full code).
@@ -1373,15 +1756,15 @@ impl Saq {
         if q.tail_sd == 0.0 {
             return 0.0;
         }
-        rd_f32(code, 4).max(0.0) * q.tail_sd * q.tail_sd
+        rd_f32(code, self.hdr + 4).max(0.0) * q.tail_sd * q.tail_sd
     }
 
     /// The distance for an estimate `ip` of `<x - μ, q - μ>`.
     #[inline(always)]
     fn finish(&self, q: &SaqQuery, code: &[u8], ip: f32) -> f32 {
         match self.metric {
-            Metric::L2 => (rd_f32(code, 0) + q.qn2 - 2.0 * ip).max(0.0),
-            m => m.from_dot(q.g + rd_f32(code, 0) + ip),
+            Metric::L2 => (rd_f32(code, self.hdr) + q.qn2 - 2.0 * ip).max(0.0),
+            m => m.from_dot(q.g + rd_f32(code, self.hdr) + ip),
         }
     }
 
@@ -1412,7 +1795,11 @@ impl Saq {
     /// The traversal estimate ([`Encoding::distance`]) with its interval
     /// `(estimate, lower, upper)` at `eps0`.
     pub fn bound(&self, q: &SaqQuery, code: &[u8]) -> (f32, f32, f32) {
-        let (ip, var) = self.staged(q, code, self.lead);
+        let (ip, var) = if self.layout == LAYOUT_NIBBLE {
+            self.trav(q, code)
+        } else {
+            self.staged(q, code, self.lead)
+        };
         self.interval(q, code, ip, var)
     }
 
@@ -1549,6 +1936,9 @@ impl Encoding for Saq {
     fn encode(&self, v: &[f32], out: &mut [u8]) {
         self.encode_with(v, out, ADJUST_ROUNDS)
     }
+    fn encode_batch(&self, data: &[f32], out: &mut [u8], stride: usize) {
+        self.encode_batch_with(data, out, stride, ADJUST_ROUNDS)
+    }
     /// `μ + Σ_s (R_s W_s)ᵀ(f_s·w_s)`: the vector whose inner product with `q - μ` is the full-code
     /// estimate of `<x - μ, q - μ>` (a dropped tail decodes to 0 along its directions).
     fn decode(&self, code: &[u8], out: &mut [f32]) -> bool {
@@ -1584,17 +1974,51 @@ impl Encoding for Saq {
         } else {
             0.0
         };
+        let nibble = self.layout == LAYOUT_NIBBLE;
+        let mut w8 = vec![0i8; if nibble { self.head } else { 0 }];
         let per = self
             .segs
             .iter()
             .map(|s| {
                 let p = &z[s.start..s.start + s.len];
+                let (mut kz, mut mid8) = (0.0, 0.0);
+                if s.nibble {
+                    // `p` to i8 by rounding to nearest on `ζ = max|p|/127` (a zero segment:
+                    // ζ = 1, w8 = 0).
+                    let pmax = p.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let zeta = if pmax > 0.0 && pmax.is_finite() {
+                        pmax / 127.0
+                    } else {
+                        1.0
+                    };
+                    let inv = 1.0 / zeta;
+                    let mut s8 = 0i32;
+                    for (o, &x) in w8[s.start..s.start + s.len].iter_mut().zip(p) {
+                        let v = (x * inv).clamp(-127.0, 127.0);
+                        *o = (v + 0.5f32.copysign(v)) as i8;
+                        s8 += *o as i32;
+                    }
+                    kz = if s.bits > 4 {
+                        zeta * (1u32 << (s.bits - 4)) as f32 / 32768.0
+                    } else {
+                        zeta
+                    };
+                    mid8 = 7.5 * s8 as f32;
+                }
                 SegQuery {
                     sum: p.iter().sum(),
                     norm: (self.k.dot_f32)(p, p).sqrt(),
+                    kz,
+                    mid8,
                 }
             })
             .collect();
+        let (w8_lo, w8_hi) = u4_split(&w8);
+        let (wf_lo, wf_hi) = if nibble {
+            u4_split(&z)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         SaqQuery {
             z,
             per,
@@ -1602,11 +2026,21 @@ impl Encoding for Saq {
             g,
             tail_sd,
             stage: RefCell::new(Vec::with_capacity(self.segs.len())),
+            w8_lo,
+            w8_hi,
+            wf_lo,
+            wf_hi,
         }
     }
     #[inline]
     fn distance(&self, q: &SaqQuery, code: &[u8]) -> f32 {
         let mut ip = 0.0f32;
+        if self.layout == LAYOUT_NIBBLE {
+            for i in 0..self.segs.len() {
+                ip += self.ip_trav_any(q, code, i);
+            }
+            return self.finish(q, code, ip);
+        }
         for i in 0..self.segs.len() {
             ip += if i < self.lead {
                 self.ip_full(q, code, i)
@@ -1623,6 +2057,56 @@ impl Encoding for Saq {
         }
         self.finish(q, code, ip)
     }
+    /// Layout 1: one gather-kernel call per segment scores the nibbles of up to 64 codes;
+    /// equal to `distance` code by code (the same terms summed in the same order).
+    fn distance_ids(&self, q: &SaqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
+        if self.layout != LAYOUT_NIBBLE {
+            for (o, &id) in out.iter_mut().zip(ids) {
+                *o = self.distance(q, codes.get(id as usize));
+            }
+            return;
+        }
+        const B: usize = 64;
+        let (bytes, stride) = (codes.bytes(), codes.stride());
+        let (mut dots, mut ip) = ([0i32; B], [0f32; B]);
+        for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
+            let n = ids.len();
+            ip[..n].fill(0.0);
+            for (i, s) in self.segs.iter().enumerate() {
+                if !s.nibble {
+                    for (a, &id) in ip[..n].iter_mut().zip(ids) {
+                        *a += self.ip_trav_any(q, codes.get(id as usize), i);
+                    }
+                    continue;
+                }
+                let (o, h) = (s.start / 2, s.len / 2);
+                (self.k.dot_u4_i8_split_gather)(
+                    &bytes[s.nib..],
+                    stride,
+                    ids,
+                    &q.w8_lo[o..o + h],
+                    &q.w8_hi[o..o + h],
+                    &mut dots[..n],
+                );
+                let sq = &q.per[i];
+                for ((a, &d), &id) in ip[..n].iter_mut().zip(&dots[..n]).zip(ids) {
+                    let c = &bytes[id as usize * stride..];
+                    *a += s.trav_factor(c) * sq.kz * (d as f32 - sq.mid8);
+                }
+            }
+            for ((o, &a), &id) in out.iter_mut().zip(&ip[..n]).zip(ids) {
+                let at = id as usize * stride;
+                *o = self.finish(q, &bytes[at..at + self.code_size], a);
+            }
+        }
+    }
+    fn traversal_bytes(&self) -> usize {
+        if self.layout == LAYOUT_NIBBLE {
+            self.trav_bytes
+        } else {
+            self.code_size
+        }
+    }
     fn params_bytes(&self) -> usize {
         (self.mean.len() + self.proj.len() + self.var.len()) * 4
     }
@@ -1631,7 +2115,7 @@ impl Encoding for Saq {
         w.u64(self.seed);
         w.u32(self.pad as u32);
         w.f32(self.eps0);
-        w.u32(self.lead as u32);
+        w.u32(self.lead as u32 | self.layout << LAYOUT_SHIFT);
         w.f32s(&self.mean);
         w.f32s(&self.var);
         let alloc = self.allocation();
@@ -1662,7 +2146,14 @@ impl Encoding for Saq {
         if !(eps0.is_finite() && eps0 > 0.0) {
             return Err(bad("eps0 must be finite and positive".into()));
         }
-        let lead = r.u32()? as usize;
+        let raw = r.u32()?;
+        let (lead, layout) = (
+            (raw & ((1 << LAYOUT_SHIFT) - 1)) as usize,
+            raw >> LAYOUT_SHIFT,
+        );
+        if layout > LAYOUT_NIBBLE {
+            return Err(bad(format!("unknown code layout {layout}")));
+        }
         let mean = r.f32s(dim)?;
         if mean.iter().any(|x| !x.is_finite()) {
             return Err(bad("mean is not finite".into()));
@@ -1693,7 +2184,7 @@ impl Encoding for Saq {
         if covered != units {
             return Err(bad(format!("segments cover {covered} of {units} units")));
         }
-        if plan_bits(&plan) > budget_bits(bits, pad) {
+        if plan_bits_in(&plan, layout) > budget_bits(bits, pad) {
             return Err(bad("allocation exceeds the bit budget".into()));
         }
         let nbits = plan.iter().filter(|p| p.1 > 0).count();
@@ -1715,7 +2206,7 @@ impl Encoding for Saq {
             }
         }
         Ok(Self::assemble(
-            dim, metric, bits, seed, mean, proj, var, &plan, lead, eps0,
+            dim, metric, bits, seed, mean, proj, var, &plan, lead, eps0, layout,
         ))
     }
 }
@@ -1775,6 +2266,7 @@ mod tests {
                 &[(1, 1)],
                 0,
                 1.0,
+                LAYOUT_PLANES,
             );
             let z = vec![0.0f32; 128];
             let w: Vec<f32> = saq_codes.iter().map(|&c| c as f32 - wmax(bits)).collect();
