@@ -342,14 +342,23 @@ impl Pq {
     fn fastscan_ids(&self, q: &PqQuery, base: &[u8], stride: usize, ids: &[u32], out: &mut [f32]) {
         debug_assert!(ids.len() <= 32 && out.len() == ids.len());
         let nb = self.code_size();
-        let m2 = 2 * nb;
         let mut block = q.block.borrow_mut();
         block.resize(32 * nb, 0);
         (self.k.fastscan_pack_u4)(base, stride, ids, nb, &mut block);
+        self.fastscan_packed(q, &block, out);
+    }
+
+    /// Estimates of the first `out.len()` codes of one packed FastScan block (`32 · nb`
+    /// bytes, the layout of `fastscan_pack_u4`): u16 look-up accumulation per chunk of 256
+    /// sub-quantizers, then `bias + b + acc / a`.
+    #[inline]
+    fn fastscan_packed(&self, q: &PqQuery, block: &[u8], out: &mut [f32]) {
+        let m2 = 2 * self.code_size();
+        debug_assert!(out.len() <= 32 && block.len() == 16 * m2);
         let mut acc = [0u16; 32];
         let estimate = |t: u32| q.bias + q.base + t as f32 / q.scale;
         if m2 <= FASTSCAN_CHUNK {
-            (self.k.fastscan_u16)(&block, &q.lut8, &mut acc);
+            (self.k.fastscan_u16)(block, &q.lut8, &mut acc);
             for (o, &a) in out.iter_mut().zip(&acc) {
                 *o = estimate(a as u32);
             }
@@ -830,6 +839,26 @@ impl Encoding for Pq {
                 *o = self.distance(q, c);
             }
         }
+    }
+    /// 4 bits with FastScan traversal: one FastScan block of 32 codes (`32 · ⌈M/2⌉` bytes);
+    /// otherwise 0 (no neighbour blocks).
+    fn neighbor_block_bytes(&self) -> usize {
+        if self.bits == 4 && fastscan_traversal() {
+            32 * self.code_size()
+        } else {
+            0
+        }
+    }
+    /// The gather + transpose of [`Encoding::distance_ids`] (`fastscan_pack_u4`), done once
+    /// per neighbour list instead of once per expansion; empty slots are zero codes.
+    fn pack_neighbors(&self, codes: &CodeStore, ids: &[u32], out: &mut [u8]) {
+        (self.k.fastscan_pack_u4)(codes.bytes(), codes.stride(), ids, self.code_size(), out);
+    }
+    /// The FastScan accumulation of [`Encoding::distance_ids`] on a packed block, so the
+    /// estimates are bit-identical.
+    #[inline]
+    fn distance_packed(&self, q: &PqQuery, block: &[u8], out: &mut [f32]) {
+        self.fastscan_packed(q, block, out);
     }
     fn params_bytes(&self) -> usize {
         4 * (self.codebooks.len() + self.books_t.len() + self.rotation.as_ref().map_or(0, Vec::len))

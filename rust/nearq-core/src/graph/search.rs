@@ -14,6 +14,16 @@ pub trait Scorer {
             *o = self.dist(id);
         }
     }
+    /// Whether the scorer scores a node's neighbours from the node's own row
+    /// ([`Scorer::dist_row`]) rather than from their ids.
+    const ROWS: bool = false;
+    /// With [`Scorer::ROWS`]: `out[i]` = the distance to `graph.neighbors(v)[i]` for all `i <
+    /// out.len()` (the node's whole neighbour list, visited neighbours included).
+    #[inline]
+    fn dist_row(&self, _v: u32, _out: &mut [f32]) {}
+    /// With [`Scorer::ROWS`]: hints the CPU to fetch node `v`'s row.
+    #[inline]
+    fn prefetch_node(&self, _v: u32) {}
 }
 
 /// Visited set: one u16 stamp per node; a query bumps the generation, and the array is cleared
@@ -220,6 +230,8 @@ pub struct SearchScratch {
     pub buf: Vec<u32>,
     /// Distances of the candidates in `buf`.
     pub dists: Vec<f32>,
+    /// Distances of all neighbours of the expanded node (scorers with rows).
+    pub row_dists: Vec<f32>,
     /// Accepted candidates of a filtered search.
     pub results: Pool,
 }
@@ -258,6 +270,9 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
     let mut next_d = f32::INFINITY;
     if let Some((w, d)) = s.pool.peek_dist() {
         prefetch_row(graph, w);
+        if S::ROWS {
+            scorer.prefetch_node(w);
+        }
         next_d = d;
     }
     let nb = graph.neighbors(v);
@@ -265,14 +280,27 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
         s.visited.prefetch(u);
     }
     s.buf.clear();
-    for &u in nb {
-        if !s.visited.check_and_mark(u) {
-            scorer.prefetch(u);
-            s.buf.push(u);
+    if S::ROWS {
+        // Every neighbour is scored from v's row; the visited ones are dropped after.
+        s.row_dists.resize(nb.len(), 0.0);
+        scorer.dist_row(v, &mut s.row_dists);
+        s.dists.clear();
+        for (&u, &d) in nb.iter().zip(&s.row_dists) {
+            if !s.visited.check_and_mark(u) {
+                s.buf.push(u);
+                s.dists.push(d);
+            }
         }
+    } else {
+        for &u in nb {
+            if !s.visited.check_and_mark(u) {
+                scorer.prefetch(u);
+                s.buf.push(u);
+            }
+        }
+        s.dists.resize(s.buf.len(), 0.0);
+        scorer.dist_batch(&s.buf, &mut s.dists);
     }
-    s.dists.resize(s.buf.len(), 0.0);
-    scorer.dist_batch(&s.buf, &mut s.dists);
     // A new neighbour nearer than the candidate prefetched above will be expanded next
     // instead: start fetching its row now.
     let mut best = (next_d.min(s.pool.threshold()), None);
@@ -283,6 +311,9 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
     }
     if let (_, Some(u)) = best {
         prefetch_row(graph, u);
+        if S::ROWS {
+            scorer.prefetch_node(u);
+        }
     }
 }
 
