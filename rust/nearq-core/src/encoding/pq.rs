@@ -399,6 +399,23 @@ impl Pq {
     }
 }
 
+/// The smallest and largest of 16 values (not NaN), as a tree of pairwise compare-selects
+/// (which vectorises; the result does not depend on the order).
+#[inline(always)]
+fn min_max16(t: &[f32; 16]) -> (f32, f32) {
+    let mut lo = *t;
+    let mut hi = *t;
+    for w in [8, 4, 2, 1] {
+        for i in 0..w {
+            let (a, b) = (lo[i], lo[i + w]);
+            lo[i] = if b < a { b } else { a };
+            let (a, b) = (hi[i], hi[i + w]);
+            hi[i] = if b > a { b } else { a };
+        }
+    }
+    (lo[0], hi[0])
+}
+
 /// [`Pq::books_t`]: each sub-space's `K × ds` codebook as `ds × K`.
 fn transpose_books(books: &[f32], offsets: &[usize], ksub: usize) -> Vec<f32> {
     let mut t = vec![0.0f32; books.len()];
@@ -741,29 +758,27 @@ impl Encoding for Pq {
         };
         let (mut lut8, mut scale, mut base) = (Vec::new(), 1.0f32, 0.0f32);
         if self.bits == 4 {
-            let mins: Vec<f32> = lut
-                .chunks_exact(16)
-                .map(|t| t.iter().cloned().fold(f32::INFINITY, f32::min))
-                .collect();
-            let span = lut
-                .chunks_exact(16)
-                .zip(&mins)
-                .map(|(t, &lo)| t.iter().cloned().fold(lo, f32::max) - lo)
-                .fold(0.0f32, f32::max);
+            let (tables, _) = lut.as_chunks::<16>();
+            let mut mins = Vec::with_capacity(tables.len());
+            let mut span = 0.0f32;
+            for t in tables {
+                let (lo, hi) = min_max16(t);
+                mins.push(lo);
+                span = span.max(hi - lo);
+            }
             scale = if span > 0.0 { 255.0 / span } else { 1.0 };
             base = mins.iter().sum();
-            lut8 = lut
-                .chunks_exact(16)
-                .zip(&mins)
-                .flat_map(|(t, &lo)| {
-                    t.iter()
-                        // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
-                        // saturates at 255.
-                        .map(move |&x| ((x - lo) * scale + 0.5) as u8)
-                })
-                .collect();
-            // The high nibble of the last byte of an odd-M code looks up zeros.
-            lut8.resize(32 * self.m.div_ceil(2), 0);
+            // The high nibble of the last byte of an odd-M code looks up zeros (the tail).
+            lut8 = vec![0u8; 32 * self.m.div_ceil(2)];
+            let (tables, _) = lut.as_chunks::<16>();
+            let (out, _) = lut8.as_chunks_mut::<16>();
+            for ((o, t), &lo) in out.iter_mut().zip(tables).zip(&mins) {
+                for (o, &x) in o.iter_mut().zip(t) {
+                    // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
+                    // saturates at 255.
+                    *o = ((x - lo) * scale + 0.5) as u8;
+                }
+            }
         }
         PqQuery {
             lut,

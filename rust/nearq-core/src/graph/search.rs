@@ -175,6 +175,19 @@ impl Pool {
             .map(|p| (self.ids[c + p], self.dist[c + p]))
     }
 
+    /// The two nearest unexpanded candidates after the one `pop` just returned: `peek_dist`
+    /// and the next one after it (for prefetching further ahead).
+    #[inline]
+    pub fn peek_two(&self) -> (Option<(u32, f32)>, Option<u32>) {
+        let c = self.cursor.min(self.ids.len());
+        let mut it = self.ids[c..]
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i & EXPANDED == 0);
+        let first = it.next().map(|(p, &i)| (i, self.dist[c + p]));
+        (first, it.next().map(|(_, &i)| i))
+    }
+
     /// The entries nearest first as (distance, id).
     pub fn iter(&self) -> impl Iterator<Item = (f32, u32)> + '_ {
         self.dist
@@ -268,11 +281,20 @@ pub fn beam_search<S: Scorer>(
 #[inline(always)]
 fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut SearchScratch) {
     let mut next_d = f32::INFINITY;
-    if let Some((w, d)) = s.pool.peek_dist() {
-        prefetch_row(graph, w);
-        if S::ROWS {
+    if S::ROWS {
+        // Rows are large (kilobytes) and mostly out of cache: fetch the rows of the next two
+        // candidates, so a row is requested about two expansions before it is read.
+        let (first, second) = s.pool.peek_two();
+        if let Some((w, d)) = first {
+            prefetch_row(graph, w);
             scorer.prefetch_node(w);
+            next_d = d;
         }
+        if let Some(w2) = second {
+            scorer.prefetch_node(w2);
+        }
+    } else if let Some((w, d)) = s.pool.peek_dist() {
+        prefetch_row(graph, w);
         next_d = d;
     }
     let nb = graph.neighbors(v);
