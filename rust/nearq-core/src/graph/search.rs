@@ -254,7 +254,9 @@ pub struct SearchScratch {
 /// Per expanded node: the row of the next candidate is prefetched (usually the next node
 /// expanded), the node's unvisited neighbours are marked and their codes prefetched in one
 /// pass, so all their cache misses are in flight at once, then they are scored in one
-/// [`Scorer::dist_batch`] call and offered to the pool.
+/// [`Scorer::dist_batch`] call and offered to the pool. A scorer with rows
+/// ([`Scorer::ROWS`]) instead scores all of the node's neighbours from its row, and the rows
+/// of the next two candidates are prefetched.
 pub fn beam_search<S: Scorer>(
     graph: &Graph,
     entries: &[u32],
