@@ -157,3 +157,38 @@ def test_4bit_fastscan_traversal_keeps_recall(tmp_path, real_data, real_truth, k
     slow = _recall(np.load(tmp_path / "ids.npy"), truth)
     assert fast >= slow - 0.01, (fast, slow)
     assert fast >= (0.9 if keep else 0.5), fast
+
+
+def test_4bit_neighbor_rows(tmp_path, real_data):
+    """quantized_graph=True on a 4-bit PQ index keeps neighbour-code rows (off by default):
+    the same results as the gather path, filtered too, through deletes and adds, and after
+    save/load (memory-mapped too); the rows are reported under their own memory key."""
+    x, q = real_data
+    kw = dict(metric="cosine", encoding="pq", bits=4, subspaces=192, seed=0)
+    off = nearq.Index.build(x, **kw)
+    assert not off.quantized_graph
+    assert off.memory_usage(detail=True)["neighbor_codes"] == 0
+    on = nearq.Index.build(x, quantized_graph=True, **kw)
+    assert on.quantized_graph
+    mem = on.memory_usage(detail=True)
+    assert mem["neighbor_codes"] >= len(x) * 32 * 96
+    assert mem["total"] == sum(v for k, v in mem.items() if k not in ("total", "mmap"))
+
+    def same(a, b, **s):
+        ra, rb = a.search(q, k=10, ef=48, **s), b.search(q, k=10, ef=48, **s)
+        np.testing.assert_array_equal(ra.ids, rb.ids)
+        np.testing.assert_array_equal(ra.distances, rb.distances)
+
+    same(on, off)
+    same(on, off, filter=np.arange(0, len(x), 3))
+    on.save(tmp_path / "on.nearq")
+    for back in (nearq.Index.load(tmp_path / "on.nearq"),
+                 nearq.Index.load(tmp_path / "on.nearq", mmap="vectors")):
+        assert back.quantized_graph
+        same(back, off)
+    for idx in (on, off):
+        idx.delete(np.arange(0, 200))
+        idx.add(q[:50])
+    same(on, off)
+    with pytest.raises(nearq.InvalidInputError):
+        nearq.Index.build(x[:100], quantized_graph="yes", **kw)

@@ -48,6 +48,10 @@ CONFIGS = {
     "nearq-pq4m128-mmap-rr": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=128, mmap=True, degree=32, build_ef=128, rerank="ef")),
     "nearq-pq4-mmap-rr": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128, rerank="ef")),
     "nearq-pq4m96-mmap-float": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=96, mmap=True, degree=32, build_ef=128, pq_fastscan=False)),
+    # 4-bit PQ with neighbour-code rows (quantized_graph=True): each node keeps its neighbours' codes packed in FastScan blocks.
+    "nearq-pq4-mmap-qg": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=32, build_ef=128, quantized_graph=True)),
+    "nearq-pq4m128-mmap-qg": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=128, mmap=True, degree=32, build_ef=128, quantized_graph=True)),
+    "nearq-pq4m96-mmap-qg": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=96, mmap=True, degree=32, build_ef=128, quantized_graph=True)),
     "nearq-pq96-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, mmap=True, degree=32, build_ef=128)),
     "nearq-sq8-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", mmap=True, degree=32, build_ef=128)),
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),

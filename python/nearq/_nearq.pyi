@@ -30,7 +30,7 @@ class Index:
         opq: bool = False,
         ids: Optional[npt.NDArray[np.int64]] = None,
         saq_bits: Optional[float] = None,
-        quantized_graph: bool = True,
+        quantized_graph: Optional[bool] = None,
     ) -> Index: ...
     def search(
         self,

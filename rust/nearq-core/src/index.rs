@@ -8,6 +8,7 @@ use crate::graph::search::{beam_search_filtered, SearchScratch};
 use crate::graph::{beam_search, build_graph, BuildParams, Graph, Scorer};
 use crate::io::{self, Reader, Writer};
 use crate::metric::{check_finite, normalize, Metric};
+use crate::nbrows::NeighborRows;
 use crate::parallel::with_threads;
 use crate::storage::{stride_of, CodeStore, F32Store};
 use memmap2::Mmap;
@@ -80,12 +81,21 @@ pub struct MemoryUsage {
     /// Rows of the quantized graph (RaBitQ with float vectors kept: each row holds a node's
     /// float vector, a second copy of `vectors`, and its neighbours' 1-bit codes).
     pub quantized_graph: usize,
+    /// Neighbour-code rows of the traversal (4-bit PQ with `quantized_graph` on: each node
+    /// holds its neighbours' codes packed in FastScan blocks, `⌈R/32⌉ · 32 · code_size` bytes).
+    pub neighbor_codes: usize,
 }
 
 impl MemoryUsage {
     /// Bytes held in RAM.
     pub fn total(&self) -> usize {
-        self.codes + self.graph + self.vectors + self.params + self.ids + self.quantized_graph
+        self.codes
+            + self.graph
+            + self.vectors
+            + self.params
+            + self.ids
+            + self.quantized_graph
+            + self.neighbor_codes
     }
 }
 
@@ -200,6 +210,9 @@ pub(crate) struct GraphIndex<E: Encoding> {
     /// For inner product: the largest squared norm seen, which defines the augmented space
     /// the graph is built in (see [`crate::graph::build_graph`]); 0 otherwise.
     pub(crate) max_norm2: f32,
+    /// Neighbour-code rows for the traversal ([`NeighborRows`]), when enabled and the
+    /// encoding has a packed layout (4-bit PQ); kept in step by `Index::refresh_qg`.
+    pub(crate) nrows: Option<NeighborRows>,
 }
 
 pub(crate) struct CodeScorer<'a, E: Encoding> {
@@ -226,6 +239,41 @@ impl<E: Encoding> Scorer for CodeScorer<'_, E> {
     #[inline(always)]
     fn dist_batch(&self, ids: &[u32], out: &mut [f32]) {
         self.enc.distance_ids(self.q, self.codes, ids, out);
+    }
+}
+
+/// Scores an expanded node's neighbours from its neighbour-code row
+/// ([`Encoding::distance_packed`], bit-identical to [`CodeScorer`]'s estimates), and single
+/// nodes (entry points) from their codes.
+pub(crate) struct RowScorer<'a, E: Encoding> {
+    pub(crate) codes: CodeScorer<'a, E>,
+    pub(crate) rows: &'a NeighborRows,
+}
+
+impl<E: Encoding> Scorer for RowScorer<'_, E> {
+    #[inline(always)]
+    fn dist(&self, id: u32) -> f32 {
+        self.codes.dist(id)
+    }
+    #[inline(always)]
+    fn dist_batch(&self, ids: &[u32], out: &mut [f32]) {
+        self.codes.dist_batch(ids, out);
+    }
+    const ROWS: bool = true;
+    #[inline(always)]
+    fn dist_row(&self, v: u32, out: &mut [f32]) {
+        let block = self.rows.block_bytes();
+        for (b, o) in self.rows.row(v).chunks_exact(block).zip(out.chunks_mut(32)) {
+            self.codes.enc.distance_packed(self.codes.q, b, o);
+        }
+    }
+    /// The whole row into L2.
+    #[inline(always)]
+    fn prefetch_node(&self, v: u32) {
+        let p = self.rows.row_ptr(v) as usize;
+        for a in (p & !63..p + self.rows.row_bytes()).step_by(64) {
+            crate::graph::search::prefetch_ptr_l2(a as *const u8);
+        }
     }
 }
 
@@ -323,6 +371,7 @@ impl<E: Encoding> GraphIndex<E> {
             keep_vectors,
             build,
             max_norm2,
+            nrows: None,
         }
     }
 
@@ -378,7 +427,16 @@ impl<E: Encoding> GraphIndex<E> {
         };
         let filtered = match allow {
             None => {
-                beam_search(&self.graph, &[self.entry], &scorer, ef, s);
+                match &self.nrows {
+                    Some(rows) => {
+                        let scorer = RowScorer {
+                            codes: scorer,
+                            rows,
+                        };
+                        beam_search(&self.graph, &[self.entry], &scorer, ef, s);
+                    }
+                    None => beam_search(&self.graph, &[self.entry], &scorer, ef, s),
+                }
                 false
             }
             Some((a, strategy)) => {
@@ -401,6 +459,20 @@ impl<E: Encoding> GraphIndex<E> {
                             s.results.insert(d, id);
                         }
                     }
+                } else if let Some(rows) = &self.nrows {
+                    let scorer = RowScorer {
+                        codes: scorer,
+                        rows,
+                    };
+                    beam_search_filtered(
+                        &self.graph,
+                        &[self.entry],
+                        &scorer,
+                        ef_f,
+                        ef,
+                        |u| a.contains(u),
+                        s,
+                    );
                 } else {
                     beam_search_filtered(
                         &self.graph,
@@ -484,6 +556,21 @@ impl<E: Encoding> GraphIndex<E> {
         }
     }
 
+    /// Builds, updates (`all`: re-packs every row, after a consolidation moved the codes) or
+    /// drops (`on` false) the neighbour-code rows.
+    fn sync_rows(&mut self, on: bool, all: bool) {
+        if !on || self.enc.neighbor_block_bytes() == 0 {
+            self.nrows = None;
+            return;
+        }
+        match &mut self.nrows {
+            Some(r) => {
+                r.sync(&self.enc, &self.codes, &self.graph, all);
+            }
+            None => self.nrows = NeighborRows::build(&self.enc, &self.codes, &self.graph),
+        }
+    }
+
     fn memory(&self) -> MemoryUsage {
         MemoryUsage {
             codes: self.codes.memory_bytes(),
@@ -494,6 +581,7 @@ impl<E: Encoding> GraphIndex<E> {
             mapped: self.codes.mapped_bytes()
                 + self.vectors.as_ref().map_or(0, |v| v.mapped_bytes()),
             quantized_graph: 0,
+            neighbor_codes: self.nrows.as_ref().map_or(0, |r| r.memory_bytes()),
         }
     }
 
@@ -618,6 +706,7 @@ impl<E: Encoding> GraphIndex<E> {
             keep_vectors: h.keep_vectors,
             build: h.build.clone(),
             max_norm2,
+            nrows: None,
         };
         if version < 2 && h.metric == Metric::InnerProduct {
             g.max_norm2 = g.recompute_max_norm2();
@@ -929,13 +1018,16 @@ impl Index {
     }
 
     fn from_inner(inner: Inner) -> Index {
+        // Neighbour-code rows (4-bit PQ) cost `32 · code_size` bytes per node, more than the
+        // codes they speed up: off unless asked for. RaBitQ's quantized graph is on.
+        let qg_on = !matches!(inner, Inner::Pq(_));
         Index {
             inner,
             ids: Ids::Range,
             deleted: BitSet::default(),
             next_id: 0,
             qg: None,
-            qg_on: true,
+            qg_on,
         }
         .with_range_ids()
     }
@@ -974,6 +1066,23 @@ impl Index {
             pos,
         };
         Ok(self)
+    }
+
+    /// Brings the neighbour-code rows in line with the graph (`all`: re-pack every row).
+    fn refresh_rows(&mut self, all: bool) {
+        let on = self.qg_on && self.positions() <= crate::qg::MAX_NODES;
+        dispatch_mut!(self, g => g.sync_rows(on, all));
+    }
+
+    /// The neighbour-code rows of the traversal, if any (for tests and diagnostics).
+    pub fn neighbor_rows(&self) -> Option<&NeighborRows> {
+        dispatch!(self, g => g.nrows.as_ref())
+    }
+
+    /// Whether the default of [`Index::quantized_graph_enabled`] for this encoding is on
+    /// (off for PQ, whose neighbour-code rows cost more memory than its codes).
+    fn qg_default(&self) -> bool {
+        !matches!(self.inner, Inner::Pq(_))
     }
 
     /// Stored positions, including deleted ones not yet consolidated.

@@ -25,6 +25,7 @@ pub mod graph;
 pub mod index;
 pub mod io;
 pub mod metric;
+pub mod nbrows;
 pub mod parallel;
 pub mod qg;
 pub mod storage;

@@ -98,7 +98,7 @@ fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
 impl Index {
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None, quantized_graph=true))]
+    #[pyo3(signature = (data, metric, encoding, bits, keep_vectors, degree, build_ef, alpha, threads, seed, progress, variant=None, subspaces=None, opq=false, ids=None, saq_bits=None, quantized_graph=None))]
     fn build(
         py: Python<'_>,
         data: PyReadonlyArray2<'_, f32>,
@@ -117,7 +117,7 @@ impl Index {
         opq: bool,
         ids: Option<PyReadonlyArray1<'_, i64>>,
         saq_bits: Option<f32>,
-        quantized_graph: bool,
+        quantized_graph: Option<bool>,
     ) -> PyResult<Index> {
         let dim = data.shape()[1];
         let x = slice(&data, "vectors")?;
@@ -183,8 +183,11 @@ impl Index {
         };
         let r = py.detach(|| {
             let mut index = core::Index::build_reporting(x, dim, &params, threads, &report)?;
-            if !quantized_graph {
-                index.set_quantized_graph(false, threads);
+            // None keeps the encoding's default (on for RaBitQ, off for PQ).
+            if let Some(on) = quantized_graph {
+                if on != index.quantized_graph_enabled() {
+                    index.set_quantized_graph(on, threads);
+                }
             }
             match ids {
                 Some(ids) => index.with_ids(ids),
@@ -416,6 +419,7 @@ impl Index {
         d.set_item("params", m.params)?;
         d.set_item("ids", m.ids)?;
         d.set_item("quantized_graph", m.quantized_graph)?;
+        d.set_item("neighbor_codes", m.neighbor_codes)?;
         d.set_item("total", m.total())?;
         d.set_item("mmap", m.mapped)?;
         Ok(d)

@@ -102,6 +102,25 @@ pub trait Encoding: Send + Sync + Sized + 'static {
             *o = self.distance(q, codes.get(id as usize));
         }
     }
+    /// Bytes of one block of packed neighbour codes (up to 32 codes, see
+    /// [`Encoding::pack_neighbors`]), or 0 (the default) when the encoding has no packed
+    /// multi-code layout: then the graph keeps no neighbour-code rows (`crate::nbrows`).
+    fn neighbor_block_bytes(&self) -> usize {
+        0
+    }
+    /// Packs the codes of up to 32 nodes `ids` of `codes` into one block of
+    /// [`Encoding::neighbor_block_bytes`] bytes (`out`), the layout
+    /// [`Encoding::distance_packed`] scores; slots past `ids.len()` are filled as the encoding
+    /// likes (their estimates are ignored). Only called when `neighbor_block_bytes() > 0`.
+    fn pack_neighbors(&self, _codes: &CodeStore, _ids: &[u32], _out: &mut [u8]) {
+        unreachable!("pack_neighbors on an encoding without neighbour blocks")
+    }
+    /// Estimates of the first `out.len()` (at most 32) codes of a block written by
+    /// [`Encoding::pack_neighbors`]: bit-identical to [`Encoding::distance_ids`] on the same
+    /// codes. Only called when `neighbor_block_bytes() > 0`.
+    fn distance_packed(&self, _q: &Self::Query, _block: &[u8], _out: &mut [f32]) {
+        unreachable!("distance_packed on an encoding without neighbour blocks")
+    }
     /// A confidence interval `(lower, upper)` for the exact distance from the query to the
     /// vector of `code`, given `est = self.distance(q, code)` (the traversal estimate), or
     /// `None` (the default) when the encoding has no error bound. Re-ranking skips candidates

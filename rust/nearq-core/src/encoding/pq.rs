@@ -342,14 +342,23 @@ impl Pq {
     fn fastscan_ids(&self, q: &PqQuery, base: &[u8], stride: usize, ids: &[u32], out: &mut [f32]) {
         debug_assert!(ids.len() <= 32 && out.len() == ids.len());
         let nb = self.code_size();
-        let m2 = 2 * nb;
         let mut block = q.block.borrow_mut();
         block.resize(32 * nb, 0);
         (self.k.fastscan_pack_u4)(base, stride, ids, nb, &mut block);
+        self.fastscan_packed(q, &block, out);
+    }
+
+    /// Estimates of the first `out.len()` codes of one packed FastScan block (`32 · nb`
+    /// bytes, the layout of `fastscan_pack_u4`): u16 look-up accumulation per chunk of 256
+    /// sub-quantizers, then `bias + b + acc / a`.
+    #[inline]
+    fn fastscan_packed(&self, q: &PqQuery, block: &[u8], out: &mut [f32]) {
+        let m2 = 2 * self.code_size();
+        debug_assert!(out.len() <= 32 && block.len() == 16 * m2);
         let mut acc = [0u16; 32];
         let estimate = |t: u32| q.bias + q.base + t as f32 / q.scale;
         if m2 <= FASTSCAN_CHUNK {
-            (self.k.fastscan_u16)(&block, &q.lut8, &mut acc);
+            (self.k.fastscan_u16)(block, &q.lut8, &mut acc);
             for (o, &a) in out.iter_mut().zip(&acc) {
                 *o = estimate(a as u32);
             }
@@ -388,6 +397,23 @@ impl Pq {
         let n = codes.len();
         self.fastscan_ids(q, &g, nb, &IOTA[..n], &mut out[..n]);
     }
+}
+
+/// The smallest and largest of 16 values (not NaN), as a tree of pairwise compare-selects
+/// (which vectorises; the result does not depend on the order).
+#[inline(always)]
+fn min_max16(t: &[f32; 16]) -> (f32, f32) {
+    let mut lo = *t;
+    let mut hi = *t;
+    for w in [8, 4, 2, 1] {
+        for i in 0..w {
+            let (a, b) = (lo[i], lo[i + w]);
+            lo[i] = if b < a { b } else { a };
+            let (a, b) = (hi[i], hi[i + w]);
+            hi[i] = if b > a { b } else { a };
+        }
+    }
+    (lo[0], hi[0])
 }
 
 /// [`Pq::books_t`]: each sub-space's `K × ds` codebook as `ds × K`.
@@ -732,29 +758,27 @@ impl Encoding for Pq {
         };
         let (mut lut8, mut scale, mut base) = (Vec::new(), 1.0f32, 0.0f32);
         if self.bits == 4 {
-            let mins: Vec<f32> = lut
-                .chunks_exact(16)
-                .map(|t| t.iter().cloned().fold(f32::INFINITY, f32::min))
-                .collect();
-            let span = lut
-                .chunks_exact(16)
-                .zip(&mins)
-                .map(|(t, &lo)| t.iter().cloned().fold(lo, f32::max) - lo)
-                .fold(0.0f32, f32::max);
+            let (tables, _) = lut.as_chunks::<16>();
+            let mut mins = Vec::with_capacity(tables.len());
+            let mut span = 0.0f32;
+            for t in tables {
+                let (lo, hi) = min_max16(t);
+                mins.push(lo);
+                span = span.max(hi - lo);
+            }
             scale = if span > 0.0 { 255.0 / span } else { 1.0 };
             base = mins.iter().sum();
-            lut8 = lut
-                .chunks_exact(16)
-                .zip(&mins)
-                .flat_map(|(t, &lo)| {
-                    t.iter()
-                        // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
-                        // saturates at 255.
-                        .map(move |&x| ((x - lo) * scale + 0.5) as u8)
-                })
-                .collect();
-            // The high nibble of the last byte of an odd-M code looks up zeros.
-            lut8.resize(32 * self.m.div_ceil(2), 0);
+            // The high nibble of the last byte of an odd-M code looks up zeros (the tail).
+            lut8 = vec![0u8; 32 * self.m.div_ceil(2)];
+            let (tables, _) = lut.as_chunks::<16>();
+            let (out, _) = lut8.as_chunks_mut::<16>();
+            for ((o, t), &lo) in out.iter_mut().zip(tables).zip(&mins) {
+                for (o, &x) in o.iter_mut().zip(t) {
+                    // x - lo >= 0: adding 0.5 and truncating rounds half up; `as`
+                    // saturates at 255.
+                    *o = ((x - lo) * scale + 0.5) as u8;
+                }
+            }
         }
         PqQuery {
             lut,
@@ -830,6 +854,26 @@ impl Encoding for Pq {
                 *o = self.distance(q, c);
             }
         }
+    }
+    /// 4 bits with FastScan traversal: one FastScan block of 32 codes (`32 · ⌈M/2⌉` bytes);
+    /// otherwise 0 (no neighbour blocks).
+    fn neighbor_block_bytes(&self) -> usize {
+        if self.bits == 4 && fastscan_traversal() {
+            32 * self.code_size()
+        } else {
+            0
+        }
+    }
+    /// The gather + transpose of [`Encoding::distance_ids`] (`fastscan_pack_u4`), done once
+    /// per neighbour list instead of once per expansion; empty slots are zero codes.
+    fn pack_neighbors(&self, codes: &CodeStore, ids: &[u32], out: &mut [u8]) {
+        (self.k.fastscan_pack_u4)(codes.bytes(), codes.stride(), ids, self.code_size(), out);
+    }
+    /// The FastScan accumulation of [`Encoding::distance_ids`] on a packed block, so the
+    /// estimates are bit-identical.
+    #[inline]
+    fn distance_packed(&self, q: &PqQuery, block: &[u8], out: &mut [f32]) {
+        self.fastscan_packed(q, block, out);
     }
     fn params_bytes(&self) -> usize {
         4 * (self.codebooks.len() + self.books_t.len() + self.rotation.as_ref().map_or(0, Vec::len))

@@ -14,6 +14,16 @@ pub trait Scorer {
             *o = self.dist(id);
         }
     }
+    /// Whether the scorer scores a node's neighbours from the node's own row
+    /// ([`Scorer::dist_row`]) rather than from their ids.
+    const ROWS: bool = false;
+    /// With [`Scorer::ROWS`]: `out[i]` = the distance to `graph.neighbors(v)[i]` for all `i <
+    /// out.len()` (the node's whole neighbour list, visited neighbours included).
+    #[inline]
+    fn dist_row(&self, _v: u32, _out: &mut [f32]) {}
+    /// With [`Scorer::ROWS`]: hints the CPU to fetch node `v`'s row.
+    #[inline]
+    fn prefetch_node(&self, _v: u32) {}
 }
 
 /// Visited set: one u16 stamp per node; a query bumps the generation, and the array is cleared
@@ -165,6 +175,19 @@ impl Pool {
             .map(|p| (self.ids[c + p], self.dist[c + p]))
     }
 
+    /// The two nearest unexpanded candidates after the one `pop` just returned: `peek_dist`
+    /// and the next one after it (for prefetching further ahead).
+    #[inline]
+    pub fn peek_two(&self) -> (Option<(u32, f32)>, Option<u32>) {
+        let c = self.cursor.min(self.ids.len());
+        let mut it = self.ids[c..]
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i & EXPANDED == 0);
+        let first = it.next().map(|(p, &i)| (i, self.dist[c + p]));
+        (first, it.next().map(|(_, &i)| i))
+    }
+
     /// The entries nearest first as (distance, id).
     pub fn iter(&self) -> impl Iterator<Item = (f32, u32)> + '_ {
         self.dist
@@ -220,6 +243,8 @@ pub struct SearchScratch {
     pub buf: Vec<u32>,
     /// Distances of the candidates in `buf`.
     pub dists: Vec<f32>,
+    /// Distances of all neighbours of the expanded node (scorers with rows).
+    pub row_dists: Vec<f32>,
     /// Accepted candidates of a filtered search.
     pub results: Pool,
 }
@@ -229,7 +254,9 @@ pub struct SearchScratch {
 /// Per expanded node: the row of the next candidate is prefetched (usually the next node
 /// expanded), the node's unvisited neighbours are marked and their codes prefetched in one
 /// pass, so all their cache misses are in flight at once, then they are scored in one
-/// [`Scorer::dist_batch`] call and offered to the pool.
+/// [`Scorer::dist_batch`] call and offered to the pool. A scorer with rows
+/// ([`Scorer::ROWS`]) instead scores all of the node's neighbours from its row, and the rows
+/// of the next two candidates are prefetched.
 pub fn beam_search<S: Scorer>(
     graph: &Graph,
     entries: &[u32],
@@ -256,7 +283,19 @@ pub fn beam_search<S: Scorer>(
 #[inline(always)]
 fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut SearchScratch) {
     let mut next_d = f32::INFINITY;
-    if let Some((w, d)) = s.pool.peek_dist() {
+    if S::ROWS {
+        // Rows are large (kilobytes) and mostly out of cache: fetch the rows of the next two
+        // candidates, so a row is requested about two expansions before it is read.
+        let (first, second) = s.pool.peek_two();
+        if let Some((w, d)) = first {
+            prefetch_row(graph, w);
+            scorer.prefetch_node(w);
+            next_d = d;
+        }
+        if let Some(w2) = second {
+            scorer.prefetch_node(w2);
+        }
+    } else if let Some((w, d)) = s.pool.peek_dist() {
         prefetch_row(graph, w);
         next_d = d;
     }
@@ -265,14 +304,27 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
         s.visited.prefetch(u);
     }
     s.buf.clear();
-    for &u in nb {
-        if !s.visited.check_and_mark(u) {
-            scorer.prefetch(u);
-            s.buf.push(u);
+    if S::ROWS {
+        // Every neighbour is scored from v's row; the visited ones are dropped after.
+        s.row_dists.resize(nb.len(), 0.0);
+        scorer.dist_row(v, &mut s.row_dists);
+        s.dists.clear();
+        for (&u, &d) in nb.iter().zip(&s.row_dists) {
+            if !s.visited.check_and_mark(u) {
+                s.buf.push(u);
+                s.dists.push(d);
+            }
         }
+    } else {
+        for &u in nb {
+            if !s.visited.check_and_mark(u) {
+                scorer.prefetch(u);
+                s.buf.push(u);
+            }
+        }
+        s.dists.resize(s.buf.len(), 0.0);
+        scorer.dist_batch(&s.buf, &mut s.dists);
     }
-    s.dists.resize(s.buf.len(), 0.0);
-    scorer.dist_batch(&s.buf, &mut s.dists);
     // A new neighbour nearer than the candidate prefetched above will be expanded next
     // instead: start fetching its row now.
     let mut best = (next_d.min(s.pool.threshold()), None);
@@ -283,6 +335,9 @@ fn score_new_neighbors<S: Scorer>(graph: &Graph, v: u32, scorer: &S, s: &mut Sea
     }
     if let (_, Some(u)) = best {
         prefetch_row(graph, u);
+        if S::ROWS {
+            scorer.prefetch_node(u);
+        }
     }
 }
 

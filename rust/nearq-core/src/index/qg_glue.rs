@@ -15,7 +15,12 @@
 //! Files: an optional section after the index's payload (absent from files of earlier
 //! releases, whose rows are rebuilt at load): tag 0 = quantized graph turned off; tag 1 =
 //! the rows follow (u64 length, then [`QgIndex::to_payload`]'s bytes), so a loaded index
-//! searches exactly like the saved one without re-encoding anything.
+//! searches exactly like the saved one without re-encoding anything; tag 2 = turned on where
+//! the encoding's default is off (4-bit PQ: its neighbour-code rows, [`crate::nbrows`], are
+//! rebuilt at load from the codes and the graph).
+//!
+//! The same switch (`quantized_graph`) keeps 4-bit PQ's neighbour-code rows, off by default
+//! (see [`Index::set_quantized_graph`]); they follow the graph the same way.
 
 use super::{Ids, Index, Inner, MemoryUsage, SearchParams};
 use crate::encoding::Encoding;
@@ -29,6 +34,9 @@ use rayon::prelude::*;
 /// Tags of the optional trailing section of an index payload.
 const QG_OFF: u8 = 0;
 const QG_ROWS: u8 = 1;
+/// Turned on where the encoding's default is off (4-bit PQ's neighbour-code rows, rebuilt at
+/// load from the codes and the graph).
+const QG_ON: u8 = 2;
 
 impl Index {
     /// Whether the configuration can carry a quantized graph at all.
@@ -42,6 +50,7 @@ impl Index {
     /// Builds or updates the quantized graph so that it agrees with the graph (`remap`: new
     /// position of every old one, after a consolidation), or drops it where it does not apply.
     pub(super) fn refresh_qg(&mut self, remap: Option<&[u32]>) {
+        self.refresh_rows(remap.is_some());
         if !(self.qg_on && self.qg_eligible()) || self.positions() > crate::qg::MAX_NODES {
             self.qg = None;
             return;
@@ -72,18 +81,26 @@ impl Index {
     /// Turns the quantized graph on (the default where it applies: encoding RaBitQ, float
     /// vectors kept, metric L2 or cosine) or off (searches then traverse the RaBitQ codes and
     /// re-rank; the rows' memory is released). The choice is saved with the index.
+    ///
+    /// For 4-bit PQ the same switch keeps neighbour-code rows ([`crate::nbrows`]): every node
+    /// holds its neighbours' codes packed in FastScan blocks, so the traversal (filtered or
+    /// not) scores an expanded node's neighbours without gathering their codes. Off by
+    /// default there: the rows cost `⌈R/32⌉ · 32 · code_size` bytes per node (3 KiB at
+    /// `R = 32`, `M = 192`), several times the codes themselves.
     pub fn set_quantized_graph(&mut self, on: bool, threads: Option<usize>) {
         self.qg_on = on;
         if !on {
             self.qg = None;
-        } else if self.qg.is_none() {
+            self.refresh_rows(false);
+        } else {
             with_threads(threads, || self.refresh_qg(None));
         }
     }
 
-    /// Whether unfiltered searches go through the quantized graph.
+    /// Whether searches go through the quantized graph (RaBitQ, unfiltered) or neighbour-code
+    /// rows (4-bit PQ).
     pub fn has_quantized_graph(&self) -> bool {
-        self.qg.is_some()
+        self.qg.is_some() || self.neighbor_rows().is_some()
     }
 
     /// The quantized graph, if unfiltered searches go through it (for tests and diagnostics).
@@ -105,6 +122,8 @@ impl Index {
             let p = q.to_payload();
             w.u64(p.len() as u64);
             w.bytes(&p);
+        } else if !self.qg_default() {
+            w.u8(QG_ON);
         }
     }
 
@@ -116,6 +135,7 @@ impl Index {
         }
         match r.u8()? {
             QG_OFF => self.qg_on = false,
+            QG_ON => self.qg_on = true,
             QG_ROWS => {
                 let len = r.count("quantized graph size", r.remaining() as u64)?;
                 let q = QgIndex::from_payload(r.take(len)?)?;
