@@ -55,6 +55,8 @@ CONFIGS = {
     "nearq-pq96-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=8, subspaces=96, mmap=True, degree=32, build_ef=128)),
     "nearq-sq8-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="sq8", mmap=True, degree=32, build_ef=128)),
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),
+    "nearq-saq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
+    "nearq-saq6-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-qg-R32": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128)),
     # The same with the kernels capped at AVX2 (NEARQ_SIMD), to compare dispatch levels in one run.
