@@ -57,6 +57,12 @@ CONFIGS = {
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq6-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=32, build_ef=128)),
+    "nearq-saq8-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128)),
+    "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
+    "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),
+    "nearq-pq4-mmap-qg-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128, quantized_graph=True)),
+    "nearq-rabitq-qg-d64-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=64, build_ef=200)),
+    "nearq-rabitq-qg-d48-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=48, build_ef=200)),
     "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),
     "nearq-qg-R32": _e("nearq", "nearq_qg_adapter", "NearQG", dict(degree=32, build_ef=128)),
     # The same with the kernels capped at AVX2 (NEARQ_SIMD), to compare dispatch levels in one run.
@@ -101,6 +107,7 @@ CONFIGS = {
     "svs-lvq4x8-R64": _e("svs", "svs_adapter", "SVSVamana", dict(R=64, L=200, dtype="lvq4x8")),
     # --- RaBitQ library -----------------------------------------------------------
     "rabitqlib-symqg-R32": _e("rabitqlib", "rabitqlib_adapter", "RQSymqg", dict(degree=32, efConstruction=200)),
+    "rabitqlib-symqg-R64": _e("rabitqlib", "rabitqlib_adapter", "RQSymqg", dict(degree=64, efConstruction=200)),
     "rabitqlib-hnsw-4bit": _e("rabitqlib", "rabitqlib_adapter", "RQHnsw", dict(M=16, efConstruction=200, bits=4)),
     "rabitqlib-hnsw-8bit": _e("rabitqlib", "rabitqlib_adapter", "RQHnsw", dict(M=16, efConstruction=200, bits=8)),
     "rabitqlib-ivf-4bit": _e("rabitqlib", "rabitqlib_adapter", "RQIvf", dict(bits=4), NPROBE_PLAIN, NPROBE_PLAIN[::2]),
