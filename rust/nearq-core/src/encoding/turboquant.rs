@@ -812,16 +812,22 @@ impl TurboQuant {
         } else {
             resid.copy_from_slice(y);
         }
+        self.write_tail(norm as f32, &resid, out);
+    }
+
+    /// Writes the norm and, for the inner-product variant, the QJL sign bits of the residual
+    /// `resid` (in the rotated space) and its norm `gamma`.
+    fn write_tail(&self, norm: f32, resid: &[f32], out: &mut [u8]) {
         let no = self.norm_offset();
-        out[no..no + 4].copy_from_slice(&(norm as f32).to_le_bytes());
+        out[no..no + 4].copy_from_slice(&norm.to_le_bytes());
         if let Some(s) = &self.qjl {
             let gamma = resid
                 .iter()
                 .map(|&x| x as f64 * x as f64)
                 .sum::<f64>()
                 .sqrt();
-            let mut sr = vec![0.0f32; d];
-            s.apply(&resid, &mut sr);
+            let mut sr = vec![0.0f32; resid.len()];
+            s.apply(resid, &mut sr);
             for (i, &x) in sr.iter().enumerate() {
                 if x > 0.0 {
                     out[i / 8] |= 1 << (i % 8);
@@ -1190,23 +1196,7 @@ mod tests {
         } else {
             resid.copy_from_slice(&y);
         }
-        let no = tq.norm_offset();
-        out[no..no + 4].copy_from_slice(&(norm as f32).to_le_bytes());
-        if let Some(s) = &tq.qjl {
-            let gamma = resid
-                .iter()
-                .map(|&x| x as f64 * x as f64)
-                .sum::<f64>()
-                .sqrt();
-            let mut sr = vec![0.0f32; d];
-            s.apply(&resid, &mut sr);
-            for (i, &x) in sr.iter().enumerate() {
-                if x > 0.0 {
-                    out[i / 8] |= 1 << (i % 8);
-                }
-            }
-            out[no + 4..no + 8].copy_from_slice(&(gamma as f32).to_le_bytes());
-        }
+        tq.write_tail(norm as f32, &resid, out);
     }
 
     #[test]
