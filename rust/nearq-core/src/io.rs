@@ -15,6 +15,10 @@
 //! Version 3 adds an optional section at the end of the payload: a RaBitQ index's quantized
 //! graph rows, or the mark that it is turned off (see `index/qg_glue.rs`); version 2 files
 //! (which have none) load as before, their rows rebuilt.
+//! Version 4 marks files that may hold what older readers misread: SAQ code layout 1 (in the
+//! encoding's parameters) and the 4-bit PQ neighbour-code rows mark (trailing section tag 2);
+//! the layout of every field is unchanged, so version 3 files load as before and a version-3
+//! reader refuses a version-4 file as too new instead of misreading it.
 //! The whole file is checked (length, version, checksum) before any field is parsed, and every
 //! length read from the payload is checked against the bytes that remain before anything is
 //! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
@@ -26,7 +30,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Bytes before the payload; payload offset `p` lies at file offset `HEADER + p`.
 pub const HEADER: usize = 24;
 
