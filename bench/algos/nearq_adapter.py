@@ -16,13 +16,16 @@ def _set_env(params):
     configuration runs in its own process): ``simd="avx2"`` etc. caps the kernel level
     (``NEARQ_SIMD``), ``hugepages=False`` turns off the huge-page advice
     (``NEARQ_HUGEPAGES=0``), ``pq_fastscan=False`` makes 4-bit PQ traversal score one code at
-    a time with the float LUT (``NEARQ_PQ_FASTSCAN=0``, the path before FastScan traversal)."""
+    a time with the float LUT (``NEARQ_PQ_FASTSCAN=0``, the path before FastScan traversal);
+    ``env={...}`` sets any other variables (A/B switches read by the library)."""
     if params.get("simd"):
         os.environ["NEARQ_SIMD"] = params["simd"]
     if params.get("hugepages") is False:
         os.environ["NEARQ_HUGEPAGES"] = "0"
     if params.get("pq_fastscan") is False:
         os.environ["NEARQ_PQ_FASTSCAN"] = "0"
+    for k, v in params.get("env", {}).items():
+        os.environ[k] = str(v)
 
 
 class NearQ(Algo):
