@@ -1495,18 +1495,7 @@ impl Index {
                 }
             }
         };
-        if nq == 1 || threads == Some(1) {
-            for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
-                run(qi, oi, od);
-            }
-        } else {
-            with_threads(threads, || {
-                ids.par_chunks_mut(k)
-                    .zip(dists.par_chunks_mut(k))
-                    .enumerate()
-                    .for_each(|(qi, (oi, od))| run(qi, oi, od));
-            });
-        }
+        crate::parallel::for_each_query(&mut ids, &mut dists, k, threads, run);
         Ok((ids, dists))
     }
 

@@ -6,6 +6,7 @@
 //! a process that finds pools from another pid (a forked child) forgets them (their threads
 //! do not exist there, so they are leaked rather than dropped) and starts fresh ones.
 
+use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,4 +70,30 @@ fn pool(threads: usize) -> Arc<ThreadPool> {
 pub fn with_threads<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
     let t = threads.filter(|&t| t > 0).unwrap_or_else(num_threads);
     pool(t).install(f)
+}
+
+/// Runs `run(query, ids, dists)` for every query's `k` output slots (`ids` and `dists` hold
+/// `k` entries per query): inline for a single query or `threads == Some(1)` (no pool hop),
+/// otherwise in parallel on [`with_threads`]'s pool.
+pub fn for_each_query<F>(
+    ids: &mut [i64],
+    dists: &mut [f32],
+    k: usize,
+    threads: Option<usize>,
+    run: F,
+) where
+    F: Fn(usize, &mut [i64], &mut [f32]) + Sync,
+{
+    if ids.len() <= k || threads == Some(1) {
+        for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
+            run(qi, oi, od);
+        }
+    } else {
+        with_threads(threads, || {
+            ids.par_chunks_mut(k)
+                .zip(dists.par_chunks_mut(k))
+                .enumerate()
+                .for_each(|(qi, (oi, od))| run(qi, oi, od));
+        });
+    }
 }

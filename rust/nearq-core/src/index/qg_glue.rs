@@ -29,7 +29,6 @@ use crate::io::{Reader, Writer};
 use crate::metric::Metric;
 use crate::parallel::with_threads;
 use crate::qg::QgIndex;
-use rayon::prelude::*;
 
 /// Tags of the optional trailing section of an index payload.
 const QG_OFF: u8 = 0;
@@ -197,18 +196,7 @@ impl Index {
                 qg.search_accept(q, k, ef, |_| true, &mut out);
             }
         };
-        if nq == 1 || threads == Some(1) {
-            for (qi, (oi, od)) in ids.chunks_mut(k).zip(dists.chunks_mut(k)).enumerate() {
-                run(qi, oi, od);
-            }
-        } else {
-            with_threads(threads, || {
-                ids.par_chunks_mut(k)
-                    .zip(dists.par_chunks_mut(k))
-                    .enumerate()
-                    .for_each(|(qi, (oi, od))| run(qi, oi, od));
-            });
-        }
+        crate::parallel::for_each_query(&mut ids, &mut dists, k, threads, run);
         (ids, dists)
     }
 }
