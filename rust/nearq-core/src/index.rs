@@ -379,6 +379,44 @@ impl<E: Encoding> GraphIndex<E> {
         self.codes.len()
     }
 
+    /// Beam search of `ef` from the entry point, scoring through the neighbour-code rows when
+    /// the index keeps them; with `filter = Some((cap, allow))` only allowed nodes become
+    /// results (`cap` of them, in `s.results`), else the results are the pool.
+    fn traverse(
+        &self,
+        codes: CodeScorer<'_, E>,
+        ef: usize,
+        filter: Option<(usize, &BitSet)>,
+        s: &mut SearchScratch,
+    ) {
+        fn walk<S: Scorer>(
+            g: &Graph,
+            entry: u32,
+            sc: &S,
+            ef: usize,
+            filter: Option<(usize, &BitSet)>,
+            s: &mut SearchScratch,
+        ) {
+            match filter {
+                None => beam_search(g, &[entry], sc, ef, s),
+                Some((cap, a)) => {
+                    beam_search_filtered(g, &[entry], sc, ef, cap, |u| a.contains(u), s)
+                }
+            }
+        }
+        match &self.nrows {
+            Some(rows) => walk(
+                &self.graph,
+                self.entry,
+                &RowScorer { codes, rows },
+                ef,
+                filter,
+                s,
+            ),
+            None => walk(&self.graph, self.entry, &codes, ef, filter, s),
+        }
+    }
+
     /// Searches one query (already normalised for cosine); writes k results (positions).
     /// With `allow`, only allowed positions are returned (see [`FilterStrategy`]).
     fn search_one(
@@ -427,16 +465,7 @@ impl<E: Encoding> GraphIndex<E> {
         };
         let filtered = match allow {
             None => {
-                match &self.nrows {
-                    Some(rows) => {
-                        let scorer = RowScorer {
-                            codes: scorer,
-                            rows,
-                        };
-                        beam_search(&self.graph, &[self.entry], &scorer, ef, s);
-                    }
-                    None => beam_search(&self.graph, &[self.entry], &scorer, ef, s),
-                }
+                self.traverse(scorer, ef, None, s);
                 false
             }
             Some((a, strategy)) => {
@@ -459,30 +488,8 @@ impl<E: Encoding> GraphIndex<E> {
                             s.results.insert(d, id);
                         }
                     }
-                } else if let Some(rows) = &self.nrows {
-                    let scorer = RowScorer {
-                        codes: scorer,
-                        rows,
-                    };
-                    beam_search_filtered(
-                        &self.graph,
-                        &[self.entry],
-                        &scorer,
-                        ef_f,
-                        ef,
-                        |u| a.contains(u),
-                        s,
-                    );
                 } else {
-                    beam_search_filtered(
-                        &self.graph,
-                        &[self.entry],
-                        &scorer,
-                        ef_f,
-                        ef,
-                        |u| a.contains(u),
-                        s,
-                    );
+                    self.traverse(scorer, ef_f, Some((ef, a)), s);
                 }
                 true
             }
