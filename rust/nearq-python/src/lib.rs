@@ -89,6 +89,30 @@ impl Index {
     }
 }
 
+/// Queries of shape (dim,) or (n, dim) as `(n, dim, rows)`: borrowed when C-contiguous, else
+/// copied once into row order (`as_slice` also accepts Fortran order, whose memory order is
+/// not the rows').
+fn query_rows<'a>(
+    py: Python<'_>,
+    queries: &'a numpy::PyReadonlyArrayDyn<'_, f32>,
+) -> PyResult<(usize, usize, std::borrow::Cow<'a, [f32]>)> {
+    let (nq, dim) = match *queries.shape() {
+        [d] => (1, d),
+        [n, d] => (n, d),
+        _ => {
+            return Err(to_py(
+                py,
+                Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
+            ))
+        }
+    };
+    let rows = match queries.as_slice() {
+        Ok(q) if queries.is_c_contiguous() => std::borrow::Cow::Borrowed(q),
+        _ => std::borrow::Cow::Owned(queries.as_array().iter().copied().collect()),
+    };
+    Ok((nq, dim, rows))
+}
+
 fn ids_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
     a.as_slice()
         .map_err(|_| PyValueError::new_err("ids must be C-contiguous"))
@@ -211,25 +235,7 @@ impl Index {
         filter_mask: Option<PyReadonlyArray1<'py, bool>>,
         filter_strategy: Option<&str>,
     ) -> PyResult<Neighbors<'py>> {
-        // shape (dim,) or (n, dim), any layout (copied unless C-contiguous)
-        let (nq, dim) = match *queries.shape() {
-            [d] => (1, d),
-            [n, d] => (n, d),
-            _ => {
-                return Err(to_py(
-                    py,
-                    Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
-                ))
-            }
-        };
-        let owned: Vec<f32>;
-        let q = match queries.as_slice() {
-            Ok(q) if queries.is_c_contiguous() => q,
-            _ => {
-                owned = queries.as_array().iter().copied().collect();
-                &owned
-            }
-        };
+        let (nq, dim, q) = query_rows(py, &queries)?;
         let strategy = match filter_strategy.unwrap_or("auto") {
             "auto" => core::FilterStrategy::Auto,
             "graph" => core::FilterStrategy::Graph,
@@ -267,7 +273,7 @@ impl Index {
                         got: dim,
                     });
                 }
-                index.search_with(q, &p, filter.as_ref(), threads)
+                index.search_with(&q, &p, filter.as_ref(), threads)
             })
             .map_err(|e| to_py(py, e))?;
         to_numpy(py, ids, d, nq, k)
@@ -471,16 +477,7 @@ impl QuantizedGraph {
         ef: usize,
         threads: Option<usize>,
     ) -> PyResult<Neighbors<'py>> {
-        let (nq, dim) = match *queries.shape() {
-            [d] => (1, d),
-            [n, d] => (n, d),
-            _ => {
-                return Err(to_py(
-                    py,
-                    Error::InvalidInput("queries must have shape (dim,) or (n, dim)".into()),
-                ))
-            }
-        };
+        let (nq, dim, q) = query_rows(py, &queries)?;
         if dim != self.inner.dim() {
             return Err(to_py(
                 py,
@@ -496,17 +493,8 @@ impl QuantizedGraph {
                 Error::InvalidInput("queries is empty (0 rows)".into()),
             ));
         }
-        // `as_slice` also accepts Fortran order, whose memory order is not the rows'.
-        let owned: Vec<f32>;
-        let q = match queries.as_slice() {
-            Ok(q) if queries.is_c_contiguous() => q,
-            _ => {
-                owned = queries.as_array().iter().copied().collect();
-                &owned
-            }
-        };
         let (ids, d) = py
-            .detach(|| self.inner.search_batch(q, k, ef, threads))
+            .detach(|| self.inner.search_batch(&q, k, ef, threads))
             .map_err(|e| to_py(py, e))?;
         to_numpy(py, ids, d, nq, k)
     }
