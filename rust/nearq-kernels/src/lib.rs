@@ -131,6 +131,19 @@ pub struct Kernels {
     #[allow(clippy::type_complexity)]
     pub dot_u4_i8_split_gather:
         fn(base: &[u8], stride: usize, ids: &[u32], lo: &[i8], hi: &[i8], out: &mut [i32]),
+    /// `dot_u4_i8_split_gather` per segment of the codes (segment ends `ends`, 1 to
+    /// [`scalar::MAX_SEGS`]) into `out[i * ends.len() + s]`; see
+    /// [`scalar::dot_u4_i8_split_gather_segs`].
+    #[allow(clippy::type_complexity)]
+    pub dot_u4_i8_split_gather_segs: fn(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        ends: &[u32],
+        out: &mut [i32],
+    ),
     /// `sum popcount(a[i] & b[i])`.
     pub and_popcount_u64: fn(&[u64], &[u64]) -> u32,
     /// 4-bit FastScan look-up accumulate over a block of 32 codes; see
@@ -177,6 +190,7 @@ static SCALAR: Kernels = Kernels {
     dot_u4_i8_split: scalar::dot_u4_i8_split,
     dot_f32_u4_split: scalar::dot_f32_u4_split,
     dot_u4_i8_split_gather: scalar::dot_u4_i8_split_gather,
+    dot_u4_i8_split_gather_segs: scalar::dot_u4_i8_split_gather_segs,
     and_popcount_u64: scalar::and_popcount_u64,
     fastscan_u16: scalar::fastscan_u16,
     fwht_f32: scalar::fwht_f32,

@@ -194,6 +194,71 @@ pub fn dot_u4_i8_split_gather(
     }
 }
 
+/// Most segments [`dot_u4_i8_split_gather_segs`] takes.
+pub const MAX_SEGS: usize = 8;
+
+/// Checks the segment ends of [`dot_u4_i8_split_gather_segs`]: 1 to [`MAX_SEGS`] ends,
+/// strictly increasing multiples of 4, the last one `len`.
+pub fn check_segment_ends(ends: &[u32], len: usize) {
+    assert!(
+        !ends.is_empty() && ends.len() <= MAX_SEGS,
+        "dot_u4_i8_split_gather_segs: 1 to {MAX_SEGS} segments"
+    );
+    let mut prev = 0usize;
+    for &e in ends {
+        let e = e as usize;
+        assert!(
+            e > prev && e.is_multiple_of(4),
+            "dot_u4_i8_split_gather_segs: segment ends must be increasing multiples of 4"
+        );
+        prev = e;
+    }
+    assert_eq!(
+        prev, len,
+        "dot_u4_i8_split_gather_segs: the last end must be lo.len()"
+    );
+}
+
+/// [`dot_u4_i8_split_gather`] split into segments: with `S = ends.len()` segments, segment `s`
+/// covering bytes `ends[s - 1] .. ends[s]` (`ends[-1] = 0`) of the codes and of `lo`, `hi`,
+/// `out[i * S + s]` is the product of segment `s` of code `i` (`base[ids[i] * stride ..]`)
+/// with the same bytes of `lo`, `hi`. One pass over each code instead of one call per segment
+/// (SAQ's traversal, whose segments have their own factors). `ends` holds 1 to [`MAX_SEGS`]
+/// strictly increasing multiples of 4, the last `lo.len()`; `out.len() == ids.len() * S`.
+pub fn dot_u4_i8_split_gather_segs(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+    out: &mut [i32],
+) {
+    assert_eq!(
+        lo.len(),
+        hi.len(),
+        "dot_u4_i8_split: slices of different lengths"
+    );
+    check_segment_ends(ends, lo.len());
+    let s = ends.len();
+    assert_eq!(
+        ids.len() * s,
+        out.len(),
+        "dot_u4_i8_split_gather_segs: ids and out"
+    );
+    let len = lo.len();
+    for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
+        let at = id as usize * stride;
+        let code = &base[at..at + len];
+        let mut a = 0usize;
+        for (o, &e) in o.iter_mut().zip(ends) {
+            let e = e as usize;
+            *o = dot_u4_i8_split(&code[a..e], &lo[a..e], &hi[a..e]);
+            a = e;
+        }
+    }
+}
+
 /// Matrix-vector product: `out[r] = sum_i m[r * n + i] * x[i]` with `n = x.len()`, `m` row-major
 /// with `out.len()` rows (`m.len() == out.len() * n`).
 pub fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {

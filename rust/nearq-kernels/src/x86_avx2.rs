@@ -49,6 +49,7 @@ static TABLE: Kernels = Kernels {
     dot_u4_i8_split,
     dot_f32_u4_split,
     dot_u4_i8_split_gather,
+    dot_u4_i8_split_gather_segs,
     and_popcount_u64,
     fastscan_u16,
     fwht_f32,
@@ -120,6 +121,19 @@ fn dot_u4_i8_split_gather(
 ) {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::dot_u4_i8_split_gather(base, stride, ids, lo, hi, out) }
+}
+
+fn dot_u4_i8_split_gather_segs(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+    out: &mut [i32],
+) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
+    unsafe { imp::dot_u4_i8_split_gather_segs(base, stride, ids, lo, hi, ends, out) }
 }
 
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
@@ -611,6 +625,41 @@ pub(crate) mod imp {
         for (o, &id) in out.iter_mut().zip(ids) {
             let at = id as usize * stride;
             *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_u4_i8_split_gather_segs(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        ends: &[u32],
+        out: &mut [i32],
+    ) {
+        assert_eq!(
+            lo.len(),
+            hi.len(),
+            "dot_u4_i8_split: slices of different lengths"
+        );
+        crate::scalar::check_segment_ends(ends, lo.len());
+        let s = ends.len();
+        assert_eq!(
+            ids.len() * s,
+            out.len(),
+            "dot_u4_i8_split_gather_segs: ids and out"
+        );
+        let len = lo.len();
+        for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
+            let at = id as usize * stride;
+            let code = &base[at..at + len];
+            let mut a = 0usize;
+            for (o, &e) in o.iter_mut().zip(ends) {
+                let e = e as usize;
+                *o = dot_u4_i8_split(&code[a..e], &lo[a..e], &hi[a..e]);
+                a = e;
+            }
         }
     }
 

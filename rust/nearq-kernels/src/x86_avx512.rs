@@ -95,6 +95,11 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         } else {
             dot_u4_i8_split_gather
         },
+        dot_u4_i8_split_gather_segs: if vnni {
+            dot_u4_i8_split_gather_segs_vnni
+        } else {
+            dot_u4_i8_split_gather_segs
+        },
         and_popcount_u64: if vpopcntdq {
             and_popcount_u64_vpopcntdq
         } else {
@@ -203,6 +208,32 @@ fn dot_u4_i8_split_gather_vnni(
 ) {
     // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
     unsafe { imp::dot_u4_i8_split_gather_vnni(base, stride, ids, lo, hi, out) }
+}
+
+fn dot_u4_i8_split_gather_segs(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+    out: &mut [i32],
+) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::dot_u4_i8_split_gather_segs(base, stride, ids, lo, hi, ends, out) }
+}
+
+fn dot_u4_i8_split_gather_segs_vnni(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+    out: &mut [i32],
+) {
+    // SAFETY: only placed in a table after detecting avx512f/bw/vl and avx512vnni.
+    unsafe { imp::dot_u4_i8_split_gather_segs_vnni(base, stride, ids, lo, hi, ends, out) }
 }
 
 fn and_popcount_u64(a: &[u64], b: &[u64]) -> u32 {
@@ -793,7 +824,7 @@ mod imp {
     /// gather keeps the weights in registers when a code is at most 256 bytes (512
     /// dimensions), so it loads only codes.
     macro_rules! split_kernels {
-        ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $mul:ident) => {
+        ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $segs:ident, $segs_n:ident, $mul:ident) => {
             #[target_feature(enable = $feat)]
             pub(super) fn $single(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
                 assert!(
@@ -897,6 +928,124 @@ mod imp {
                     }
                 }
             }
+
+            #[target_feature(enable = $feat)]
+            fn $segs_n<const N: usize>(
+                base: &[u8],
+                stride: usize,
+                ids: &[u32],
+                lo: &[i8],
+                hi: &[i8],
+                ends: &[u32],
+                out: &mut [i32],
+            ) {
+                let len = lo.len();
+                debug_assert!(len.div_ceil(64) == N);
+                let nib = _mm512_set1_epi8(0x0f);
+                let mut wl = [_mm512_setzero_si512(); N];
+                let mut wh = [_mm512_setzero_si512(); N];
+                for c in 0..N {
+                    let m = step_mask(len, c);
+                    // SAFETY: the mask enables only bytes 64c .. min(64c + 64, len) of lo and
+                    // hi (both `len` long).
+                    unsafe {
+                        wl[c] = _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast());
+                        wh[c] = _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast());
+                    }
+                }
+                // (step, segment, i32 lanes of the step in the segment): a lane sums 4 bytes
+                // and the ends are multiples of 4, so every lane lies in one segment; at most
+                // N + S - 1 <= 4 + MAX_SEGS - 1 pieces.
+                let mut parts = [(0usize, 0usize, 0 as __mmask16); 4 + crate::scalar::MAX_SEGS];
+                let (mut np, mut a) = (0, 0usize);
+                for (t, &e) in ends.iter().enumerate() {
+                    let e = e as usize;
+                    for c in a / 64..=(e - 1) / 64 {
+                        let (l0, l1) = (
+                            (a.max(64 * c) - 64 * c) / 4,
+                            (e.min(64 * c + 64) - 64 * c) / 4,
+                        );
+                        let m = (((1u32 << l1) - 1) & !((1u32 << l0) - 1)) as __mmask16;
+                        parts[np] = (c, t, m);
+                        np += 1;
+                    }
+                    a = e;
+                }
+                let s = ends.len();
+                for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
+                    let at = id as usize * stride;
+                    assert!(
+                        at <= base.len() && len <= base.len() - at,
+                        "dot_u4_i8_split_gather: code {id} outside base"
+                    );
+                    let pc = base[at..].as_ptr();
+                    let mut prod = [_mm512_setzero_si512(); N];
+                    for c in 0..N {
+                        // SAFETY: the mask enables only bytes at + 64c .. at + min(64c + 64,
+                        // len) <= base.len(), checked above.
+                        let x = unsafe {
+                            _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
+                        };
+                        let p = $mul(_mm512_setzero_si512(), _mm512_and_si512(x, nib), wl[c]);
+                        prod[c] = $mul(p, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                    }
+                    // The pieces come segment by segment: one register accumulates a
+                    // segment and is reduced when the next one starts (an array of
+                    // accumulators indexed by segment would go through the stack).
+                    let (mut acc, mut cur) = (_mm512_setzero_si512(), 0);
+                    for &(c, t, m) in &parts[..np] {
+                        if t != cur {
+                            o[cur] = _mm512_reduce_add_epi32(acc);
+                            (acc, cur) = (_mm512_setzero_si512(), t);
+                        }
+                        acc = _mm512_mask_add_epi32(acc, m, acc, prod[c]);
+                    }
+                    o[cur] = _mm512_reduce_add_epi32(acc);
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn $segs(
+                base: &[u8],
+                stride: usize,
+                ids: &[u32],
+                lo: &[i8],
+                hi: &[i8],
+                ends: &[u32],
+                out: &mut [i32],
+            ) {
+                assert_eq!(
+                    lo.len(),
+                    hi.len(),
+                    "dot_u4_i8_split: slices of different lengths"
+                );
+                crate::scalar::check_segment_ends(ends, lo.len());
+                let s = ends.len();
+                assert_eq!(
+                    ids.len() * s,
+                    out.len(),
+                    "dot_u4_i8_split_gather_segs: ids and out"
+                );
+                match lo.len().div_ceil(64) {
+                    1 => $segs_n::<1>(base, stride, ids, lo, hi, ends, out),
+                    2 => $segs_n::<2>(base, stride, ids, lo, hi, ends, out),
+                    3 => $segs_n::<3>(base, stride, ids, lo, hi, ends, out),
+                    4 => $segs_n::<4>(base, stride, ids, lo, hi, ends, out),
+                    _ => {
+                        let len = lo.len();
+                        for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
+                            let at = id as usize * stride;
+                            let code = &base[at..at + len];
+                            let mut a = 0usize;
+                            for (o, &e) in o.iter_mut().zip(ends) {
+                                let e = e as usize;
+                                *o = $single(&code[a..e], &lo[a..e], &hi[a..e]);
+                                a = e;
+                            }
+                        }
+                    }
+                }
+            }
         };
     }
 
@@ -950,6 +1099,8 @@ mod imp {
         dot_u4_i8_split,
         dot_u4_i8_split_gather,
         split_gather_n,
+        dot_u4_i8_split_gather_segs,
+        split_gather_segs_n,
         mul_bw
     );
     split_kernels!(
@@ -957,6 +1108,8 @@ mod imp {
         dot_u4_i8_split_vnni,
         dot_u4_i8_split_gather_vnni,
         split_gather_n_vnni,
+        dot_u4_i8_split_gather_segs_vnni,
+        split_gather_segs_n_vnni,
         mul_vnni
     );
 

@@ -552,6 +552,114 @@ fn u4_split_gather_matches_single_codes() {
 }
 
 #[test]
+fn u4_split_gather_segs_matches_per_segment_products() {
+    let mut rng = Rng(37);
+    let ends_for = |len: usize| -> Vec<Vec<u32>> {
+        let l = len as u32;
+        let mut v = vec![vec![l]];
+        if len >= 8 {
+            v.push(vec![4, l]);
+            v.push(vec![l / 8 * 4, l]);
+        }
+        if len >= 64 {
+            v.push(
+                vec![32, 36, 64, l]
+                    .into_iter()
+                    .filter(|&e| e <= l)
+                    .collect(),
+            );
+            v.push(
+                (1..8)
+                    .map(|i| l / 32 * 4 * i)
+                    .filter(|&e| e > 0 && e < l)
+                    .chain([l])
+                    .collect(),
+            );
+        }
+        v.into_iter()
+            .map(|mut e| {
+                e.dedup();
+                e
+            })
+            .collect()
+    };
+    for len in (4..=160usize).step_by(4).chain([192, 196, 256, 260, 300]) {
+        for ends in ends_for(len) {
+            let stride = len + 12;
+            let n = 7;
+            let base = rng.bytes(stride * (n - 1) + len);
+            let lo: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
+            let hi: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
+            let ids = [3u32, 0, 6, 6, 1, 5, 2, 4];
+            let mut want = Vec::new();
+            for &i in &ids {
+                let at = i as usize * stride;
+                let mut a = 0;
+                for &e in &ends {
+                    let e = e as usize;
+                    want.push(scalar::dot_u4_i8_split(
+                        &base[at + a..at + e],
+                        &lo[a..e],
+                        &hi[a..e],
+                    ));
+                    a = e;
+                }
+            }
+            let s = ends.len();
+            for k in all_variants() {
+                for m in [0, 1, ids.len()] {
+                    let mut out = vec![i32::MIN; m * s];
+                    (k.dot_u4_i8_split_gather_segs)(
+                        &base,
+                        stride,
+                        &ids[..m],
+                        &lo,
+                        &hi,
+                        &ends,
+                        &mut out,
+                    );
+                    assert_eq!(out, want[..m * s], "{} len={len} ends={ends:?}", k.isa);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic]
+fn u4_split_gather_segs_rejects_ends_not_multiple_of_four() {
+    let base = vec![0u8; 64];
+    let w = vec![1i8; 32];
+    let mut out = [0i32; 2];
+    (nearq_kernels::kernels().dot_u4_i8_split_gather_segs)(
+        &base,
+        32,
+        &[0],
+        &w,
+        &w,
+        &[6, 32],
+        &mut out,
+    );
+}
+
+#[test]
+#[should_panic]
+fn u4_split_gather_segs_rejects_codes_outside_the_array() {
+    let base = vec![0u8; 100];
+    let w = vec![1i8; 40];
+    let mut out = [0i32; 2];
+    (nearq_kernels::kernels().dot_u4_i8_split_gather_segs)(
+        &base,
+        64,
+        &[1],
+        &w,
+        &w,
+        &[20, 40],
+        &mut out,
+    );
+}
+
+#[test]
 fn f32_u4_split_matches_scalar() {
     let mut rng = Rng(31);
     for n in 0..=300 {

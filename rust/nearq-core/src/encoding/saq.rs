@@ -186,7 +186,7 @@ use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
 use crate::metric::{check_finite, Metric};
 use crate::storage::CodeStore;
-use nearq_kernels::scalar::{pack_u4, u4_split};
+use nearq_kernels::scalar::{pack_u4, u4_split, MAX_SEGS};
 use nearq_kernels::{kernels, Kernels};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -1824,6 +1824,50 @@ impl Saq {
     /// Staged estimate against `threshold` (see the module docs): `None` when the lower end of
     /// the interval at `eps0` exceeds `threshold` after the top-bit stage or after refining
     /// some leading segments; otherwise the full-code estimate (equal to `distance_fine`).
+    /// [`Encoding::distance_ids`] in layout 1 with one kernel call per nibble segment (when
+    /// the nibble segments do not lead, or there are more than [`MAX_SEGS`] of them).
+    fn distance_ids_per_segment(
+        &self,
+        q: &SaqQuery,
+        codes: &CodeStore,
+        ids: &[u32],
+        out: &mut [f32],
+    ) {
+        const B: usize = 64;
+        let (bytes, stride) = (codes.bytes(), codes.stride());
+        let (mut dots, mut ip) = ([0i32; B], [0f32; B]);
+        for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
+            let n = ids.len();
+            ip[..n].fill(0.0);
+            for (i, s) in self.segs.iter().enumerate() {
+                if !s.nibble {
+                    for (a, &id) in ip[..n].iter_mut().zip(ids) {
+                        *a += self.ip_trav_any(q, codes.get(id as usize), i);
+                    }
+                    continue;
+                }
+                let (o, h) = (s.start / 2, s.len / 2);
+                (self.k.dot_u4_i8_split_gather)(
+                    &bytes[s.nib..],
+                    stride,
+                    ids,
+                    &q.w8_lo[o..o + h],
+                    &q.w8_hi[o..o + h],
+                    &mut dots[..n],
+                );
+                let sq = &q.per[i];
+                for ((a, &d), &id) in ip[..n].iter_mut().zip(&dots[..n]).zip(ids) {
+                    let c = &bytes[id as usize * stride..];
+                    *a += s.trav_factor(c) * sq.kz * (d as f32 - sq.mid8);
+                }
+            }
+            for ((o, &a), &id) in out.iter_mut().zip(&ip[..n]).zip(ids) {
+                let at = id as usize * stride;
+                *o = self.finish(q, &bytes[at..at + self.code_size], a);
+            }
+        }
+    }
+
     pub fn distance_within(&self, q: &SaqQuery, code: &[u8], threshold: f32) -> Option<f32> {
         let n = self.segs.len();
         let mut stage = q.stage.borrow_mut();
@@ -2068,35 +2112,50 @@ impl Encoding for Saq {
         }
         const B: usize = 64;
         let (bytes, stride) = (codes.bytes(), codes.stride());
-        let (mut dots, mut ip) = ([0i32; B], [0f32; B]);
+        // The nibble segments lead (the bit allocation gives the leading segments the most
+        // bits), so their nibbles and query bytes both start at 0: one pass of the segmented
+        // kernel scores all of them per code. Otherwise, one kernel call per segment.
+        let mut ends = [0u32; MAX_SEGS];
+        let mut ns = 0;
+        for s in &self.segs {
+            if !s.nibble {
+                break;
+            }
+            if ns == MAX_SEGS || s.nib != s.start / 2 {
+                ns = 0;
+                break;
+            }
+            ends[ns] = ((s.start + s.len) / 2) as u32;
+            ns += 1;
+        }
+        if ns == 0 || self.segs[ns..].iter().any(|s| s.nibble) {
+            return self.distance_ids_per_segment(q, codes, ids, out);
+        }
+        let ends = &ends[..ns];
+        let h = ends[ns - 1] as usize;
+        let mut dots = [0i32; B * MAX_SEGS];
         for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
             let n = ids.len();
-            ip[..n].fill(0.0);
-            for (i, s) in self.segs.iter().enumerate() {
-                if !s.nibble {
-                    for (a, &id) in ip[..n].iter_mut().zip(ids) {
-                        *a += self.ip_trav_any(q, codes.get(id as usize), i);
-                    }
-                    continue;
-                }
-                let (o, h) = (s.start / 2, s.len / 2);
-                (self.k.dot_u4_i8_split_gather)(
-                    &bytes[s.nib..],
-                    stride,
-                    ids,
-                    &q.w8_lo[o..o + h],
-                    &q.w8_hi[o..o + h],
-                    &mut dots[..n],
-                );
-                let sq = &q.per[i];
-                for ((a, &d), &id) in ip[..n].iter_mut().zip(&dots[..n]).zip(ids) {
-                    let c = &bytes[id as usize * stride..];
-                    *a += s.trav_factor(c) * sq.kz * (d as f32 - sq.mid8);
-                }
-            }
-            for ((o, &a), &id) in out.iter_mut().zip(&ip[..n]).zip(ids) {
+            (self.k.dot_u4_i8_split_gather_segs)(
+                bytes,
+                stride,
+                ids,
+                &q.w8_lo[..h],
+                &q.w8_hi[..h],
+                ends,
+                &mut dots[..n * ns],
+            );
+            for ((o, &id), d) in out.iter_mut().zip(ids).zip(dots.chunks_exact(ns)) {
                 let at = id as usize * stride;
-                *o = self.finish(q, &bytes[at..at + self.code_size], a);
+                let c = &bytes[at..at + self.code_size];
+                let mut a = 0.0f32;
+                for ((s, sq), &d) in self.segs.iter().zip(&q.per).zip(d) {
+                    a += s.trav_factor(c) * sq.kz * (d as f32 - sq.mid8);
+                }
+                for (i, _) in self.segs.iter().enumerate().skip(ns) {
+                    a += self.ip_trav_any(q, c, i);
+                }
+                *o = self.finish(q, c, a);
             }
         }
     }
