@@ -107,7 +107,8 @@
 //!
 //! Nibbles use the kernels' packed layout ([`nearq_kernels::scalar::u4_position`], per block
 //! of 64 coordinates; segments are whole blocks), so the nibbles of all those segments start
-//! at offset 0 and one `dot_u4_i8_split_gather` call per segment scores up to 64 codes. The
+//! at offset 0 and one `dot_u4_i8_split_gather_segs` pass (one read of each code, a sum per
+//! segment) scores them all for up to 64 codes. The
 //! top 4 bits are themselves a symmetric 4-bit grid: `w_i = 2^(b-4)·(u_i - 7.5) + e_i` with
 //! `|e_i| < 2^(b-5)`, so `sign(w_i) = sign(u_i - 7.5)`; its rescale `F = ‖z‖²/<z, u - 7.5>`
 //! is `f·2^(b-4)·ρ` with `ρ = <z, w>/(2^(b-4)·<z, u - 7.5>) ∈ (0, 2)`, stored as
@@ -2101,8 +2102,8 @@ impl Encoding for Saq {
         }
         self.finish(q, code, ip)
     }
-    /// Layout 1: one gather-kernel call per segment scores the nibbles of up to 64 codes;
-    /// equal to `distance` code by code (the same terms summed in the same order).
+    /// Layout 1: one pass of the segmented gather kernel scores the nibbles of every nibble
+    /// segment of up to 64 codes; equal to `distance` code by code (the same terms summed in the same order).
     fn distance_ids(&self, q: &SaqQuery, codes: &CodeStore, ids: &[u32], out: &mut [f32]) {
         if self.layout != LAYOUT_NIBBLE {
             for (o, &id) in out.iter_mut().zip(ids) {
