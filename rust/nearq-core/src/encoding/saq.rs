@@ -1158,6 +1158,8 @@ pub struct SaqQuery {
     tail_sd: f32,
     /// The stage scratch of `distance_within`.
     stage: RefCell<Vec<(f32, f32)>>,
+    /// Scratch of [`Encoding::distance_ids`]: per-segment kernel sums of a chunk of codes.
+    dots: RefCell<Vec<i32>>,
     /// Layout 1: the i8 query (per segment scale; 0 outside nibble segments) and the float
     /// query `z`, split into the weights of the low and high nibbles ([`u4_split`]; segments
     /// are whole nibble blocks, so segment `s` has its weights at `s.start/2..(s.start +
@@ -2071,6 +2073,7 @@ impl Encoding for Saq {
             g,
             tail_sd,
             stage: RefCell::new(Vec::with_capacity(self.segs.len())),
+            dots: RefCell::new(Vec::new()),
             w8_lo,
             w8_hi,
             wf_lo,
@@ -2134,7 +2137,23 @@ impl Encoding for Saq {
         }
         let ends = &ends[..ns];
         let h = ends[ns - 1] as usize;
-        let mut dots = [0i32; B * MAX_SEGS];
+        // Factor offsets of the nibble segments, hoisted out of the per-code loop.
+        let (mut fo, mut to, mut kz, mut mid) = (
+            [0usize; MAX_SEGS],
+            [0usize; MAX_SEGS],
+            [0f32; MAX_SEGS],
+            [0f32; MAX_SEGS],
+        );
+        for (t, (s, sq)) in self.segs[..ns].iter().zip(&q.per).enumerate() {
+            // A segment of 4 bits keeps no ρ: read a constant 1 in its place below.
+            (fo[t], to[t]) = (s.fac, if s.bits > 4 { s.tf } else { usize::MAX });
+            (kz[t], mid[t]) = (sq.kz, sq.mid8);
+        }
+        let (hdr_at, cs) = (self.hdr, self.code_size);
+        let rest = self.segs.len() > ns;
+        let mut dots = q.dots.borrow_mut();
+        dots.resize(B * ns, 0);
+        let mut ip = [0f32; B];
         for (ids, out) in ids.chunks(B).zip(out.chunks_mut(B)) {
             let n = ids.len();
             (self.k.dot_u4_i8_split_gather_segs)(
@@ -2146,17 +2165,33 @@ impl Encoding for Saq {
                 ends,
                 &mut dots[..n * ns],
             );
-            for ((o, &id), d) in out.iter_mut().zip(ids).zip(dots.chunks_exact(ns)) {
-                let at = id as usize * stride;
-                let c = &bytes[at..at + self.code_size];
-                let mut a = 0.0f32;
-                for ((s, sq), &d) in self.segs.iter().zip(&q.per).zip(d) {
-                    a += s.trav_factor(c) * sq.kz * (d as f32 - sq.mid8);
+            for ((a, &id), d) in ip.iter_mut().zip(ids).zip(dots.chunks_exact(ns)) {
+                let c = &bytes[id as usize * stride..][..cs];
+                let mut x = 0.0f32;
+                for t in 0..ns {
+                    let f = if to[t] == usize::MAX {
+                        rd_f32(c, fo[t])
+                    } else {
+                        rd_f32(c, fo[t]) * u16::from_le_bytes([c[to[t]], c[to[t] + 1]]) as f32
+                    };
+                    x += f * kz[t] * (d[t] as f32 - mid[t]);
                 }
-                for (i, _) in self.segs.iter().enumerate().skip(ns) {
-                    a += self.ip_trav_any(q, c, i);
+                *a = x;
+            }
+            if rest {
+                for (a, &id) in ip[..n].iter_mut().zip(ids) {
+                    let c = &bytes[id as usize * stride..][..self.code_size];
+                    for i in ns..self.segs.len() {
+                        *a += self.ip_trav_any(q, c, i);
+                    }
                 }
-                *o = self.finish(q, c, a);
+            }
+            for ((o, &a), &id) in out.iter_mut().zip(&ip[..n]).zip(ids) {
+                let h = rd_f32(&bytes[id as usize * stride..][..cs], hdr_at);
+                *o = match self.metric {
+                    Metric::L2 => (h + q.qn2 - 2.0 * a).max(0.0),
+                    m => m.from_dot(q.g + h + a),
+                };
             }
         }
     }

@@ -1,0 +1,70 @@
+//! Per-code cost of `distance_ids` (the graph traversal's scoring), SAQ against RaBitQ at the
+//! same bits, in cache (the same 32 codes again and again) and out of cache (32 random codes of
+//! 20k per call, prefetched as the graph does just before the call):
+//! `ids_bench TRAIN.f32 QUERIES.f32 DIM [BITS]` (raw little-endian f32, cosine).
+use nearq_core::encoding::saq::{Saq, SaqConfig};
+use nearq_core::encoding::{Encoding, RaBitQ, RaBitQConfig};
+use nearq_core::metric::normalize;
+use nearq_core::storage::CodeStore;
+use nearq_core::Metric;
+use std::time::Instant;
+
+fn read_f32(p: &str) -> Vec<f32> {
+    std::fs::read(p).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
+    let n = x.len() / d;
+    let mut store = CodeStore::new(e.code_size());
+    store.resize(n);
+    for i in 0..n {
+        e.encode(&x[i * d..(i + 1) * d], store.get_mut(i));
+    }
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let nq = q.len() / d;
+    let pqs: Vec<E::Query> = (0..nq).map(|i| e.prepare(&q[i * d..(i + 1) * d])).collect();
+    let hot: Vec<u32> = (0..32).map(|_| (next() % n as u64) as u32).collect();
+    let mut out = [0f32; 32];
+    let reps = 20000;
+    let t = Instant::now();
+    for r in 0..reps {
+        e.distance_ids(&pqs[r % nq], &store, &hot, &mut out);
+        std::hint::black_box(&out);
+    }
+    let hot_ns = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
+    let sets: Vec<Vec<u32>> = (0..reps).map(|_| (0..32).map(|_| (next() % n as u64) as u32).collect()).collect();
+    let t = Instant::now();
+    for (r, ids) in sets.iter().enumerate() {
+        e.distance_ids(&pqs[r % nq], &store, ids, &mut out);
+        std::hint::black_box(&out);
+    }
+    let cold_ns = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
+    let t = Instant::now();
+    for i in 0..nq {
+        std::hint::black_box(e.prepare(&q[i * d..(i + 1) * d]));
+    }
+    let prep = t.elapsed().as_secs_f64() * 1e9 / nq as f64;
+    println!("{name:10} code {:4} B  distance_ids: in cache {hot_ns:6.1} ns/code, out of cache {cold_ns:6.1} ns/code; prepare {prep:7.0} ns", e.code_size());
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let d: usize = a[3].parse().unwrap();
+    let bits: u32 = a.get(4).map_or(8, |b| b.parse().unwrap());
+    let mut x = read_f32(&a[1]);
+    let mut q = read_f32(&a[2]);
+    x.chunks_exact_mut(d).for_each(normalize);
+    q.chunks_exact_mut(d).for_each(normalize);
+    let saq = Saq::train(&x, d, Metric::Cosine, &SaqConfig::new(bits as f32, 1)).unwrap();
+    let rq = RaBitQ::train(&x, d, Metric::Cosine, &RaBitQConfig::new(bits, 1));
+    for _ in 0..2 {
+        run("saq", &saq, &x, &q, d);
+        run("rabitq", &rq, &x, &q, d);
+    }
+}
