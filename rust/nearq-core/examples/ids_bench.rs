@@ -31,7 +31,7 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     let pqs: Vec<E::Query> = (0..nq).map(|i| e.prepare(&q[i * d..(i + 1) * d])).collect();
     let hot: Vec<u32> = (0..32).map(|_| (next() % n as u64) as u32).collect();
     let mut out = [0f32; 32];
-    let reps = 20000;
+    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20000);
     let t = Instant::now();
     for r in 0..reps {
         e.distance_ids(&pqs[r % nq], &store, &hot, &mut out);
@@ -50,7 +50,7 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
         std::hint::black_box(e.prepare(&q[i * d..(i + 1) * d]));
     }
     let prep = t.elapsed().as_secs_f64() * 1e9 / nq as f64;
-    println!("{name:10} code {:4} B  distance_ids: in cache {hot_ns:6.1} ns/code, out of cache {cold_ns:6.1} ns/code; prepare {prep:7.0} ns", e.code_size());
+    println!("{name:10} code {:4} B trav {:4} B  distance_ids: in cache {hot_ns:6.1} ns/code, out of cache {cold_ns:6.1} ns/code; prepare {prep:7.0} ns", e.code_size(), e.traversal_bytes());
 }
 
 fn main() {
@@ -62,6 +62,10 @@ fn main() {
     x.chunks_exact_mut(d).for_each(normalize);
     q.chunks_exact_mut(d).for_each(normalize);
     let saq = Saq::train(&x, d, Metric::Cosine, &SaqConfig::new(bits as f32, 1)).unwrap();
+    if std::env::var("SAQ_ONLY").is_ok() {
+        run("saq", &saq, &x, &q, d);
+        return;
+    }
     let rq = RaBitQ::train(&x, d, Metric::Cosine, &RaBitQConfig::new(bits, 1));
     for _ in 0..2 {
         run("saq", &saq, &x, &q, d);

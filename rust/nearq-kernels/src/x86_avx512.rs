@@ -979,7 +979,10 @@ mod imp {
                         "dot_u4_i8_split_gather: code {id} outside base"
                     );
                     let pc = base[at..].as_ptr();
-                    let mut prod = [_mm512_setzero_si512(); N];
+                    // Steps in order, each step's pieces (segment order) added to the running
+                    // segment's register as soon as the step's products exist; a segment's sum
+                    // is reduced when the next segment starts. Nothing goes through memory.
+                    let (mut acc, mut cur, mut pi) = (_mm512_setzero_si512(), 0, 0);
                     for c in 0..N {
                         // SAFETY: the mask enables only bytes at + 64c .. at + min(64c + 64,
                         // len) <= base.len(), checked above.
@@ -987,18 +990,16 @@ mod imp {
                             _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
                         };
                         let p = $mul(_mm512_setzero_si512(), _mm512_and_si512(x, nib), wl[c]);
-                        prod[c] = $mul(p, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
-                    }
-                    // The pieces come segment by segment: one register accumulates a
-                    // segment and is reduced when the next one starts (an array of
-                    // accumulators indexed by segment would go through the stack).
-                    let (mut acc, mut cur) = (_mm512_setzero_si512(), 0);
-                    for &(c, t, m) in &parts[..np] {
-                        if t != cur {
-                            o[cur] = _mm512_reduce_add_epi32(acc);
-                            (acc, cur) = (_mm512_setzero_si512(), t);
+                        let p = $mul(p, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                        while pi < np && parts[pi].0 == c {
+                            let (_, t, m) = parts[pi];
+                            if t != cur {
+                                o[cur] = _mm512_reduce_add_epi32(acc);
+                                (acc, cur) = (_mm512_setzero_si512(), t);
+                            }
+                            acc = _mm512_mask_add_epi32(acc, m, acc, p);
+                            pi += 1;
                         }
-                        acc = _mm512_mask_add_epi32(acc, m, acc, prod[c]);
                     }
                     o[cur] = _mm512_reduce_add_epi32(acc);
                 }
