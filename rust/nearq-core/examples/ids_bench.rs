@@ -10,7 +10,11 @@ use nearq_core::Metric;
 use std::time::Instant;
 
 fn read_f32(p: &str) -> Vec<f32> {
-    std::fs::read(p).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(p)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
@@ -31,14 +35,19 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     let pqs: Vec<E::Query> = (0..nq).map(|i| e.prepare(&q[i * d..(i + 1) * d])).collect();
     let hot: Vec<u32> = (0..32).map(|_| (next() % n as u64) as u32).collect();
     let mut out = [0f32; 32];
-    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20000);
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20000);
     let t = Instant::now();
     for r in 0..reps {
         e.distance_ids(&pqs[r % nq], &store, &hot, &mut out);
         std::hint::black_box(&out);
     }
     let hot_ns = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
-    let sets: Vec<Vec<u32>> = (0..reps).map(|_| (0..32).map(|_| (next() % n as u64) as u32).collect()).collect();
+    let sets: Vec<Vec<u32>> = (0..reps)
+        .map(|_| (0..32).map(|_| (next() % n as u64) as u32).collect())
+        .collect();
     let t = Instant::now();
     for (r, ids) in sets.iter().enumerate() {
         e.distance_ids(&pqs[r % nq], &store, ids, &mut out);
