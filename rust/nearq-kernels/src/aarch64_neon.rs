@@ -6,7 +6,7 @@
 //! - f32 kernels: four 4-lane FMA accumulators (16 elements per iteration). `matvec_f32`
 //!   runs four rows at a time, two accumulators each, so each load of `x` serves four rows.
 //!   `matvec_f16` does the same on half-precision rows, widened 4 entries at a time by
-//!   `fcvtl` (`vcvt_f32_f16`, base ARMv8 floating point, no FP16 extension needed).
+//!   `fcvtl` (base ARMv8 floating point, no FP16 extension needed).
 //! - `dot_u8_i8`: widen to i16 and multiply-accumulate into i32 (`smlal`), exact.
 //!   `dot_u8`: `umull` (255^2 fits u16) and pairwise accumulate into u32 (`uadalp`).
 //! - `dot_u4_i8`: a 64-dimension block is two 16-byte loads whose low nibbles are dimensions
@@ -322,7 +322,9 @@ mod imp {
         }
     }
 
-    /// The 4 half-precision entries at `p` widened to f32.
+    /// The 4 half-precision entries at `p` widened to f32 (`fcvtl`; written as inline assembly
+    /// because the `vcvt_f32_f16` intrinsic is stable only since Rust 1.94, above the
+    /// workspace's minimum version).
     ///
     /// # Safety
     /// `p .. p + 4` must be readable.
@@ -330,7 +332,18 @@ mod imp {
     #[target_feature(enable = "neon")]
     unsafe fn load_f16x4(p: *const u16) -> float32x4_t {
         // SAFETY: the caller guarantees 4 readable entries at p.
-        vcvt_f32_f16(vreinterpret_f16_u16(unsafe { vld1_u16(p) }))
+        let h = unsafe { vld1_u16(p) };
+        let out: float32x4_t;
+        // SAFETY: `fcvtl` (base ARMv8 floating point) reads and writes vector registers only.
+        unsafe {
+            core::arch::asm!(
+                "fcvtl {out:v}.4s, {h:v}.4h",
+                out = lateout(vreg) out,
+                h = in(vreg) h,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        out
     }
 
     #[target_feature(enable = "neon")]
