@@ -5,6 +5,8 @@
 //!
 //! - f32 kernels: four 4-lane FMA accumulators (16 elements per iteration). `matvec_f32`
 //!   runs four rows at a time, two accumulators each, so each load of `x` serves four rows.
+//!   `matvec_f16` does the same on half-precision rows, widened 4 entries at a time by
+//!   `fcvtl` (base ARMv8 floating point, no FP16 extension needed).
 //! - `dot_u8_i8`: widen to i16 and multiply-accumulate into i32 (`smlal`), exact.
 //!   `dot_u8`: `umull` (255^2 fits u16) and pairwise accumulate into u32 (`uadalp`).
 //! - `dot_u4_i8`: a 64-dimension block is two 16-byte loads whose low nibbles are dimensions
@@ -37,6 +39,7 @@ static TABLE: Kernels = Kernels {
     l2sq_f32,
     dot_f32,
     matvec_f32,
+    matvec_f16,
     dot_f32_u8,
     dot_f32_bitplanes,
     dot_u8_i8,
@@ -75,6 +78,11 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
 fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::matvec_f16(m, x, out) }
 }
 
 fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
@@ -326,6 +334,104 @@ mod imp {
         {
             *o = dot_f32(row, x);
         }
+    }
+
+    /// The 4 half-precision entries at `p` widened to f32 (`fcvtl`; written as inline assembly
+    /// because the `vcvt_f32_f16` intrinsic is stable only since Rust 1.94, above the
+    /// workspace's minimum version).
+    ///
+    /// # Safety
+    /// `p .. p + 4` must be readable.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_f16x4(p: *const u16) -> float32x4_t {
+        // SAFETY: the caller guarantees 4 readable entries at p.
+        let h = unsafe { vld1_u16(p) };
+        let out: float32x4_t;
+        // SAFETY: `fcvtl` (base ARMv8 floating point) reads and writes vector registers only.
+        unsafe {
+            core::arch::asm!(
+                "fcvtl {out:v}.4s, {h:v}.4h",
+                out = lateout(vreg) out,
+                h = in(vreg) h,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        out
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f16: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let body = n - n % 8;
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 8 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = [vld1q_f32(px.add(i)), vld1q_f32(px.add(i + 4))];
+                    for k in 0..4 {
+                        for h in 0..2 {
+                            acc[k][h] =
+                                vfmaq_f32(acc[k][h], load_f16x4(p[k].add(i + 4 * h)), xv[h]);
+                        }
+                    }
+                }
+                i += 8;
+            }
+            for (k, o) in o.iter_mut().enumerate() {
+                let row = &m[(r + k) * n..(r + k + 1) * n];
+                *o = vaddvq_f32(vaddq_f32(acc[k][0], acc[k][1]))
+                    + tail_f16(&row[body..], &x[body..]);
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            let pr = row.as_ptr();
+            let mut acc = [vdupq_n_f32(0.0); 2];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 8 <= n of x and of the row (n entries).
+                unsafe {
+                    for h in 0..2 {
+                        acc[h] = vfmaq_f32(
+                            acc[h],
+                            load_f16x4(pr.add(i + 4 * h)),
+                            vld1q_f32(px.add(i + 4 * h)),
+                        );
+                    }
+                }
+                i += 8;
+            }
+            *o = vaddvq_f32(vaddq_f32(acc[0], acc[1])) + tail_f16(&row[body..], &x[body..]);
+        }
+    }
+
+    /// `sum f16(row[i]) * x[i]` over a short tail, one entry at a time.
+    fn tail_f16(row: &[u16], x: &[f32]) -> f32 {
+        row.iter()
+            .zip(x)
+            .map(|(&h, &y)| crate::scalar::f16_to_f32(h) * y)
+            .sum()
     }
 
     #[target_feature(enable = "neon")]

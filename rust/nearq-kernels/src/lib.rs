@@ -94,8 +94,9 @@ impl std::fmt::Display for SimdLevel {
 /// A table of kernels for one instruction-set level.
 ///
 /// All slices passed to one call have equal length (for `fastscan_u16`, `dot_u4_i8`,
-/// `dot_f32_bitplanes` and `matvec_f32`, see [`scalar::fastscan_u16`], [`scalar::dot_u4_i8`],
-/// [`scalar::dot_f32_bitplanes`] and [`scalar::matvec_f32`]); kernels panic otherwise. Lengths may
+/// `dot_f32_bitplanes`, `matvec_f32` and `matvec_f16`, see [`scalar::fastscan_u16`],
+/// [`scalar::dot_u4_i8`], [`scalar::dot_f32_bitplanes`], [`scalar::matvec_f32`] and
+/// [`scalar::matvec_f16`]); kernels panic otherwise. Lengths may
 /// be anything, including 0,
 /// and slices need no alignment.
 pub struct Kernels {
@@ -108,6 +109,9 @@ pub struct Kernels {
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     /// Matrix-vector product, `m` row-major; see [`scalar::matvec_f32`].
     pub matvec_f32: fn(m: &[f32], x: &[f32], out: &mut [f32]),
+    /// Matrix-vector product with `m` row-major in half precision (IEEE binary16 bit
+    /// patterns), f32 accumulation; see [`scalar::matvec_f16`].
+    pub matvec_f16: fn(m: &[u16], x: &[f32], out: &mut [f32]),
     /// Inner product of f32 weights with u8 codes: `sum a[i] * (b[i] as f32)`.
     pub dot_f32_u8: fn(&[f32], &[u8]) -> f32,
     /// Inner product of f32 weights with unsigned codes stored as bit planes; see
@@ -182,6 +186,7 @@ static SCALAR: Kernels = Kernels {
     l2sq_f32: scalar::l2sq_f32,
     dot_f32: scalar::dot_f32,
     matvec_f32: scalar::matvec_f32,
+    matvec_f16: scalar::matvec_f16,
     dot_f32_u8: scalar::dot_f32_u8,
     dot_f32_bitplanes: scalar::dot_f32_bitplanes,
     dot_u8_i8: scalar::dot_u8_i8,

@@ -6,6 +6,9 @@
 //! - f32 kernels: four independent 8-lane FMA accumulators (32 elements per iteration) hide
 //!   the FMA latency; the tail uses a masked load, so there is no scalar loop. `matvec_f32`
 //!   runs four rows at a time, one accumulator each, so each load of `x` serves four FMAs.
+//!   `matvec_f16` does the same on half-precision rows, 8 entries widened by one F16C
+//!   `vcvtph2ps` per row and step; the tail of a row is copied into a zeroed 8-entry buffer
+//!   (there is no masked 16-bit load in AVX2).
 //! - Integer dot products widen bytes to i16 and use `vpmaddwd`. `vpmaddubsw` would be faster
 //!   but saturates (255 * 127 * 2 > i16::MAX), and these kernels must be exact.
 //! - `dot_u4_i8`: one 32-byte load is one 64-dimension block of the packed layout (low
@@ -27,20 +30,23 @@
 
 use crate::{Kernels, SimdLevel};
 
-/// The AVX2 table, if this CPU supports AVX2, FMA and POPCNT.
+/// The AVX2 table, if this CPU supports AVX2, FMA, F16C and POPCNT (every AVX2 CPU has F16C
+/// and POPCNT).
 pub(crate) fn table() -> Option<&'static Kernels> {
     let ok = is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
         && is_x86_feature_detected!("popcnt");
     ok.then_some(&TABLE)
 }
 
 static TABLE: Kernels = Kernels {
     level: SimdLevel::Avx2,
-    isa: "avx2+fma",
+    isa: "avx2+fma+f16c",
     l2sq_f32,
     dot_f32,
     matvec_f32,
+    matvec_f16,
     dot_f32_u8,
     dot_f32_bitplanes,
     dot_u8_i8,
@@ -59,7 +65,7 @@ static TABLE: Kernels = Kernels {
 };
 
 // Safe entry points. Each is only reachable through `TABLE`, which `table()` hands out only
-// after detecting AVX2, FMA and POPCNT, the features `imp` enables.
+// after detecting AVX2, FMA, F16C and POPCNT, the features `imp` enables.
 
 fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
@@ -79,6 +85,12 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
 fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma, f16c and
+    // popcnt.
+    unsafe { imp::matvec_f16(m, x, out) }
 }
 
 fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
@@ -341,6 +353,97 @@ pub(crate) mod imp {
             .zip(m[r * n..].chunks_exact(n))
         {
             *o = dot_f32(row, x);
+        }
+    }
+
+    /// The 8 half-precision entries at `p` widened to f32.
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16x8(p: *const u16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable entries (16 bytes) at p.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    }
+
+    /// Entries `i..` (fewer than 8) of `row`, zero-padded to 8 and widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_f16_tail(row: &[u16]) -> __m256 {
+        let mut buf = [0u16; 8];
+        buf[..row.len()].copy_from_slice(row);
+        // SAFETY: buf holds 8 entries.
+        unsafe { load_f16x8(buf.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f16: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let body = n - n % 8;
+        let tail = tail_mask(n % 8);
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 8 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = _mm256_loadu_ps(px.add(i));
+                    for k in 0..4 {
+                        acc[k] = _mm256_fmadd_ps(load_f16x8(p[k].add(i)), xv, acc[k]);
+                    }
+                }
+                i += 8;
+            }
+            if body < n {
+                // SAFETY: the mask enables only elements body..n of x.
+                let xv = unsafe { _mm256_maskload_ps(px.add(body), tail) };
+                for k in 0..4 {
+                    let row = &m[(r + k) * n + body..(r + k + 1) * n];
+                    acc[k] = _mm256_fmadd_ps(load_f16_tail(row), xv, acc[k]);
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = hsum_ps(a);
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 8 <= n of x and of the row (n entries).
+                unsafe {
+                    let xv = _mm256_loadu_ps(px.add(i));
+                    let a = &mut acc[(i / 8) % 2];
+                    *a = _mm256_fmadd_ps(load_f16x8(row.as_ptr().add(i)), xv, *a);
+                }
+                i += 8;
+            }
+            if body < n {
+                // SAFETY: the mask enables only elements body..n of x.
+                let xv = unsafe { _mm256_maskload_ps(px.add(body), tail) };
+                acc[1] = _mm256_fmadd_ps(load_f16_tail(&row[body..]), xv, acc[1]);
+            }
+            *o = hsum_ps(_mm256_add_ps(acc[0], acc[1]));
         }
     }
 

@@ -8,7 +8,9 @@
 //!
 //! - f32 kernels: four 16-lane FMA accumulators (64 elements per iteration); the tail is one
 //!   masked load, so there is no scalar loop. `matvec_f32` runs four rows at a time, one
-//!   accumulator each, so each load of `x` serves four FMAs.
+//!   accumulator each, so each load of `x` serves four FMAs. `matvec_f16` does the same on
+//!   half-precision rows, 16 entries widened by one `vcvtph2ps` (AVX-512 F) per row and step;
+//!   the tail is a zero-masked 16-bit load (BW + VL).
 //! - `dot_u8_i8`: VNNI `vpdpbusd` (u8 x i8, non-saturating) or, without VNNI, widening to i16
 //!   and `vpmaddwd`. `dot_u8` with VNNI uses `a . b = a . (b - 128) + 128 * sum(a)`, where
 //!   `b - 128` is `b ^ 0x80` read as i8 and `sum(a)` comes from `vpsadbw`.
@@ -79,6 +81,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         l2sq_f32,
         dot_f32,
         matvec_f32,
+        matvec_f16,
         dot_f32_u8,
         dot_f32_bitplanes,
         dot_u8_i8: if vnni { dot_u8_i8_vnni } else { dot_u8_i8 },
@@ -134,6 +137,11 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
 fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::matvec_f16(m, x, out) }
 }
 
 fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
@@ -434,6 +442,94 @@ mod imp {
             .zip(m[r * n..].chunks_exact(n))
         {
             *o = dot_f32(row, x);
+        }
+    }
+
+    /// The 16 half-precision entries at `p` (those enabled by `mask`; zero elsewhere) widened
+    /// to f32.
+    ///
+    /// # Safety
+    /// The entries of `p .. p + 16` that `mask` enables must be readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_f16x16(p: *const u16, mask: __mmask16) -> __m512 {
+        // SAFETY: masked-off lanes are not read and cannot fault; the caller guarantees the
+        // others.
+        _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
+        let n = x.len();
+        assert_eq!(
+            m.len(),
+            out.len() * n,
+            "matvec_f16: m must be out.len() × x.len()"
+        );
+        if n == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let px = x.as_ptr();
+        let body = n - n % 16;
+        let tail = mask16(n % 16);
+        let mut rows = out.chunks_exact_mut(4);
+        let mut r = 0;
+        for o in &mut rows {
+            // SAFETY: rows r .. r + 4 of m exist (o has 4 elements, m.len() = out.len() * n).
+            let p = unsafe { [0, 1, 2, 3].map(|k| m.as_ptr().add((r + k) * n)) };
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 16 <= n of x and of each of the four rows.
+                unsafe {
+                    let xv = _mm512_loadu_ps(px.add(i));
+                    for k in 0..4 {
+                        acc[k] = _mm512_fmadd_ps(load_f16x16(p[k].add(i), !0), xv, acc[k]);
+                    }
+                }
+                i += 16;
+            }
+            if body < n {
+                // SAFETY: the mask enables only elements body..n of x and of each row;
+                // masked-off lanes are not read and cannot fault.
+                unsafe {
+                    let xv = _mm512_maskz_loadu_ps(tail, px.add(body));
+                    for k in 0..4 {
+                        acc[k] = _mm512_fmadd_ps(load_f16x16(p[k].add(body), tail), xv, acc[k]);
+                    }
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = _mm512_reduce_add_ps(a);
+            }
+            r += 4;
+        }
+        for (o, row) in rows
+            .into_remainder()
+            .iter_mut()
+            .zip(m[r * n..].chunks_exact(n))
+        {
+            let pr = row.as_ptr();
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut i = 0;
+            while i < body {
+                // SAFETY: elements i .. i + 16 <= n of x and of the row (n entries).
+                unsafe {
+                    let xv = _mm512_loadu_ps(px.add(i));
+                    let a = &mut acc[(i / 16) % 2];
+                    *a = _mm512_fmadd_ps(load_f16x16(pr.add(i), !0), xv, *a);
+                }
+                i += 16;
+            }
+            if body < n {
+                // SAFETY: the mask enables only elements body..n of x and of the row.
+                unsafe {
+                    let xv = _mm512_maskz_loadu_ps(tail, px.add(body));
+                    acc[1] = _mm512_fmadd_ps(load_f16x16(pr.add(body), tail), xv, acc[1]);
+                }
+            }
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
     }
 

@@ -113,6 +113,37 @@ fn check_matvec(k: &Kernels, m: &[f32], x: &[f32], rows: usize) {
     }
 }
 
+/// IEEE binary16 bit patterns of `v` (round to nearest even).
+fn to_f16(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect()
+}
+
+/// `m` holds at least `rows * x.len()` half-precision values.
+fn check_matvec_f16(k: &Kernels, m: &[u16], x: &[f32], rows: usize) {
+    let n = x.len();
+    let m = &m[..rows * n];
+    let mut want = vec![0.0f32; rows];
+    scalar::matvec_f16(m, x, &mut want);
+    let mut got = vec![f32::NAN; rows]; // the kernel must overwrite
+    (k.matvec_f16)(m, x, &mut got);
+    for r in 0..rows {
+        let terms: f32 = m[r * n..(r + 1) * n]
+            .iter()
+            .zip(x)
+            .map(|(&a, b)| (scalar::f16_to_f32(a) * b).abs())
+            .sum();
+        assert!(
+            close(got[r], want[r], terms),
+            "{} matvec_f16 rows={rows} n={n} row {r}: {} vs {}",
+            k.isa,
+            got[r],
+            want[r]
+        );
+    }
+}
+
 /// `planes` holds at least `MAX_BITPLANES * ceil(a.len() / 8)` bytes; checks every plane
 /// count from 0 to `max_planes`.
 fn check_bitplanes(k: &Kernels, a: &[f32], planes: &[u8], max_planes: usize) {
@@ -270,6 +301,70 @@ fn neon_table_present() {
     );
 }
 
+// ---- half precision: every bit pattern ----
+
+#[test]
+fn f16_to_f32_matches_half_for_every_pattern() {
+    for h in 0..=u16::MAX {
+        let (got, want) = (scalar::f16_to_f32(h), half::f16::from_bits(h).to_f32());
+        assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
+    }
+}
+
+/// Every finite f16 pattern converts exactly in every table, through the body and the tail
+/// of a row: `x` is a unit vector `e_j`, so `out[r]` is entry `j` of row `r` (the other terms
+/// are zeros).
+#[test]
+fn matvec_f16_converts_every_finite_pattern_exactly() {
+    let finite: Vec<u16> = (0..=u16::MAX).filter(|h| h & 0x7c00 != 0x7c00).collect();
+    for k in all_variants() {
+        for n in [1usize, 5, 8, 16, 23, 32, 37] {
+            let rows = finite.len() / n;
+            let m = &finite[..rows * n];
+            let mut out = vec![f32::NAN; rows];
+            for j in 0..n {
+                let mut x = vec![0.0f32; n];
+                x[j] = 1.0;
+                (k.matvec_f16)(m, &x, &mut out);
+                for (r, &o) in out.iter().enumerate() {
+                    let want = scalar::f16_to_f32(m[r * n + j]);
+                    assert!(
+                        o == want,
+                        "{} n={n} row {r} col {j}: {o} vs {want} ({:#06x})",
+                        k.isa,
+                        m[r * n + j]
+                    );
+                }
+            }
+        }
+        // Infinities and NaNs propagate as in f32 arithmetic.
+        let special = [
+            0x7c00u16, 0xfc00, 0x7e00, 0x7c01, 0xfe00, 0x3c00, 0x0001, 0x8000,
+        ];
+        let mut out = [0.0f32; 8];
+        (k.matvec_f16)(&special, &[1.0], &mut out);
+        for (&h, &o) in special.iter().zip(&out) {
+            let want = scalar::f16_to_f32(h);
+            assert!(
+                o == want || (o.is_nan() && want.is_nan()),
+                "{} {h:#06x}: {o} vs {want}",
+                k.isa
+            );
+        }
+    }
+}
+
+#[test]
+fn matvec_f16_rejects_a_wrong_shape() {
+    for k in all_variants() {
+        let r = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 3];
+            (k.matvec_f16)(&[0u16; 8], &[1.0, 2.0, 3.0], &mut out);
+        });
+        assert!(r.is_err(), "{} accepted 8 entries for 3 × 3", k.isa);
+    }
+}
+
 // ---- exhaustive sweeps: every length 0..=260 at several misalignments ----
 
 #[test]
@@ -294,10 +389,12 @@ fn every_length_and_offset() {
             }
         }
         let big = rng.floats(9 * 300);
+        let big16 = to_f16(&big);
         for rows in 0..=9 {
             for n in (0..=70).chain([128, 255, 256, 257, 300]) {
                 for off in [0, 3] {
                     check_matvec(k, &big[off..], &fa[off..off + n.min(300 - off)], rows);
+                    check_matvec_f16(k, &big16[off..], &fa[off..off + n.min(300 - off)], rows);
                 }
             }
         }
@@ -1058,6 +1155,18 @@ proptest! {
     ) {
         for k in simd_tables() {
             check_matvec(k, &m[om..], &x[ox..ox + n], rows);
+        }
+    }
+
+    #[test]
+    fn matvec_f16_matches_scalar(
+        m in proptest::collection::vec(-100f32..100f32, 12 * BUF),
+        x in proptest::collection::vec(-100f32..100f32, BUF),
+        n in 0..=MAX_N, rows in 0usize..=11, om in 0usize..16, ox in 0usize..16,
+    ) {
+        let m = to_f16(&m);
+        for k in simd_tables() {
+            check_matvec_f16(k, &m[om..], &x[ox..ox + n], rows);
         }
     }
 

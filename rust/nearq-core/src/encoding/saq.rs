@@ -36,6 +36,40 @@
 //! vectors with one matrix product (`matrixmultiply::sgemm`), which reuses each loaded row of
 //! the projection across the block. The quantisation below is `O(d)`.
 //!
+//! # Query projection in half precision ([`Saq::set_half_queries`])
+//!
+//! A query is projected once, but the `head × d` projection (576 KiB at `d = 384`) is evicted
+//! from the cache by the codes a search reads, so projecting the next query streams it again
+//! (`matvec_f32` was about 13% of a single-query search on MiniLM at 8 bits, ef 32). With
+//! half queries on, queries are projected by a copy rounded to IEEE binary16
+//! (`matvec_f16`, f32 accumulation), half the bytes. Vectors are still encoded with the f32
+//! projection, so the codes and the file do not change.
+//!
+//! The error this adds is far below the estimator's own. Rounding to nearest gives
+//! `P̃ = P + Δ` with `|Δ_ji| ≤ u·|P_ji|`, `u = 2^-11` (entries below `2^-14`, subnormal in
+//! f16, are off by at most `2^-25`). With `r = q - μ` the projected query moves by `e = Δr`;
+//! the rows and the columns of `P` have norm at most 1 (orthonormal rows of a rotated
+//! orthogonal matrix), and with rounding errors of independent signs (uniform on ±half an
+//! ulp) `E‖e‖² ≤ (u²/3)·‖r‖²`, so `‖e‖ ≈ 2.8·10^-4·‖q - μ‖`. A full-code estimate is linear
+//! in the query, `<x̂ - μ, q - μ>` for the reconstruction `x̂` (see `decode`), so it moves by
+//! `<x̂ - μ, e>`; `e` does not depend on the code, so this is about
+//! `u/sqrt(3·head)·‖x - μ‖·‖q - μ‖` (`1.4·10^-5·‖x - μ‖·‖q - μ‖` at `head = 384`). The
+//! estimator's own deviation in a segment of `b` bits is about
+//! `‖z_s‖·‖p_s‖·sqrt(h(b))/sqrt(L_s - 1)` (see the estimator below); for one segment over
+//! the whole head the ratio of the two is `(u/sqrt(3))/sqrt(h(b))`: 1% at 6 bits, 5% at 8,
+//! 10% at 9, 20% at 10, 70% at 12 bits per coordinate (standard deviations; the variance
+//! added is the square, under 1% up to 9 bits). The interval half-width is `ε0 = 1.9`
+//! deviations. Measured (the tests, every query × code pair): on MiniLM at 8 bits per
+//! dimension (segments of 9 and 7 bits) the shift of the estimates is 2.1% of the half-width
+//! RMS and 13% at most; on synthetic data up to 8 bits per segment at most 1.4% RMS and 9%,
+//! with a segment of 10 bits 5% RMS and 34% at most. Layout 1's traversal estimate rounds the
+//! query to i8 (a step of `max|p_s|/127`, far coarser than the f16 rounding), and the f16
+//! shift can move a coordinate across a rounding boundary; that adds about 1% of the
+//! half-width RMS. Recall@10 of ranking MiniLM by the fine estimate is unchanged. So the
+//! change is noise well inside the error bounds, but it is not zero: distances estimated
+//! from the codes differ from those of f32 queries in about the 5th significant digit, which
+//! is why this is an option (off by default) and not the only path.
+//!
 //! # Quantising one segment ([`caq`])
 //!
 //! The codebook is Extended RaBitQ's symmetric grid: `c_i ∈ 0..2^b`, reconstructed up to a
@@ -1113,6 +1147,11 @@ pub struct Saq {
     /// directions (zero rows for padded coordinates) and `R_s` its rotation, so that
     /// `z_s = (R_s W_s)(x - μ)` in one matrix-vector product.
     proj: Vec<f32>,
+    /// With [`Saq::set_half_queries`] on: `proj` rounded to half precision (IEEE binary16 bit
+    /// patterns, to nearest even), what [`Encoding::prepare`] then projects queries with (see
+    /// "Query projection in half precision" in the module docs). Empty when off. Built from
+    /// `proj`, never stored.
+    proj16: Vec<u16>,
     /// Variance along each principal direction (`dim` values, decreasing).
     var: Vec<f32>,
     /// Segments with bits, leading first (a dropped tail is not in the list).
@@ -1331,6 +1370,7 @@ impl Saq {
             seed,
             mean,
             proj,
+            proj16: Vec::new(),
             var,
             lead: lead.min(segs.len()),
             segs,
@@ -1398,7 +1438,7 @@ impl Saq {
             .iter()
             .map(|&(l, b)| (l / UNIT, b))
             .collect();
-        Self::assemble(
+        let mut saq = Self::assemble(
             self.dim,
             self.metric,
             self.bits,
@@ -1410,7 +1450,32 @@ impl Saq {
             self.lead,
             self.eps0,
             layout.min(LAYOUT_NIBBLE),
-        )
+        );
+        saq.set_half_queries(self.half_queries());
+        saq
+    }
+    /// Whether queries are projected with a half-precision copy of the projection (see
+    /// [`Saq::set_half_queries`]).
+    pub fn half_queries(&self) -> bool {
+        !self.proj16.is_empty()
+    }
+    /// Projects queries ([`Encoding::prepare`]) with a copy of the projection rounded to half
+    /// precision (`matvec_f16`, half the bytes streamed per query; +2 bytes per entry of
+    /// [`Saq::projection`] in [`Encoding::params_bytes`]), or, when off (the default), with
+    /// the f32 projection. Vectors are always encoded with the f32 projection, so the codes do
+    /// not change, and the setting is not stored. The estimates move by far less than their
+    /// own error (module docs, "Query projection in half precision"), but they do move: the
+    /// distances of a search without re-ranking vectors are not bit-identical to those of
+    /// f32 queries.
+    pub fn set_half_queries(&mut self, on: bool) {
+        self.proj16 = if on {
+            self.proj
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
     /// Leading segments that [`Encoding::distance`] scores with their full code (in layout 1
     /// those of fewer than 4 bits; the others are scored on their top 4 bits, nibble-packed).
@@ -1431,6 +1496,19 @@ impl Saq {
         }
         (self.k.matvec_f32)(&self.proj, r, z);
         ((self.k.dot_f32)(r, r), (self.k.dot_f32)(r, &self.mean))
+    }
+
+    /// [`Saq::project`] of a query, with the half-precision projection when
+    /// [`Saq::half_queries`] is on; returns `‖q - μ‖²`.
+    fn project_query(&self, q: &[f32], r: &mut [f32], z: &mut [f32]) -> f32 {
+        if !self.half_queries() {
+            return self.project(q, r, z).0;
+        }
+        for ((o, &a), &m) in r.iter_mut().zip(q).zip(&self.mean) {
+            *o = a - m;
+        }
+        (self.k.matvec_f16)(&self.proj16, r, z);
+        (self.k.dot_f32)(r, r)
     }
 
     /// Encodes with `rounds` code-adjustment rounds ([`Encoding::encode`] uses
@@ -2010,7 +2088,7 @@ impl Encoding for Saq {
     fn prepare(&self, q: &[f32]) -> SaqQuery {
         let mut r = vec![0.0f32; self.dim];
         let mut z = vec![0.0f32; self.head];
-        let (qn2, _) = self.project(q, &mut r, &mut z);
+        let qn2 = self.project_query(q, &mut r, &mut z);
         let g = match self.metric {
             Metric::L2 => 0.0,
             _ => (self.k.dot_f32)(q, &self.mean),
@@ -2203,7 +2281,7 @@ impl Encoding for Saq {
         }
     }
     fn params_bytes(&self) -> usize {
-        (self.mean.len() + self.proj.len() + self.var.len()) * 4
+        (self.mean.len() + self.proj.len() + self.var.len()) * 4 + self.proj16.len() * 2
     }
     fn write_params(&self, w: &mut Writer) {
         w.f32(self.bits);
@@ -2336,6 +2414,184 @@ mod tests {
                     assert!((rec - a[i * n + j]).abs() < 1e-9, "n={n}: A[{i}][{j}]");
                 }
             }
+        }
+    }
+
+    /// `|estimate(f16 query) - estimate(f32 query)| / half-width of the f32 interval` for the
+    /// traversal and the fine estimate of every query × code pair: (max, RMS, pairs that
+    /// moved at all).
+    fn half_query_shift(saq: &Saq, base: &[f32], queries: &[f32]) -> (f64, f64, usize) {
+        let d = saq.dim();
+        let mut half = saq.with_layout(saq.layout());
+        half.set_half_queries(true);
+        assert!(half.half_queries() && !saq.half_queries());
+        assert_eq!(half.params_bytes(), saq.params_bytes() + saq.proj.len() * 2);
+        let mut codes = vec![0u8; saq.code_size() * (base.len() / d)];
+        saq.encode_batch(base, &mut codes, saq.code_size());
+        // Vectors are encoded with the f32 projection either way, and nothing is stored.
+        let mut same = vec![0u8; codes.len()];
+        half.encode_batch(base, &mut same, saq.code_size());
+        assert!(same == codes, "half queries changed the codes");
+        let (mut w, mut wh) = (Writer::default(), Writer::default());
+        saq.write_params(&mut w);
+        half.write_params(&mut wh);
+        assert!(
+            w.buf == wh.buf,
+            "half queries changed the stored parameters"
+        );
+        let (mut max, mut sum2, mut n, mut moved) = (0.0f64, 0.0f64, 0usize, 0usize);
+        for q in queries.chunks_exact(d) {
+            let (q32, q16) = (saq.prepare(q), half.prepare(q));
+            for code in codes.chunks_exact(saq.code_size()) {
+                for bound in [Saq::bound, Saq::bound_fine] {
+                    let (e32, lo, hi) = bound(saq, &q32, code);
+                    let (e16, _, _) = bound(&half, &q16, code);
+                    let r = (e16 - e32).abs() as f64 / (0.5 * (hi - lo) as f64).max(1e-30);
+                    max = max.max(r);
+                    sum2 += r * r;
+                    n += 1;
+                    moved += usize::from(e16 != e32);
+                }
+            }
+        }
+        let rms = (sum2 / n as f64).sqrt();
+        // The module docs' model: per standard deviation of the estimate, the f16 rounding
+        // moves it by about (u/sqrt(3))/sqrt(h(b)) for segments of b bits (u = 2^-11), largest
+        // for the segment of most bits; per half-width of the interval, that over eps0. The
+        // traversal estimate of layout 1 adds jumps of one step of its i8 query (an offset).
+        let bmax = saq.segs.iter().map(|s| s.bits).max().unwrap() as usize;
+        let model = 2f64.powi(-11) / 3f64.sqrt() / MODEL_ERROR[bmax].sqrt() / saq.eps0 as f64;
+        eprintln!(
+            "{:?} layout {} {:?}: shift / half-width max {max:.4} rms {rms:.4} (model {model:.4}), \
+             {moved} of {n} estimates moved",
+            saq.metric,
+            saq.layout,
+            saq.allocation()
+        );
+        // The f16 path is taken (estimates move), and the shift is noise well inside the
+        // interval, as the model says.
+        assert!(moved > 0);
+        assert!(rms < model + 0.015, "rms {rms} vs model {model}");
+        assert!(max < 5.0 * model + 0.08, "max {max} vs model {model}");
+        (max, rms, moved)
+    }
+
+    /// Rows of dimension `d` with a decaying spectrum (coordinate `j` scaled by `0.985^j`).
+    fn decaying_rows(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix::new(seed);
+        (0..n * d)
+            .map(|i| (rng.gauss() * 0.985f64.powi((i % d) as i32)) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn half_queries_move_estimates_far_less_than_the_bound() {
+        let d = 200; // padded to 256
+        let (base, queries) = (decaying_rows(1500, d, 5), decaying_rows(12, d, 6));
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+            let norm = |v: &[f32]| {
+                let mut v = v.to_vec();
+                if metric == Metric::Cosine {
+                    v.chunks_exact_mut(d).for_each(crate::metric::normalize);
+                }
+                v
+            };
+            let (base, queries) = (norm(&base), norm(&queries));
+            for bits in [2.5f32, 4.0, 6.0, 8.0] {
+                let saq = Saq::train(&base, d, metric, &SaqConfig::new(bits, 1)).unwrap();
+                for layout in [LAYOUT_PLANES, LAYOUT_NIBBLE] {
+                    let saq = saq.with_layout(layout);
+                    let (max, rms, _) = half_query_shift(&saq, &base, &queries);
+                    // Up to segments of 8 bits (bits 6 here), a few percent at most.
+                    if saq.segs.iter().all(|s| s.bits <= 8) {
+                        assert!(rms < 0.02 && max < 0.1, "bits {bits}: rms {rms}, max {max}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first `n` train and `nq` test rows of the MiniLM file (ann-benchmarks HDF5, read
+    /// through python3 + h5py), normalised; `None` when the file, python3 or h5py is missing.
+    fn minilm_rows(n: usize, nq: usize) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+        let path = std::env::var("NEARQ_DATA").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/data/pypi-minilm-384-angular-50k.hdf5"
+            )
+            .to_string()
+        });
+        let path = [
+            path.as_str(),
+            "/work/shared/data/pypi-minilm-384-angular-50k.hdf5",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?
+        .to_string();
+        let script = format!(
+            "import sys, h5py, numpy as np\n\
+             f = h5py.File({path:?}, 'r')\n\
+             sys.stdout.buffer.write(np.ascontiguousarray(f['train'][:{n}], dtype='<f4').tobytes())\n\
+             sys.stdout.buffer.write(np.ascontiguousarray(f['test'][:{nq}], dtype='<f4').tobytes())"
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .ok()?;
+        if !out.status.success() || out.stdout.len() % (4 * (n + nq)) != 0 {
+            eprintln!("skipped: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        let d = out.stdout.len() / 4 / (n + nq);
+        let mut v: Vec<f32> = out
+            .stdout
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        v.chunks_exact_mut(d).for_each(crate::metric::normalize);
+        let test = v.split_off(n * d);
+        Some((v, test, d))
+    }
+
+    /// Recall@10 of ranking every code by its fine estimate, against the exact neighbours.
+    fn fine_recall(saq: &Saq, codes: &[u8], base: &[f32], queries: &[f32]) -> f64 {
+        let (d, cs) = (saq.dim(), saq.code_size());
+        let mut hits = 0usize;
+        for q in queries.chunks_exact(d) {
+            let top = |dist: &mut dyn FnMut(usize) -> f32| {
+                let mut v: Vec<(f32, usize)> = (0..base.len() / d).map(|i| (dist(i), i)).collect();
+                v.sort_by(|a, b| a.0.total_cmp(&b.0));
+                v.truncate(10);
+                v.into_iter().map(|p| p.1).collect::<Vec<_>>()
+            };
+            let exact = top(&mut |i| 1.0 - (saq.k.dot_f32)(q, &base[i * d..(i + 1) * d]));
+            let pq = saq.prepare(q);
+            let est = top(&mut |i| saq.distance_fine(&pq, &codes[i * cs..(i + 1) * cs]));
+            hits += est.iter().filter(|i| exact.contains(i)).count();
+        }
+        hits as f64 / (queries.len() / d * 10) as f64
+    }
+
+    #[test]
+    fn half_queries_on_real_data() {
+        let Some((base, queries, d)) = minilm_rows(5000, 200) else {
+            eprintln!("skipped: MiniLM data not available");
+            return;
+        };
+        for bits in [4.0f32, 8.0] {
+            let saq = Saq::train(&base, d, Metric::Cosine, &SaqConfig::new(bits, 0)).unwrap();
+            let (max, rms, _) = half_query_shift(&saq, &base, &queries[..20 * d]);
+            assert!(rms < 0.03 && max < 0.2, "bits {bits}: rms {rms}, max {max}");
+            let mut codes = vec![0u8; saq.code_size() * 5000];
+            saq.encode_batch(&base, &mut codes, saq.code_size());
+            let mut half = saq.with_layout(saq.layout());
+            half.set_half_queries(true);
+            let (r32, r16) = (
+                fine_recall(&saq, &codes, &base, &queries),
+                fine_recall(&half, &codes, &base, &queries),
+            );
+            eprintln!("MiniLM bits {bits}: recall@10 of the fine estimate f32 {r32}, f16 {r16}");
+            assert!(r16 >= r32, "f16 queries: recall {r16} below f32's {r32}");
         }
     }
 
