@@ -103,9 +103,15 @@ def main(argv=None):
     for name in names:
         cls, cfg = algos.load(name)
         algo = cls(metric, train.shape[1], **cfg["params"])
+        # Environment switches a configuration sets (`env={...}`) are undone after its build,
+        # so the next configuration does not inherit them: in one process, only switches the
+        # library reads at build or load time can differ between configurations.
+        saved = dict(os.environ)
         t0 = time.perf_counter()
         algo.fit(train, a.build_threads)
         build_s = time.perf_counter() - t0
+        os.environ.clear()
+        os.environ.update(saved)
         algo.set_threads(1)
         mem, _ = algo.memory_bytes()
         print(f"[{name}] built in {build_s:.1f}s", flush=True)

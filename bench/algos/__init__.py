@@ -57,6 +57,9 @@ CONFIGS = {
     "nearq-saq4-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq6-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=32, build_ef=128)),
+    # SAQ with the query projection in half precision (NEARQ_SAQ_HALF_QUERIES, read when the
+    # encoder is trained or loaded).
+    "nearq-saq8-nokeep-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),

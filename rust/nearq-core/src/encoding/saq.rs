@@ -1362,7 +1362,7 @@ impl Saq {
             (a + v as f64, b + v as f64 * v as f64)
         });
         let tail_dim = if s2 > 0.0 { (s1 * s1 / s2) as f32 } else { 0.0 };
-        Saq {
+        let mut saq = Saq {
             dim,
             metric,
             pad,
@@ -1383,7 +1383,11 @@ impl Saq {
             hdr,
             trav_bytes,
             k: kernels(),
+        };
+        if half_queries_env() {
+            saq.set_half_queries(true);
         }
+        saq
     }
 
     /// The segmentation and bit allocation: `(coordinates, bits)` per segment in PCA order,
@@ -1999,6 +2003,14 @@ impl Saq {
 }
 
 /// Variance of each unit of 64 PCA coordinates (padded coordinates have variance 0).
+/// `NEARQ_SAQ_HALF_QUERIES=1` in the environment when an SAQ encoder is trained or loaded
+/// turns on [`Saq::set_half_queries`] for it: an A/B switch for benchmarks (off by default:
+/// it moves the estimated distances in their 5th digit). Read at every training or load, so
+/// configurations built in one process can differ.
+fn half_queries_env() -> bool {
+    std::env::var("NEARQ_SAQ_HALF_QUERIES").is_ok_and(|v| v.trim() == "1")
+}
+
 fn unit_variances(var: &[f32], pad: usize) -> Vec<f64> {
     (0..pad / UNIT)
         .map(|u| {
