@@ -9,8 +9,9 @@
 //! against its block encoder instead. The environment variable `ROUNDS=R` trains and encodes
 //! each encoding R times and reports the fastest train and the fastest encode, for A/B runs
 //! on a noisy machine; `CPUTIME=1` (Linux) times the CPU time of the calling thread instead
-//! of wall-clock time, which other processes on a busy machine disturb less; with THREADS
-//! > 1 it misses the other threads' work.)
+//! of wall-clock time, which other processes on a busy machine disturb less (with more than
+//! one thread it misses the other threads' work); `HASH=1` also prints a hash of the codes and
+//! the error to 10 digits, to check that a change leaves the codes as they were.)
 //! Prints one line per encoding: name, train seconds, encode seconds, vectors/s (train +
 //! encode, and encode only), on THREADS threads (default 1), and the mean squared
 //! reconstruction error `mean ||x - decode(encode(x))||^2` where the encoding decodes.
@@ -91,6 +92,13 @@ fn run<E: Encoding>(name: &str, data: &[f32], dim: usize, train: impl Fn() -> E)
         n as f64 / (t_train + t_enc),
         n as f64 / t_enc
     );
+    if std::env::var_os("HASH").is_some() {
+        // FNV-1a.
+        let h = codes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        eprintln!("HASH {name} {h:016x} mse {:.10e}", err / n as f64);
+    }
     std::hint::black_box(&codes);
 }
 

@@ -308,14 +308,15 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     tridiagonal_ql(&mut vals, &mut e);
     vals.sort_by(|x, y| y.total_cmp(x));
     let mut vecs = tridiagonal_vectors(&diag, &off, &vals);
-    vecs.par_chunks_mut(n).for_each(|row| {
-        for (start, beta, v) in refl.iter().rev() {
-            let x = &mut row[*start..];
-            let s = beta * dot64(v, x);
-            for (xi, vi) in x.iter_mut().zip(v) {
-                *xi -= s * vi;
-            }
+    vecs.par_chunks_mut(4 * n).for_each(|rows| {
+        match wide() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+            Wide::Avx2 => unsafe { back_transform_avx2(rows, n, &refl) },
+            _ => back_transform(rows, n, &refl),
         }
+    });
+    vecs.par_chunks_mut(n).for_each(|row| {
         let norm = dot64(row, row).sqrt();
         let big = row
             .iter()
@@ -325,6 +326,127 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
         row.iter_mut().for_each(|x| *x *= s);
     });
     (vals, vecs)
+}
+
+/// `[dot64(v, x_q)]` for four rows `x_q` at once (each the same sum in the same order as
+/// [`dot64`]; four independent chains of additions instead of one).
+#[inline(always)]
+fn dot64x4(v: &[f64], x: [&[f64]; 4]) -> [f64; 4] {
+    let mut s = [[0.0f64; 4]; 4];
+    let cv = v.chunks_exact(4);
+    let tv = cv.remainder();
+    let [x0, x1, x2, x3] = x.map(|x| x.chunks_exact(4));
+    for ((((a, b0), b1), b2), b3) in cv.zip(x0).zip(x1).zip(x2).zip(x3) {
+        for l in 0..4 {
+            s[0][l] += a[l] * b0[l];
+            s[1][l] += a[l] * b1[l];
+            s[2][l] += a[l] * b2[l];
+            s[3][l] += a[l] * b3[l];
+        }
+    }
+    let body = v.len() - tv.len();
+    std::array::from_fn(|q| {
+        let mut t = (s[q][0] + s[q][1]) + (s[q][2] + s[q][3]);
+        for (a, b) in tv.iter().zip(&x[q][body..]) {
+            t += a * b;
+        }
+        t
+    })
+}
+
+/// The reflectors applied in reverse order (`Q x`) to each row of `rows` (at most four rows
+/// of `n` values), four rows interleaved: bit-identical to applying them row by row.
+#[inline(always)]
+fn back_transform(rows: &mut [f64], n: usize, refl: &[(usize, f64, Vec<f64>)]) {
+    if rows.len() != 4 * n {
+        for row in rows.chunks_exact_mut(n) {
+            for (start, beta, v) in refl.iter().rev() {
+                let x = &mut row[*start..];
+                let s = beta * dot64(v, x);
+                for (xi, vi) in x.iter_mut().zip(v) {
+                    *xi -= s * vi;
+                }
+            }
+        }
+        return;
+    }
+    let (r0, rest) = rows.split_at_mut(n);
+    let (r1, rest) = rest.split_at_mut(n);
+    let (r2, r3) = rest.split_at_mut(n);
+    for (start, beta, v) in refl.iter().rev() {
+        let st = *start;
+        let d = dot64x4(v, [&r0[st..], &r1[st..], &r2[st..], &r3[st..]]);
+        let s = d.map(|d| beta * d);
+        let it = r0[st..].iter_mut().zip(r1[st..].iter_mut());
+        let it = it.zip(r2[st..].iter_mut()).zip(r3[st..].iter_mut());
+        for ((((x0, x1), x2), x3), &vj) in it.zip(v) {
+            *x0 -= s[0] * vj;
+            *x1 -= s[1] * vj;
+            *x2 -= s[2] * vj;
+            *x3 -= s[3] * vj;
+        }
+    }
+}
+
+/// `p_i = β·<row_i[start..], v>` for the rows of `rows` (at most four of `n` values; the
+/// same sums as [`dot64`]).
+#[inline(always)]
+fn reflector_dots(rows: &[f64], n: usize, start: usize, v: &[f64], beta: f64, p: &mut [f64]) {
+    if p.len() == 4 {
+        let x: [&[f64]; 4] = std::array::from_fn(|q| &rows[q * n + start..(q + 1) * n]);
+        let d = dot64x4(v, x);
+        for (o, d) in p.iter_mut().zip(d) {
+            *o = beta * d;
+        }
+    } else {
+        for (o, row) in p.iter_mut().zip(rows.chunks_exact(n)) {
+            *o = beta * dot64(&row[start..], v);
+        }
+    }
+}
+
+/// The rank-2 update `row_i[start..] -= v_i·w + w_i·v` of the rows of `rows` (`vw` holds the
+/// pairs `(v_i, w_i)` of those rows).
+#[inline(always)]
+fn rank2_rows(rows: &mut [f64], n: usize, start: usize, v: &[f64], w: &[f64], vw: &[(f64, f64)]) {
+    for (row, &(vi, wi)) in rows.chunks_exact_mut(n).zip(vw) {
+        for ((r, &vj), &wj) in row[start..].iter_mut().zip(v).zip(w) {
+            *r -= vi * wj + wi * vj;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn reflector_dots_avx2(
+    rows: &[f64],
+    n: usize,
+    start: usize,
+    v: &[f64],
+    beta: f64,
+    p: &mut [f64],
+) {
+    reflector_dots(rows, n, start, v, beta, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rank2_rows_avx2(
+    rows: &mut [f64],
+    n: usize,
+    start: usize,
+    v: &[f64],
+    w: &[f64],
+    vw: &[(f64, f64)],
+) {
+    rank2_rows(rows, n, start, v, w, vw)
+}
+
+/// [`back_transform`] compiled with AVX2 enabled (the same operations in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn back_transform_avx2(rows: &mut [f64], n: usize, refl: &[(usize, f64, Vec<f64>)]) {
+    back_transform(rows, n, refl)
 }
 
 /// Householder tridiagonalisation of the symmetric matrix `m` (destroyed). Returns the
@@ -352,21 +474,29 @@ fn tridiagonalize(m: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, f
         v[0] -= alpha;
         let beta = 2.0 / (tail2 + v[0] * v[0]);
         // p = β·B·v, K = β/2·vᵀp, w = p - K·v, B -= v wᵀ + w vᵀ on the trailing block B.
-        let mut p: Vec<f64> = m[start * n..]
-            .par_chunks(n)
-            .map(|row| beta * dot64(&row[start..], &v))
-            .collect();
+        // Four rows per task: four independent sums (see `dot64x4`).
+        let mut p = vec![0.0f64; n - start];
+        p.par_chunks_mut(4)
+            .zip(m[start * n..].par_chunks(4 * n))
+            .for_each(|(p, rows)| match wide() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+                Wide::Avx2 => unsafe { reflector_dots_avx2(rows, n, start, &v, beta, p) },
+                _ => reflector_dots(rows, n, start, &v, beta, p),
+            });
         let kk = 0.5 * beta * dot64(&v, &p);
         for (pi, vi) in p.iter_mut().zip(&v) {
             *pi -= kk * vi;
         }
+        let vw: Vec<(f64, f64)> = v.iter().copied().zip(p.iter().copied()).collect();
         m[start * n..]
-            .par_chunks_mut(n)
-            .zip(v.par_iter().zip(p.par_iter()))
-            .for_each(|(row, (&vi, &wi))| {
-                for ((r, &vj), &wj) in row[start..].iter_mut().zip(&v).zip(&p) {
-                    *r -= vi * wj + wi * vj;
-                }
+            .par_chunks_mut(4 * n)
+            .zip(vw.par_chunks(4))
+            .for_each(|(rows, vw)| match wide() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Wide::Avx2 => unsafe { rank2_rows_avx2(rows, n, start, &v, &p, vw) },
+                _ => rank2_rows(rows, n, start, &v, &p, vw),
             });
         off[k] = alpha;
         refl.push((start, beta, v));
