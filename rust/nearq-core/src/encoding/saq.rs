@@ -307,7 +307,12 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut vals, mut e) = (diag.clone(), off.clone());
     tridiagonal_ql(&mut vals, &mut e);
     vals.sort_by(|x, y| y.total_cmp(x));
-    let mut vecs = tridiagonal_vectors(&diag, &off, &vals);
+    let mut vecs = match wide() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+        Wide::Avx2 => unsafe { tridiagonal_vectors_avx2(&diag, &off, &vals) },
+        _ => tridiagonal_vectors(&diag, &off, &vals),
+    };
     vecs.par_chunks_mut(4 * n).for_each(|rows| {
         match wide() {
             #[cfg(target_arch = "x86_64")]
@@ -332,22 +337,36 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 /// [`dot64`]; four independent chains of additions instead of one).
 #[inline(always)]
 fn dot64x4(v: &[f64], x: [&[f64]; 4]) -> [f64; 4] {
-    let mut s = [[0.0f64; 4]; 4];
-    let cv = v.chunks_exact(4);
-    let tv = cv.remainder();
-    let [x0, x1, x2, x3] = x.map(|x| x.chunks_exact(4));
-    for ((((a, b0), b1), b2), b3) in cv.zip(x0).zip(x1).zip(x2).zip(x3) {
+    let (mut s0, mut s1, mut s2, mut s3) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+    let n = v.len();
+    let body = n / 4 * 4;
+    let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
+    let mut i = 0;
+    while i < body {
+        let a: &[f64; 4] = v[i..i + 4].try_into().unwrap();
+        let b0: &[f64; 4] = x0[i..i + 4].try_into().unwrap();
+        let b1: &[f64; 4] = x1[i..i + 4].try_into().unwrap();
+        let b2: &[f64; 4] = x2[i..i + 4].try_into().unwrap();
+        let b3: &[f64; 4] = x3[i..i + 4].try_into().unwrap();
         for l in 0..4 {
-            s[0][l] += a[l] * b0[l];
-            s[1][l] += a[l] * b1[l];
-            s[2][l] += a[l] * b2[l];
-            s[3][l] += a[l] * b3[l];
+            s0[l] += a[l] * b0[l];
         }
+        for l in 0..4 {
+            s1[l] += a[l] * b1[l];
+        }
+        for l in 0..4 {
+            s2[l] += a[l] * b2[l];
+        }
+        for l in 0..4 {
+            s3[l] += a[l] * b3[l];
+        }
+        i += 4;
     }
-    let body = v.len() - tv.len();
+    let xs = [x0, x1, x2, x3];
+    let s = [s0, s1, s2, s3];
     std::array::from_fn(|q| {
         let mut t = (s[q][0] + s[q][1]) + (s[q][2] + s[q][3]);
-        for (a, b) in tv.iter().zip(&x[q][body..]) {
+        for (a, b) in v[body..].iter().zip(&xs[q][body..]) {
             t += a * b;
         }
         t
@@ -569,8 +588,17 @@ fn tridiagonal_ql(diag: &mut [f64], off: &mut [f64]) {
     }
 }
 
+/// [`tridiagonal_vectors`] compiled with AVX2 enabled (the same operations in the same order;
+/// the re-orthogonalisation against the vectors of a cluster vectorises 4 wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tridiagonal_vectors_avx2(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
+    tridiagonal_vectors(diag, off, vals)
+}
+
 /// Eigenvectors (rows) of the symmetric tridiagonal matrix (`diag`, `off`) for its sorted
 /// eigenvalues `vals`, by inverse iteration (see [`symmetric_eigen`]).
+#[inline(always)]
 fn tridiagonal_vectors(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
     let n = diag.len();
     let mut out = vec![0.0f64; n * n];
@@ -1777,6 +1805,13 @@ impl Saq {
         buf: &mut EncodeScratch,
     ) {
         buf.fit(self.max_len);
+        #[cfg(target_arch = "x86_64")]
+        if self.k.level == nearq_kernels::SimdLevel::Avx512 {
+            // SAFETY: the kernel table of that level is chosen only where AVX-512 F, BW and VL
+            // are available.
+            unsafe { self.encode_projected_avx512(z, norm2, ip_add, out, rounds, buf) };
+            return;
+        }
         match wide() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
@@ -1790,6 +1825,22 @@ impl Saq {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn encode_projected_avx2(
+        &self,
+        z: &[f32],
+        norm2: f32,
+        ip_add: f32,
+        out: &mut [u8],
+        rounds: usize,
+        buf: &mut EncodeScratch,
+    ) {
+        self.encode_projected_in(z, norm2, ip_add, out, rounds, buf)
+    }
+
+    /// [`Saq::encode_projected`] compiled with AVX-512 enabled (the same operations in the same
+    /// order), vectorised 16 wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    unsafe fn encode_projected_avx512(
         &self,
         z: &[f32],
         norm2: f32,
@@ -1901,16 +1952,25 @@ impl Saq {
         let m = wmax(s.bits);
         let shift = s.bits - 4;
         let mut u = [0u8; UNIT];
-        let mut ip4 = 0.0f64;
+        // <z, u - 7.5> (above 4 bits) in eight partial sums, so the loop vectorises.
+        let mut acc = [0.0f64; 8];
         for (blk, (wb, zb)) in w.chunks_exact(UNIT).zip(z.chunks_exact(UNIT)).enumerate() {
-            for ((o, &v), &x) in u.iter_mut().zip(wb).zip(zb) {
+            for (o, &v) in u.iter_mut().zip(wb) {
                 *o = ((v + m) as u16 >> shift) as u8;
-                ip4 += x as f64 * (*o as f64 - 7.5);
+            }
+            if s.bits > 4 {
+                for (u8s, x8) in u.chunks_exact(8).zip(zb.chunks_exact(8)) {
+                    for l in 0..8 {
+                        acc[l] += x8[l] as f64 * (u8s[l] as f64 - 7.5);
+                    }
+                }
             }
             let at = s.nib + blk * UNIT / 2;
             pack_u4(&u, &mut out[at..at + UNIT / 2]);
         }
         if s.bits > 4 {
+            let ip4 =
+                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
             let ip = (self.k.dot_f32)(z, w) as f64;
             let r = if ip > 0.0 && ip4 > 0.0 {
                 (32768.0 * ip / ((1u32 << shift) as f64 * ip4))
