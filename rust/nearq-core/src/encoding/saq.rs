@@ -215,7 +215,7 @@
 //!   an IVF list are skipped, while here the first cache line of a code is read anyway.
 
 use super::rabitq::SPREAD;
-use super::rotation::Rotation;
+use super::rotation::{wide, Rotation, Wide};
 use super::Encoding;
 use crate::error::{Error, Result};
 use crate::io::{Reader, Writer};
@@ -342,15 +342,21 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut vals, mut e) = (diag.clone(), off.clone());
     tridiagonal_ql(&mut vals, &mut e);
     vals.sort_by(|x, y| y.total_cmp(x));
-    let mut vecs = tridiagonal_vectors(&diag, &off, &vals);
-    vecs.par_chunks_mut(n).for_each(|row| {
-        for (start, beta, v) in refl.iter().rev() {
-            let x = &mut row[*start..];
-            let s = beta * dot64(v, x);
-            for (xi, vi) in x.iter_mut().zip(v) {
-                *xi -= s * vi;
-            }
+    let mut vecs = match wide() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+        Wide::Avx2 => unsafe { tridiagonal_vectors_avx2(&diag, &off, &vals) },
+        _ => tridiagonal_vectors(&diag, &off, &vals),
+    };
+    vecs.par_chunks_mut(4 * n).for_each(|rows| {
+        match wide() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+            Wide::Avx2 => unsafe { back_transform_avx2(rows, n, &refl) },
+            _ => back_transform(rows, n, &refl),
         }
+    });
+    vecs.par_chunks_mut(n).for_each(|row| {
         let norm = dot64(row, row).sqrt();
         let big = row
             .iter()
@@ -360,6 +366,141 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
         row.iter_mut().for_each(|x| *x *= s);
     });
     (vals, vecs)
+}
+
+/// `[dot64(v, x_q)]` for four rows `x_q` at once (each the same sum in the same order as
+/// [`dot64`]; four independent chains of additions instead of one).
+#[inline(always)]
+fn dot64x4(v: &[f64], x: [&[f64]; 4]) -> [f64; 4] {
+    let (mut s0, mut s1, mut s2, mut s3) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+    let n = v.len();
+    let body = n / 4 * 4;
+    let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
+    let mut i = 0;
+    while i < body {
+        let a: &[f64; 4] = v[i..i + 4].try_into().unwrap();
+        let b0: &[f64; 4] = x0[i..i + 4].try_into().unwrap();
+        let b1: &[f64; 4] = x1[i..i + 4].try_into().unwrap();
+        let b2: &[f64; 4] = x2[i..i + 4].try_into().unwrap();
+        let b3: &[f64; 4] = x3[i..i + 4].try_into().unwrap();
+        for l in 0..4 {
+            s0[l] += a[l] * b0[l];
+        }
+        for l in 0..4 {
+            s1[l] += a[l] * b1[l];
+        }
+        for l in 0..4 {
+            s2[l] += a[l] * b2[l];
+        }
+        for l in 0..4 {
+            s3[l] += a[l] * b3[l];
+        }
+        i += 4;
+    }
+    let xs = [x0, x1, x2, x3];
+    let s = [s0, s1, s2, s3];
+    std::array::from_fn(|q| {
+        let mut t = (s[q][0] + s[q][1]) + (s[q][2] + s[q][3]);
+        for (a, b) in v[body..].iter().zip(&xs[q][body..]) {
+            t += a * b;
+        }
+        t
+    })
+}
+
+/// The reflectors applied in reverse order (`Q x`) to each row of `rows` (at most four rows
+/// of `n` values), four rows interleaved: bit-identical to applying them row by row.
+#[inline(always)]
+fn back_transform(rows: &mut [f64], n: usize, refl: &[(usize, f64, Vec<f64>)]) {
+    if rows.len() != 4 * n {
+        for row in rows.chunks_exact_mut(n) {
+            for (start, beta, v) in refl.iter().rev() {
+                let x = &mut row[*start..];
+                let s = beta * dot64(v, x);
+                for (xi, vi) in x.iter_mut().zip(v) {
+                    *xi -= s * vi;
+                }
+            }
+        }
+        return;
+    }
+    let (r0, rest) = rows.split_at_mut(n);
+    let (r1, rest) = rest.split_at_mut(n);
+    let (r2, r3) = rest.split_at_mut(n);
+    for (start, beta, v) in refl.iter().rev() {
+        let st = *start;
+        let d = dot64x4(v, [&r0[st..], &r1[st..], &r2[st..], &r3[st..]]);
+        let s = d.map(|d| beta * d);
+        let it = r0[st..].iter_mut().zip(r1[st..].iter_mut());
+        let it = it.zip(r2[st..].iter_mut()).zip(r3[st..].iter_mut());
+        for ((((x0, x1), x2), x3), &vj) in it.zip(v) {
+            *x0 -= s[0] * vj;
+            *x1 -= s[1] * vj;
+            *x2 -= s[2] * vj;
+            *x3 -= s[3] * vj;
+        }
+    }
+}
+
+/// `p_i = β·<row_i[start..], v>` for the rows of `rows` (at most four of `n` values; the
+/// same sums as [`dot64`]).
+#[inline(always)]
+fn reflector_dots(rows: &[f64], n: usize, start: usize, v: &[f64], beta: f64, p: &mut [f64]) {
+    if p.len() == 4 {
+        let x: [&[f64]; 4] = std::array::from_fn(|q| &rows[q * n + start..(q + 1) * n]);
+        let d = dot64x4(v, x);
+        for (o, d) in p.iter_mut().zip(d) {
+            *o = beta * d;
+        }
+    } else {
+        for (o, row) in p.iter_mut().zip(rows.chunks_exact(n)) {
+            *o = beta * dot64(&row[start..], v);
+        }
+    }
+}
+
+/// The rank-2 update `row_i[start..] -= v_i·w + w_i·v` of the rows of `rows` (`vw` holds the
+/// pairs `(v_i, w_i)` of those rows).
+#[inline(always)]
+fn rank2_rows(rows: &mut [f64], n: usize, start: usize, v: &[f64], w: &[f64], vw: &[(f64, f64)]) {
+    for (row, &(vi, wi)) in rows.chunks_exact_mut(n).zip(vw) {
+        for ((r, &vj), &wj) in row[start..].iter_mut().zip(v).zip(w) {
+            *r -= vi * wj + wi * vj;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn reflector_dots_avx2(
+    rows: &[f64],
+    n: usize,
+    start: usize,
+    v: &[f64],
+    beta: f64,
+    p: &mut [f64],
+) {
+    reflector_dots(rows, n, start, v, beta, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rank2_rows_avx2(
+    rows: &mut [f64],
+    n: usize,
+    start: usize,
+    v: &[f64],
+    w: &[f64],
+    vw: &[(f64, f64)],
+) {
+    rank2_rows(rows, n, start, v, w, vw)
+}
+
+/// [`back_transform`] compiled with AVX2 enabled (the same operations in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn back_transform_avx2(rows: &mut [f64], n: usize, refl: &[(usize, f64, Vec<f64>)]) {
+    back_transform(rows, n, refl)
 }
 
 /// Householder tridiagonalisation of the symmetric matrix `m` (destroyed). Returns the
@@ -387,21 +528,29 @@ fn tridiagonalize(m: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, f
         v[0] -= alpha;
         let beta = 2.0 / (tail2 + v[0] * v[0]);
         // p = β·B·v, K = β/2·vᵀp, w = p - K·v, B -= v wᵀ + w vᵀ on the trailing block B.
-        let mut p: Vec<f64> = m[start * n..]
-            .par_chunks(n)
-            .map(|row| beta * dot64(&row[start..], &v))
-            .collect();
+        // Four rows per task: four independent sums (see `dot64x4`).
+        let mut p = vec![0.0f64; n - start];
+        p.par_chunks_mut(4)
+            .zip(m[start * n..].par_chunks(4 * n))
+            .for_each(|(p, rows)| match wide() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+                Wide::Avx2 => unsafe { reflector_dots_avx2(rows, n, start, &v, beta, p) },
+                _ => reflector_dots(rows, n, start, &v, beta, p),
+            });
         let kk = 0.5 * beta * dot64(&v, &p);
         for (pi, vi) in p.iter_mut().zip(&v) {
             *pi -= kk * vi;
         }
+        let vw: Vec<(f64, f64)> = v.iter().copied().zip(p.iter().copied()).collect();
         m[start * n..]
-            .par_chunks_mut(n)
-            .zip(v.par_iter().zip(p.par_iter()))
-            .for_each(|(row, (&vi, &wi))| {
-                for ((r, &vj), &wj) in row[start..].iter_mut().zip(&v).zip(&p) {
-                    *r -= vi * wj + wi * vj;
-                }
+            .par_chunks_mut(4 * n)
+            .zip(vw.par_chunks(4))
+            .for_each(|(rows, vw)| match wide() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Wide::Avx2 => unsafe { rank2_rows_avx2(rows, n, start, &v, &p, vw) },
+                _ => rank2_rows(rows, n, start, &v, &p, vw),
             });
         off[k] = alpha;
         refl.push((start, beta, v));
@@ -474,8 +623,17 @@ fn tridiagonal_ql(diag: &mut [f64], off: &mut [f64]) {
     }
 }
 
+/// [`tridiagonal_vectors`] compiled with AVX2 enabled (the same operations in the same order;
+/// the re-orthogonalisation against the vectors of a cluster vectorises 4 wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tridiagonal_vectors_avx2(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
+    tridiagonal_vectors(diag, off, vals)
+}
+
 /// Eigenvectors (rows) of the symmetric tridiagonal matrix (`diag`, `off`) for its sorted
 /// eigenvalues `vals`, by inverse iteration (see [`symmetric_eigen`]).
+#[inline(always)]
 fn tridiagonal_vectors(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
     let n = diag.len();
     let mut out = vec![0.0f64; n * n];
@@ -577,29 +735,65 @@ fn tridiagonal_vectors(diag: &[f64], off: &[f64], vals: &[f64]) -> Vec<f64> {
 }
 
 /// Covariance (`dim × dim`, row-major, divided by the row count) of the rows `rows` of `data`
-/// around `mean`, accumulated in f64 from f32 dot products over blocks of rows.
-fn covariance(data: &[f32], dim: usize, mean: &[f64], rows: &[usize], k: &Kernels) -> Vec<f64> {
+/// around `mean`: per block of rows, the f32 products of the centred block with itself by
+/// matrix products (`matrixmultiply::sgemm`) over stripes of [`COV_STRIPE`] rows of the
+/// upper triangle (about 60% of the full product at `d = 384`), accumulated in f64 across
+/// blocks.
+fn covariance(data: &[f32], dim: usize, mean: &[f64], rows: &[usize]) -> Vec<f64> {
     const BLOCK: usize = 512;
     let mut cov = vec![0.0f64; dim * dim];
-    let mut cols = vec![0.0f32; dim * BLOCK];
+    let mut a = vec![0.0f32; dim * BLOCK.min(rows.len())];
+    let mut c = vec![0.0f32; dim * dim];
     for chunk in rows.chunks(BLOCK) {
         let b = chunk.len();
-        // Column-major block of centred rows: column j is cols[j*b .. (j+1)*b].
-        for (r, &i) in chunk.iter().enumerate() {
+        // Row-major block of centred rows.
+        for (o, &i) in a.chunks_exact_mut(dim).zip(chunk) {
             let row = &data[i * dim..(i + 1) * dim];
-            for (j, (&x, &mu)) in row.iter().zip(mean).enumerate() {
-                cols[j * b + r] = (x as f64 - mu) as f32;
+            for ((o, &x), &mu) in o.iter_mut().zip(row).zip(mean) {
+                *o = (x as f64 - mu) as f32;
             }
         }
-        let cols = &cols[..dim * b];
-        cov.par_chunks_mut(dim).enumerate().for_each(|(i, ci)| {
-            // Row i from column i on: <col_i, col_j> for j >= i.
-            let mut t = vec![0.0f32; dim - i];
-            (k.matvec_f32)(&cols[i * b..], &cols[i * b..(i + 1) * b], &mut t);
-            for (c, &v) in ci[i..].iter_mut().zip(&t) {
-                *c += v as f64;
+        let a = &a[..b * dim];
+        // Stripe `s` (rows s..s+h of the product): columns s..dim, i.e. every entry (i, j >= i)
+        // of those rows.
+        c.par_chunks_mut(COV_STRIPE * dim)
+            .enumerate()
+            .for_each(|(t, stripe)| {
+                let s = t * COV_STRIPE;
+                let (h, w) = (stripe.len() / dim, dim - s);
+                // SAFETY: `a` is b × dim row-major; the left factor reads its columns s..s+h
+                // transposed (row stride 1, column stride dim), the right factor its columns
+                // s..dim (row stride dim, column stride 1), all within b × dim; the product
+                // (h × w) goes to rows 0..h, columns s..dim of `stripe` (row stride dim),
+                // within its h × dim values.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        h,
+                        b,
+                        w,
+                        1.0,
+                        a.as_ptr().add(s),
+                        1,
+                        dim as isize,
+                        a.as_ptr().add(s),
+                        dim as isize,
+                        1,
+                        0.0,
+                        stripe.as_mut_ptr().add(s),
+                        dim as isize,
+                        1,
+                    );
+                }
+            });
+        for i in 0..dim {
+            let (ci, ai) = (
+                &mut cov[i * dim + i..(i + 1) * dim],
+                &c[i * dim + i..(i + 1) * dim],
+            );
+            for (o, &v) in ci.iter_mut().zip(ai) {
+                *o += v as f64;
             }
-        });
+        }
     }
     let inv = 1.0 / rows.len().max(1) as f64;
     for i in 0..dim {
@@ -611,6 +805,9 @@ fn covariance(data: &[f32], dim: usize, mean: &[f64], rows: &[usize], k: &Kernel
     }
     cov
 }
+
+/// Rows of the covariance per matrix product in [`covariance`].
+const COV_STRIPE: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Bit allocation
@@ -755,24 +952,43 @@ pub fn allocate_in(
 // Code search: initial scale and code adjustment
 // ---------------------------------------------------------------------------------------------
 
-/// `(<z, w>, ‖w‖²)` in f64.
-#[inline]
+/// `(<z, w>, ‖w‖²)` in f64 (eight partial sums, so the loop vectorises).
+#[inline(always)]
 fn ip_nn(z: &[f32], w: &[f32]) -> (f64, f64) {
-    let (mut ip, mut nn) = ([0.0f64; 2], [0.0f64; 2]);
-    let (cz, cw) = (z.chunks_exact(2), w.chunks_exact(2));
+    let (mut ip, mut nn) = ([0.0f64; 8], [0.0f64; 8]);
+    let (cz, cw) = (z.chunks_exact(8), w.chunks_exact(8));
     let (tz, tw) = (cz.remainder(), cw.remainder());
     for (a, b) in cz.zip(cw) {
-        for l in 0..2 {
+        for l in 0..8 {
             ip[l] += a[l] as f64 * b[l] as f64;
             nn[l] += b[l] as f64 * b[l] as f64;
         }
     }
-    let (mut ip, mut nn) = (ip[0] + ip[1], nn[0] + nn[1]);
-    for (&a, &b) in tz.iter().zip(tw) {
-        ip += a as f64 * b as f64;
-        nn += b as f64 * b as f64;
+    for (l, (&a, &b)) in tz.iter().zip(tw).enumerate() {
+        ip[l] += a as f64 * b as f64;
+        nn[l] += b as f64 * b as f64;
     }
-    (ip, nn)
+    let sum = |v: [f64; 8]| ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    (sum(ip), sum(nn))
+}
+
+/// `max_i |z_i|` (lane-wise maxima, so the loop vectorises).
+#[inline(always)]
+fn max_abs(z: &[f32]) -> f32 {
+    let mut mx = [0.0f32; LANES];
+    let cz = z.chunks_exact(LANES);
+    let tail = cz.remainder();
+    for c in cz {
+        for l in 0..LANES {
+            let a = c[l].abs();
+            mx[l] = if a > mx[l] { a } else { mx[l] };
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        let a = x.abs();
+        mx[l] = if a > mx[l] { a } else { mx[l] };
+    }
+    mx.iter().fold(0.0f32, |a, &x| if x > a { x } else { a })
 }
 
 /// `wmax = (2^bits - 1)/2`: grid values are `w = c - wmax ∈ {-wmax, ..., -½, ½, ..., wmax}`.
@@ -804,13 +1020,62 @@ const ROUND: f32 = 12_582_912.0;
 /// Grid values `w_i = clamp(⌊z_i·inv⌋ + ½, -wmax, wmax)` for the step `1/inv`, written with
 /// additions and comparisons only so the loop vectorises (`⌊t⌋ + ½` is computed as
 /// `round(t - ½) + ½`, which differs only at exact ties).
-#[inline]
+#[inline(always)]
 fn grid(z: &[f32], inv: f32, wmax: f32, w: &mut [f32]) {
     for (o, &x) in w.iter_mut().zip(z) {
-        let v = ((x * inv - 0.5) + ROUND - ROUND) + 0.5;
-        let v = if v < wmax { v } else { wmax };
-        *o = if v > -wmax { v } else { -wmax };
+        *o = grid1(x, inv, wmax);
     }
+}
+
+/// One value of [`grid`].
+#[inline(always)]
+fn grid1(x: f32, inv: f32, wmax: f32) -> f32 {
+    let v = ((x * inv - 0.5) + ROUND - ROUND) + 0.5;
+    let v = if v < wmax { v } else { wmax };
+    if v > -wmax {
+        v
+    } else {
+        -wmax
+    }
+}
+
+/// Lanes of the f32 sums in [`grid_ip_nn`].
+const LANES: usize = 16;
+
+/// `(<z, w>, ‖w‖²)` in f32 for the [`grid`] values `w` of the step `1/inv`, in one pass that
+/// does not store `w` ([`LANES`] partial sums, so the loop vectorises).
+#[inline(always)]
+fn grid_ip_nn(z: &[f32], inv: f32, wmax: f32) -> (f32, f32) {
+    let (mut ip, mut nn) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let cz = z.chunks_exact(LANES);
+    let tail = cz.remainder();
+    for c in cz {
+        for l in 0..LANES {
+            let v = grid1(c[l], inv, wmax);
+            ip[l] += c[l] * v;
+            nn[l] += v * v;
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        let v = grid1(x, inv, wmax);
+        ip[l] += x * v;
+        nn[l] += v * v;
+    }
+    (sum_lanes(&ip), sum_lanes(&nn))
+}
+
+/// Pairwise sum of the [`LANES`] partial sums.
+#[inline(always)]
+fn sum_lanes(a: &[f32; LANES]) -> f32 {
+    let mut h = *a;
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            h[l] += h[l + n];
+        }
+    }
+    h[0]
 }
 
 /// Range of the optimal step as a multiple of `max|z_i|/2^(b-1)`, by bits: the 5th to 95th
@@ -827,12 +1092,11 @@ fn scale_range(bits: u32) -> (f32, f32) {
 }
 
 /// Initial grid values into `w` (see the module docs): the grid for the best of a few steps
-/// by `<z, w>/‖w‖`; `scratch` has `z.len()` values.
-fn initial_grid(k: &Kernels, z: &[f32], bits: u32, w: &mut [f32], scratch: &mut [f32]) {
+/// by `<z, w>/‖w‖` (each candidate one fused pass, [`grid_ip_nn`]).
+#[inline(always)]
+fn initial_grid(z: &[f32], bits: u32, w: &mut [f32]) {
     let m = wmax(bits);
-    let v = z
-        .iter()
-        .fold(0.0f32, |a, &x| if x.abs() > a { x.abs() } else { a });
+    let v = max_abs(z);
     if !(v > 0.0 && v.is_finite()) {
         w.fill(0.5);
         return;
@@ -843,11 +1107,10 @@ fn initial_grid(k: &Kernels, z: &[f32], bits: u32, w: &mut [f32], scratch: &mut 
         grid(z, 1.0 / dmax, m, w);
         return;
     }
-    let objective = |kk: f32, buf: &mut [f32]| -> f32 {
-        grid(z, 1.0 / (kk * dmax), m, buf);
-        let nn = (k.dot_f32)(buf, buf);
+    let objective = |kk: f32| -> f32 {
+        let (ip, nn) = grid_ip_nn(z, 1.0 / (kk * dmax), m);
         if nn > 0.0 {
-            (k.dot_f32)(z, buf) / nn.sqrt()
+            ip / nn.sqrt()
         } else {
             f32::NEG_INFINITY
         }
@@ -857,7 +1120,7 @@ fn initial_grid(k: &Kernels, z: &[f32], bits: u32, w: &mut [f32], scratch: &mut 
     let mut best = (f32::NEG_INFINITY, lo);
     let mut kk = lo;
     for _ in 0..SCALE_CANDIDATES {
-        let o = objective(kk, scratch);
+        let o = objective(kk);
         if o > best.0 {
             best = (o, kk);
         }
@@ -868,7 +1131,7 @@ fn initial_grid(k: &Kernels, z: &[f32], bits: u32, w: &mut [f32], scratch: &mut 
     for _ in 0..refine {
         let k0 = best.1;
         for kk in [k0 / step, k0 * step] {
-            let o = objective(kk, scratch);
+            let o = objective(kk);
             if o > best.0 {
                 best = (o, kk);
             }
@@ -890,11 +1153,12 @@ fn improves(ip: f64, nn: f64, ip2: f64, nn2: f64) -> bool {
 }
 
 /// Code adjustment on grid values (see the module docs); `flags` has `z.len()` bytes.
+#[inline(always)]
 fn adjust_grid(z: &[f32], bits: u32, w: &mut [f32], rounds: usize, flags: &mut [u8]) {
     let m = wmax(bits);
-    let xmax2 = z
-        .iter()
-        .fold(0.0f32, |a, &x| if x * x > a { x * x } else { a }) as f64;
+    // max z_i² (squaring and rounding are monotone: the square of the largest |z_i|).
+    let xmax = max_abs(z);
+    let xmax2 = (xmax * xmax) as f64;
     for _ in 0..rounds {
         let (mut ip, mut nn) = ip_nn(z, w);
         // Screen: with u = z_i·‖w‖²/<z,w> - w_i, a step up needs u > ½ - z_i²‖w‖²/(2<z,w>²)
@@ -913,38 +1177,42 @@ fn adjust_grid(z: &[f32], bits: u32, w: &mut [f32], rounds: usize, flags: &mut [
             flags.fill(1);
         }
         let mut changed = false;
-        // Few coordinates pass the screen: skip eight clear flags at a time.
-        let cand = flags.chunks(8).enumerate().flat_map(|(g, f8)| {
-            let clear = f8.len() == 8 && u64::from_ne_bytes(f8.try_into().unwrap()) == 0;
-            let f8 = if clear { &f8[..0] } else { f8 };
-            f8.iter()
-                .enumerate()
-                .filter(|(_, &f)| f != 0)
-                .map(move |(l, _)| 8 * g + l)
-        });
-        for i in cand {
-            let x = z[i] as f64;
-            let mut v = w[i] as f64;
-            let mut moved = false;
-            while v < m as f64 {
-                let (ip2, nn2) = (ip + x, nn + 2.0 * v + 1.0);
-                if !improves(ip, nn, ip2, nn2) {
-                    break;
-                }
-                (ip, nn, v, moved) = (ip2, nn2, v + 1.0, true);
-            }
-            if !moved {
-                while v > -m as f64 {
-                    let (ip2, nn2) = (ip - x, nn - 2.0 * v + 1.0);
+        // Few coordinates pass the screen: walk the set flags of each group of eight as the
+        // bits of one byte.
+        for (g, f8) in flags.chunks(8).enumerate() {
+            let mut set = if f8.len() == 8 {
+                gather_bit(u64::from_le_bytes(f8.try_into().unwrap()), 0)
+            } else {
+                f8.iter()
+                    .enumerate()
+                    .fold(0u8, |b, (l, &f)| b | (((f != 0) as u8) << l))
+            };
+            while set != 0 {
+                let i = 8 * g + set.trailing_zeros() as usize;
+                set &= set - 1;
+                let x = z[i] as f64;
+                let mut v = w[i] as f64;
+                let mut moved = false;
+                while v < m as f64 {
+                    let (ip2, nn2) = (ip + x, nn + 2.0 * v + 1.0);
                     if !improves(ip, nn, ip2, nn2) {
                         break;
                     }
-                    (ip, nn, v, moved) = (ip2, nn2, v - 1.0, true);
+                    (ip, nn, v, moved) = (ip2, nn2, v + 1.0, true);
                 }
-            }
-            if moved {
-                w[i] = v as f32;
-                changed = true;
+                if !moved {
+                    while v > -m as f64 {
+                        let (ip2, nn2) = (ip - x, nn - 2.0 * v + 1.0);
+                        if !improves(ip, nn, ip2, nn2) {
+                            break;
+                        }
+                        (ip, nn, v, moved) = (ip2, nn2, v - 1.0, true);
+                    }
+                }
+                if moved {
+                    w[i] = v as f32;
+                    changed = true;
+                }
             }
         }
         if !changed {
@@ -981,8 +1249,8 @@ pub fn uniform_codes(z: &[f32], bits: u32, codes: &mut [u16]) {
 /// Initial codes: the grid codes for the best of a few steps (see the module docs).
 pub fn initial_codes(z: &[f32], bits: u32, codes: &mut [u16]) {
     assert!((1..=MAX_SEG_BITS).contains(&bits) && codes.len() == z.len());
-    let (mut w, mut scratch) = (vec![0.0f32; z.len()], vec![0.0f32; z.len()]);
-    initial_grid(kernels(), z, bits, &mut w, &mut scratch);
+    let mut w = vec![0.0f32; z.len()];
+    initial_grid(z, bits, &mut w);
     to_codes(bits, &w, codes);
 }
 
@@ -1001,8 +1269,8 @@ pub fn adjust_codes(z: &[f32], bits: u32, codes: &mut [u16], rounds: usize) -> f
 /// [`adjust_codes`] with `rounds`. Returns the cosine of the result.
 pub fn caq(z: &[f32], bits: u32, rounds: usize, codes: &mut [u16]) -> f64 {
     assert!((1..=MAX_SEG_BITS).contains(&bits) && codes.len() == z.len());
-    let (mut w, mut scratch) = (vec![0.0f32; z.len()], vec![0.0f32; z.len()]);
-    initial_grid(kernels(), z, bits, &mut w, &mut scratch);
+    let mut w = vec![0.0f32; z.len()];
+    initial_grid(z, bits, &mut w);
     adjust_grid(z, bits, &mut w, rounds, &mut vec![0u8; z.len()]);
     to_codes(bits, &w, codes);
     cosine(z, &w)
@@ -1135,6 +1403,25 @@ impl Segment {
     }
 }
 
+/// Working buffers of [`Saq::encode_projected`], reused across the vectors of a batch.
+#[derive(Default)]
+struct EncodeScratch {
+    w: Vec<f32>,
+    scratch: Vec<f32>,
+    flags: Vec<u8>,
+}
+
+impl EncodeScratch {
+    /// Room for segments of `len` coordinates.
+    fn fit(&mut self, len: usize) {
+        if self.w.len() < len {
+            self.w.resize(len, 0.0);
+            self.scratch.resize(len, 0.0);
+            self.flags.resize(len, 0);
+        }
+    }
+}
+
 /// SAQ encoder (see the module docs).
 pub struct Saq {
     dim: usize,
@@ -1261,7 +1548,6 @@ impl Saq {
             return Err(Error::Empty("training data"));
         }
         check_finite("training data", data, dim)?;
-        let k = kernels();
         let mut acc = vec![0.0f64; dim];
         for row in data.chunks_exact(dim) {
             for (a, &x) in acc.iter_mut().zip(row) {
@@ -1271,7 +1557,7 @@ impl Saq {
         let mean64: Vec<f64> = acc.iter().map(|s| s / n as f64).collect();
         let s = n.min(PCA_SAMPLE);
         let rows: Vec<usize> = (0..s).map(|i| i * n / s).collect();
-        let cov = covariance(data, dim, &mean64, &rows, k);
+        let cov = covariance(data, dim, &mean64, &rows);
         let (values, vectors) = symmetric_eigen(&cov, dim);
         let var: Vec<f32> = values.iter().map(|&v| v.max(0.0) as f32).collect();
         let comps: Vec<f32> = vectors.iter().map(|&v| v as f32).collect();
@@ -1523,7 +1809,14 @@ impl Saq {
         let mut r = vec![0.0f32; self.dim];
         let mut z = vec![0.0f32; self.head];
         let (norm2, ip_add) = self.project(v, &mut r, &mut z);
-        self.encode_projected(&z, norm2, ip_add, out, rounds);
+        self.encode_projected(
+            &z,
+            norm2,
+            ip_add,
+            out,
+            rounds,
+            &mut EncodeScratch::default(),
+        );
     }
 
     /// Encodes blocks of rows of `data` with the projection as one matrix product per block
@@ -1540,6 +1833,7 @@ impl Saq {
         );
         let mut r = vec![0.0f32; B.min(n) * dim];
         let mut z = vec![0.0f32; B.min(n) * head];
+        let mut buf = EncodeScratch::default();
         for (b0, rows) in data.chunks(B * dim).enumerate() {
             let m = rows.len() / dim;
             for (rr, v) in r.chunks_exact_mut(dim).zip(rows.chunks_exact(dim)) {
@@ -1578,6 +1872,7 @@ impl Saq {
                     ip_add,
                     &mut out[at..at + self.code_size],
                     rounds,
+                    &mut buf,
                 );
             }
         }
@@ -1585,7 +1880,73 @@ impl Saq {
 
     /// The code of a vector from its rotated segments `z` (length `head`), `‖v - μ‖²` and
     /// `<v - μ, μ>`.
-    fn encode_projected(&self, z: &[f32], norm2: f32, ip_add: f32, out: &mut [u8], rounds: usize) {
+    fn encode_projected(
+        &self,
+        z: &[f32],
+        norm2: f32,
+        ip_add: f32,
+        out: &mut [u8],
+        rounds: usize,
+        buf: &mut EncodeScratch,
+    ) {
+        buf.fit(self.max_len);
+        #[cfg(target_arch = "x86_64")]
+        if self.k.level == nearq_kernels::SimdLevel::Avx512 {
+            // SAFETY: the kernel table of that level is chosen only where AVX-512 F, BW and VL
+            // are available.
+            unsafe { self.encode_projected_avx512(z, norm2, ip_add, out, rounds, buf) };
+            return;
+        }
+        match wide() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `wide()` answers `Avx2` only where AVX2 is available (see there).
+            Wide::Avx2 => unsafe { self.encode_projected_avx2(z, norm2, ip_add, out, rounds, buf) },
+            _ => self.encode_projected_in(z, norm2, ip_add, out, rounds, buf),
+        }
+    }
+
+    /// [`Saq::encode_projected`] compiled with AVX2 enabled: the same operations in the same
+    /// order (bit-identical codes, see `rotation::Wide`), vectorised 8 wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn encode_projected_avx2(
+        &self,
+        z: &[f32],
+        norm2: f32,
+        ip_add: f32,
+        out: &mut [u8],
+        rounds: usize,
+        buf: &mut EncodeScratch,
+    ) {
+        self.encode_projected_in(z, norm2, ip_add, out, rounds, buf)
+    }
+
+    /// [`Saq::encode_projected`] compiled with AVX-512 enabled (the same operations in the same
+    /// order), vectorised 16 wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    unsafe fn encode_projected_avx512(
+        &self,
+        z: &[f32],
+        norm2: f32,
+        ip_add: f32,
+        out: &mut [u8],
+        rounds: usize,
+        buf: &mut EncodeScratch,
+    ) {
+        self.encode_projected_in(z, norm2, ip_add, out, rounds, buf)
+    }
+
+    #[inline(always)]
+    fn encode_projected_in(
+        &self,
+        z: &[f32],
+        norm2: f32,
+        ip_add: f32,
+        out: &mut [u8],
+        rounds: usize,
+        buf: &mut EncodeScratch,
+    ) {
         out.fill(0);
         let a = if self.metric == Metric::L2 {
             norm2
@@ -1597,23 +1958,22 @@ impl Saq {
             let head2 = (self.k.dot_f32)(z, z);
             wr_f32(out, self.hdr + 4, (norm2 - head2).max(0.0));
         }
-        let mut w = vec![0.0f32; self.max_len];
-        let mut scratch = vec![0.0f32; self.max_len];
-        let mut flags = vec![0u8; self.max_len];
         for s in &self.segs {
-            let (z, w, scratch) = (
+            let (z, w, scratch, flags) = (
                 &z[s.start..s.start + s.len],
-                &mut w[..s.len],
-                &mut scratch[..s.len],
+                &mut buf.w[..s.len],
+                &mut buf.scratch[..s.len],
+                &mut buf.flags[..s.len],
             );
-            initial_grid(self.k, z, s.bits, w, scratch);
-            adjust_grid(z, s.bits, w, rounds, &mut flags[..s.len]);
+            initial_grid(z, s.bits, w);
+            adjust_grid(z, s.bits, w, rounds, flags);
             self.write_segment(s, z, w, scratch, out);
         }
     }
 
     /// Writes the planes and factors of one segment from its grid values `w` (`scratch` has
     /// `s.len` values).
+    #[inline(always)]
     fn write_segment(
         &self,
         s: &Segment,
@@ -1632,13 +1992,14 @@ impl Saq {
         } else {
             b
         };
-        for (g, eight) in w.chunks_exact(8).enumerate() {
-            let (mut lo, mut hi) = (0u64, 0u64);
-            for (l, &v) in eight.iter().enumerate() {
-                let c = (v + m) as u16;
-                lo |= ((c & 0xFF) as u64) << (8 * l);
-                hi |= ((c >> 8) as u64) << (8 * l);
-            }
+        for (g, eight) in w.chunks_exact(8).enumerate().filter(|_| nplanes > 0) {
+            let c: [u16; 8] = std::array::from_fn(|l| (eight[l] + m) as u16);
+            let lo = u64::from_le_bytes(c.map(|c| c as u8));
+            let hi = if nplanes > 8 {
+                u64::from_le_bytes(c.map(|c| (c >> 8) as u8))
+            } else {
+                0
+            };
             for j in 0..nplanes {
                 out[s.planes + j as usize * pb + g] = if j < 8 {
                     gather_bit(lo, j)
@@ -1671,20 +2032,30 @@ impl Saq {
     /// the truncated code `u` (a symmetric 4-bit grid: `w = 2^(b-4)(u - 7.5) + e`, `|e| <
     /// 2^(b-5)`, so `ρ ∈ (0, 2)` when the signs agree), stored as `round(32768·ρ)`: the
     /// traversal factor of `u - 7.5` is `F = ‖z‖²/<z, u - 7.5> = f·2^(b-4)·ρ`.
+    #[inline(always)]
     fn write_nibbles(&self, s: &Segment, z: &[f32], w: &[f32], out: &mut [u8]) {
         let m = wmax(s.bits);
         let shift = s.bits - 4;
         let mut u = [0u8; UNIT];
-        let mut ip4 = 0.0f64;
+        // <z, u - 7.5> (above 4 bits) in eight partial sums, so the loop vectorises.
+        let mut acc = [0.0f64; 8];
         for (blk, (wb, zb)) in w.chunks_exact(UNIT).zip(z.chunks_exact(UNIT)).enumerate() {
-            for ((o, &v), &x) in u.iter_mut().zip(wb).zip(zb) {
+            for (o, &v) in u.iter_mut().zip(wb) {
                 *o = ((v + m) as u16 >> shift) as u8;
-                ip4 += x as f64 * (*o as f64 - 7.5);
+            }
+            if s.bits > 4 {
+                for (u8s, x8) in u.chunks_exact(8).zip(zb.chunks_exact(8)) {
+                    for l in 0..8 {
+                        acc[l] += x8[l] as f64 * (u8s[l] as f64 - 7.5);
+                    }
+                }
             }
             let at = s.nib + blk * UNIT / 2;
             pack_u4(&u, &mut out[at..at + UNIT / 2]);
         }
         if s.bits > 4 {
+            let ip4 =
+                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
             let ip = (self.k.dot_f32)(z, w) as f64;
             let r = if ip > 0.0 && ip4 > 0.0 {
                 (32768.0 * ip / ((1u32 << shift) as f64 * ip4))
