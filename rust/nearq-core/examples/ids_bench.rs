@@ -35,6 +35,11 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     let pqs: Vec<E::Query> = (0..nq).map(|i| e.prepare(&q[i * d..(i + 1) * d])).collect();
     let hot: Vec<u32> = (0..32).map(|_| (next() % n as u64) as u32).collect();
     let mut out = [0f32; 32];
+    // distance_ids must equal distance code by code (bit for bit).
+    e.distance_ids(&pqs[0], &store, &hot, &mut out);
+    for (o, &id) in out.iter().zip(&hot) {
+        assert_eq!(o.to_bits(), e.distance(&pqs[0], store.get(id as usize)).to_bits());
+    }
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -54,6 +59,24 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
         std::hint::black_box(&out);
     }
     let cold_ns = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
+    // The u4 x i8 gather kernels alone on the same codes (their first 192 bytes), in cache:
+    // one segment, and two segments of 96 bytes.
+    let k = nearq_kernels::kernels();
+    let (lo, hi) = (vec![3i8; 192], vec![-5i8; 192]);
+    let mut dots = [0i32; 64];
+    let t = Instant::now();
+    for _ in 0..reps {
+        (k.dot_u4_i8_split_gather)(store.bytes(), store.stride(), &hot, &lo, &hi, &mut dots[..32]);
+        std::hint::black_box(&dots);
+    }
+    let k1 = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
+    let t = Instant::now();
+    for _ in 0..reps {
+        (k.dot_u4_i8_split_gather_segs)(store.bytes(), store.stride(), &hot, &lo, &hi, &[96, 192], &mut dots);
+        std::hint::black_box(&dots);
+    }
+    let k2 = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
+    println!("{name:10} kernels in cache: one segment {k1:5.1} ns/code, two segments {k2:5.1} ns/code");
     let t = Instant::now();
     for i in 0..nq {
         std::hint::black_box(e.prepare(&q[i * d..(i + 1) * d]));

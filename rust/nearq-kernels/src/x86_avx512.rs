@@ -914,6 +914,24 @@ mod imp {
         }
     }
 
+    /// The sums of the i32 lanes of `a` and of `b`, reduced together: each folded to 8 lanes,
+    /// the two halves of one register then reduced side by side (lanes 0 and 8).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn reduce_pair(a: __m512i, b: __m512i) -> (i32, i32) {
+        let fa = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
+        let fb = _mm256_add_epi32(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64::<1>(b));
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(fa), fb);
+        // Swap the 128-bit lanes within each half, then the 64-bit pairs, then neighbours.
+        let v = _mm512_add_epi32(v, _mm512_shuffle_i32x4::<0b10_11_00_01>(v, v));
+        let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0b01_00_11_10>(v));
+        let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0b10_11_00_01>(v));
+        (
+            _mm_cvtsi128_si32(_mm512_castsi512_si128(v)),
+            _mm_cvtsi128_si32(_mm512_extracti32x4_epi32::<2>(v)),
+        )
+    }
+
     /// `dot_u4_i8_split` and its gather, once per way of multiplying bytes: `$mul(acc, codes,
     /// weights)` adds the products of unsigned 4-bit codes with i8 weights into the i32 lanes
     /// of `acc`. Each 64-byte step is one masked load of codes and of each weight vector; the
@@ -1066,6 +1084,46 @@ mod imp {
                         np += 1;
                     }
                     a = e;
+                }
+                let s = ends.len();
+                if s == 2 {
+                    // Two segments (SAQ's usual case), branch-free: the first segment's lanes
+                    // of each step as a mask, the second segment as the total minus the
+                    // first, and both reduced together.
+                    let e0 = ends[0] as usize;
+                    let mut m0 = [0 as __mmask16; N];
+                    for (c, m) in m0.iter_mut().enumerate() {
+                        *m = if e0 >= 64 * c + 64 {
+                            0xFFFF
+                        } else if e0 <= 64 * c {
+                            0
+                        } else {
+                            ((1u32 << ((e0 - 64 * c) / 4)) - 1) as __mmask16
+                        };
+                    }
+                    for (o, &id) in out.chunks_exact_mut(2).zip(ids) {
+                        let at = id as usize * stride;
+                        assert!(
+                            at <= base.len() && len <= base.len() - at,
+                            "dot_u4_i8_split_gather: code {id} outside base"
+                        );
+                        let pc = base[at..].as_ptr();
+                        let (mut all, mut a0) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for c in 0..N {
+                            // SAFETY: the mask enables only bytes at + 64c .. at + min(64c +
+                            // 64, len) <= base.len(), checked above.
+                            let x = unsafe {
+                                _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
+                            };
+                            let p = $mul(_mm512_setzero_si512(), _mm512_and_si512(x, nib), wl[c]);
+                            let p =
+                                $mul(p, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                            all = _mm512_add_epi32(all, p);
+                            a0 = _mm512_mask_add_epi32(a0, m0[c], a0, p);
+                        }
+                        (o[0], o[1]) = reduce_pair(a0, _mm512_sub_epi32(all, a0));
+                    }
+                    return;
                 }
                 let s = ends.len();
                 for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
