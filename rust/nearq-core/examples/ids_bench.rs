@@ -38,7 +38,10 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     // distance_ids must equal distance code by code (bit for bit).
     e.distance_ids(&pqs[0], &store, &hot, &mut out);
     for (o, &id) in out.iter().zip(&hot) {
-        assert_eq!(o.to_bits(), e.distance(&pqs[0], store.get(id as usize)).to_bits());
+        assert_eq!(
+            o.to_bits(),
+            e.distance(&pqs[0], store.get(id as usize)).to_bits()
+        );
     }
     let reps: usize = std::env::var("REPS")
         .ok()
@@ -66,17 +69,34 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     let mut dots = [0i32; 64];
     let t = Instant::now();
     for _ in 0..reps {
-        (k.dot_u4_i8_split_gather)(store.bytes(), store.stride(), &hot, &lo, &hi, &mut dots[..32]);
+        (k.dot_u4_i8_split_gather)(
+            store.bytes(),
+            store.stride(),
+            &hot,
+            &lo,
+            &hi,
+            &mut dots[..32],
+        );
         std::hint::black_box(&dots);
     }
     let k1 = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
     let t = Instant::now();
     for _ in 0..reps {
-        (k.dot_u4_i8_split_gather_segs)(store.bytes(), store.stride(), &hot, &lo, &hi, &[96, 192], &mut dots);
+        (k.dot_u4_i8_split_gather_segs)(
+            store.bytes(),
+            store.stride(),
+            &hot,
+            &lo,
+            &hi,
+            &[96, 192],
+            &mut dots,
+        );
         std::hint::black_box(&dots);
     }
     let k2 = t.elapsed().as_secs_f64() * 1e9 / (reps * 32) as f64;
-    println!("{name:10} kernels in cache: one segment {k1:5.1} ns/code, two segments {k2:5.1} ns/code");
+    println!(
+        "{name:10} kernels in cache: one segment {k1:5.1} ns/code, two segments {k2:5.1} ns/code"
+    );
     let t = Instant::now();
     for i in 0..nq {
         std::hint::black_box(e.prepare(&q[i * d..(i + 1) * d]));
