@@ -61,6 +61,7 @@ CONFIGS = {
     # encoder is trained or loaded).
     "nearq-saq8-nokeep-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
+    "nearq-saq8-nokeep-d48-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),
