@@ -234,6 +234,24 @@ pub fn dot_u4_i8_split_gather_segs(
     ends: &[u32],
     out: &mut [i32],
 ) {
+    gather_segs_with(dot_u4_i8_split, base, stride, ids, lo, hi, ends, out)
+}
+
+/// [`dot_u4_i8_split_gather_segs`] with `single` as the product of one segment of one code
+/// (the same checks and loop; the SIMD tables without a fused version pass their own
+/// `dot_u4_i8_split`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn gather_segs_with(
+    single: impl Fn(&[u8], &[i8], &[i8]) -> i32,
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+    out: &mut [i32],
+) {
     assert_eq!(
         lo.len(),
         hi.len(),
@@ -253,7 +271,7 @@ pub fn dot_u4_i8_split_gather_segs(
         let mut a = 0usize;
         for (o, &e) in o.iter_mut().zip(ends) {
             let e = e as usize;
-            *o = dot_u4_i8_split(&code[a..e], &lo[a..e], &hi[a..e]);
+            *o = single(&code[a..e], &lo[a..e], &hi[a..e]);
             a = e;
         }
     }

@@ -741,29 +741,16 @@ pub(crate) mod imp {
         ends: &[u32],
         out: &mut [i32],
     ) {
-        assert_eq!(
-            lo.len(),
-            hi.len(),
-            "dot_u4_i8_split: slices of different lengths"
-        );
-        crate::scalar::check_segment_ends(ends, lo.len());
-        let s = ends.len();
-        assert_eq!(
-            ids.len() * s,
-            out.len(),
-            "dot_u4_i8_split_gather_segs: ids and out"
-        );
-        let len = lo.len();
-        for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
-            let at = id as usize * stride;
-            let code = &base[at..at + len];
-            let mut a = 0usize;
-            for (o, &e) in o.iter_mut().zip(ends) {
-                let e = e as usize;
-                *o = dot_u4_i8_split(&code[a..e], &lo[a..e], &hi[a..e]);
-                a = e;
-            }
-        }
+        crate::scalar::gather_segs_with(
+            |p, l, h| dot_u4_i8_split(p, l, h),
+            base,
+            stride,
+            ids,
+            lo,
+            hi,
+            ends,
+            out,
+        )
     }
 
     #[target_feature(enable = "avx2,fma,popcnt")]
