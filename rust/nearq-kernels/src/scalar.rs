@@ -237,6 +237,22 @@ pub fn dot_u4_i8_split_gather_segs(
     gather_segs_with(dot_u4_i8_split, base, stride, ids, lo, hi, ends, out)
 }
 
+/// The argument checks of [`dot_u4_i8_split_gather_segs`] (every table's version): equal
+/// weight lengths, valid segment ends, one output per code and segment.
+pub fn check_segs_args(ids: &[u32], lo: &[i8], hi: &[i8], ends: &[u32], out: &[i32]) {
+    assert_eq!(
+        lo.len(),
+        hi.len(),
+        "dot_u4_i8_split: slices of different lengths"
+    );
+    check_segment_ends(ends, lo.len());
+    assert_eq!(
+        ids.len() * ends.len(),
+        out.len(),
+        "dot_u4_i8_split_gather_segs: ids and out"
+    );
+}
+
 /// [`dot_u4_i8_split_gather_segs`] with `single` as the product of one segment of one code
 /// (the same checks and loop; the SIMD tables without a fused version pass their own
 /// `dot_u4_i8_split`).
@@ -252,18 +268,8 @@ pub fn gather_segs_with(
     ends: &[u32],
     out: &mut [i32],
 ) {
-    assert_eq!(
-        lo.len(),
-        hi.len(),
-        "dot_u4_i8_split: slices of different lengths"
-    );
-    check_segment_ends(ends, lo.len());
+    check_segs_args(ids, lo, hi, ends, out);
     let s = ends.len();
-    assert_eq!(
-        ids.len() * s,
-        out.len(),
-        "dot_u4_i8_split_gather_segs: ids and out"
-    );
     let len = lo.len();
     for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
         let at = id as usize * stride;

@@ -1169,36 +1169,22 @@ mod imp {
                 ends: &[u32],
                 out: &mut [i32],
             ) {
-                assert_eq!(
-                    lo.len(),
-                    hi.len(),
-                    "dot_u4_i8_split: slices of different lengths"
-                );
-                crate::scalar::check_segment_ends(ends, lo.len());
-                let s = ends.len();
-                assert_eq!(
-                    ids.len() * s,
-                    out.len(),
-                    "dot_u4_i8_split_gather_segs: ids and out"
-                );
+                crate::scalar::check_segs_args(ids, lo, hi, ends, out);
                 match lo.len().div_ceil(64) {
                     1 => $segs_n::<1>(base, stride, ids, lo, hi, ends, out),
                     2 => $segs_n::<2>(base, stride, ids, lo, hi, ends, out),
                     3 => $segs_n::<3>(base, stride, ids, lo, hi, ends, out),
                     4 => $segs_n::<4>(base, stride, ids, lo, hi, ends, out),
-                    _ => {
-                        let len = lo.len();
-                        for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
-                            let at = id as usize * stride;
-                            let code = &base[at..at + len];
-                            let mut a = 0usize;
-                            for (o, &e) in o.iter_mut().zip(ends) {
-                                let e = e as usize;
-                                *o = $single(&code[a..e], &lo[a..e], &hi[a..e]);
-                                a = e;
-                            }
-                        }
-                    }
+                    _ => crate::scalar::gather_segs_with(
+                        |p, l, h| $single(p, l, h),
+                        base,
+                        stride,
+                        ids,
+                        lo,
+                        hi,
+                        ends,
+                        out,
+                    ),
                 }
             }
         };
