@@ -168,3 +168,56 @@ def test_index_quantized_graph_round_trips_and_changes(real_data, tmp_path):
         b = other.search(q, k=10, ef=64)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.distances, b.distances)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_index_quantized_graph_half_precision_rows(real_data, real_truth, metric, monkeypatch, tmp_path):
+    """NEARQ_QG_HALF=1 (read when the rows are built): the rows hold the vectors in f16, the
+    final candidates are re-ranked from the f32 vectors, so distances stay exact; recall
+    matches the f32 rows; the rows round-trip through a file and follow adds and deletes."""
+    (x, q), (truth, _) = real_data, real_truth[metric]
+    full = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
+    monkeypatch.setenv("NEARQ_QG_HALF", "1")
+    idx = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
+    monkeypatch.delenv("NEARQ_QG_HALF")
+    assert idx.quantized_graph
+    m, mf = idx.memory_usage(detail=True), full.memory_usage(detail=True)
+    # each row's vector takes 2 bytes per dimension instead of 4 (rows are 64-byte aligned,
+    # and the rows' allocation is rounded up to 2 MiB pages)
+    saved = (mf["quantized_graph"] - m["quantized_graph"]) / len(x)
+    assert 2 * x.shape[1] - 64 <= saved <= 2 * x.shape[1] + 64 + 2 * 2**20 / len(x), saved
+    res, ref = idx.search(q, k=10, ef=64), full.search(q, k=10, ef=64)
+    np.testing.assert_allclose(res.distances, _dist(metric, q, x, res.ids), atol=2e-4, rtol=1e-4)
+    assert (np.diff(res.distances, axis=1) >= 0).all()
+    r, rf = _recall(res.ids, truth[:, :10]), _recall(ref.ids, truth[:, :10])
+    assert r >= 0.95 and abs(r - rf) <= 0.01, (r, rf)
+    # where both find a vector, they report the same (exact) distance
+    for a, da, b, db in zip(res.ids, res.distances, ref.ids, ref.distances):
+        common = set(a) & set(b)
+        for i in common:
+            assert da[list(a).index(i)] == pytest.approx(db[list(b).index(i)], rel=1e-5, abs=1e-6)
+    # k beyond the index pads with -1; a single query agrees with the batch
+    small = nearq.Index.build(x[:20], metric=metric, encoding="rabitq", bits=4)
+    monkeypatch.setenv("NEARQ_QG_HALF", "1")
+    small_h = nearq.Index.build(x[:20], metric=metric, encoding="rabitq", bits=4)
+    monkeypatch.delenv("NEARQ_QG_HALF")
+    s, sh = small.search(q[:3], k=25), small_h.search(q[:3], k=25)
+    np.testing.assert_array_equal(s.ids, sh.ids)
+    assert (sh.ids[:, 20:] == -1).all()
+    one = idx.search(q[5], k=10, ef=64)
+    np.testing.assert_array_equal(one.ids[0], res.ids[5])
+    # adds and deletes, then a file round trip keep the half rows and the results
+    idx.delete(np.arange(0, 300, 7))
+    idx.add(q[:50])
+    a = idx.search(q, k=10, ef=64)
+    assert not np.isin(a.ids, np.arange(0, 300, 7)).any()
+    assert (a.ids[:50, 0] == np.arange(len(x), len(x) + 50)).all()
+    path = tmp_path / "half.nearq"
+    idx.save(path)
+    for other in (nearq.Index.load(path), nearq.Index.load(path, mmap=True)):
+        # still half-precision rows (the loaded rows are allocated to size, without spare room)
+        per = other.memory_usage(detail=True)["quantized_graph"] / (len(x) + 50)
+        assert per <= mf["quantized_graph"] / len(x) - 2 * x.shape[1] + 64 + 2 * 2**20 / len(x), per
+        b = other.search(q, k=10, ef=64)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)

@@ -62,10 +62,17 @@ CONFIGS = {
     "nearq-saq8-nokeep-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
     "nearq-saq8-nokeep-d48-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
+    "nearq-saq8-nokeep-d64-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=64, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
+    "nearq-saq8-nokeep-d48-b200-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=200, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
+    "nearq-saq8-nokeep-d64-b200-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=64, build_ef=200, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
+    "nearq-saq8-nokeep-d48-b300-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=300, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),
     "nearq-pq4-mmap-qg-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128, quantized_graph=True)),
+    # The quantized graph with half-precision vectors in its rows (NEARQ_QG_HALF=1, read when
+    # the rows are built) instead of the default f32.
+    "nearq-rabitq-qg-b200-f16rows": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200, env={"NEARQ_QG_HALF": "1"})),
     "nearq-rabitq-qg-d64-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=64, build_ef=200)),
     "nearq-rabitq-qg-d48-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=48, build_ef=200)),
     "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),

@@ -19,6 +19,9 @@
 //! encoding's parameters) and the 4-bit PQ neighbour-code rows mark (trailing section tag 2);
 //! the layout of every field is unchanged, so version 3 files load as before and a version-3
 //! reader refuses a version-4 file as too new instead of misreading it.
+//! Version 5 adds a second kind of quantized graph rows, with the vectors in half precision
+//! (`qg.rs`, first payload byte 0xA1); everything else is unchanged, so version 4 files load
+//! as before and a version-4 reader refuses a version-5 file as too new.
 //! The whole file is checked (length, version, checksum) before any field is parsed, and every
 //! length read from the payload is checked against the bytes that remain before anything is
 //! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
@@ -30,7 +33,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Bytes before the payload; payload offset `p` lies at file offset `HEADER + p`.
 pub const HEADER: usize = 24;
 

@@ -56,6 +56,8 @@ const EMPTY: u32 = u32::MAX;
 pub(crate) const MAX_NODES: usize = 1 << 31;
 /// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
 const PAYLOAD_KIND: u8 = 0xA0;
+/// The same with the rows' vectors in half precision.
+const PAYLOAD_KIND_HALF: u8 = 0xA1;
 
 /// A graph whose rows carry their neighbours' FastScan codes.
 pub struct QgIndex {
@@ -63,6 +65,8 @@ pub struct QgIndex {
     pad: usize,
     degree: usize,
     metric: Metric,
+    /// The rows hold the nodes' vectors in half precision (IEEE binary16) rather than f32.
+    half: bool,
     rot: Rotation,
     qrot: QueryRot,
     row_bytes: usize,
@@ -92,7 +96,7 @@ impl QgIndex {
         self.pad / 4 * 16
     }
     fn off_codes(&self) -> usize {
-        self.dim * 4
+        self.dim * if self.half { 2 } else { 4 }
     }
     fn off_fadd(&self) -> usize {
         self.off_codes() + self.degree / 32 * self.code_bytes()
@@ -116,11 +120,20 @@ impl QgIndex {
         if metric.normalizes() {
             data.par_chunks_mut(dim).for_each(crate::metric::normalize);
         }
-        Self::from_parts(index.graph(), index.entry_point(), &data, dim, metric, seed)
+        Self::from_parts(
+            index.graph(),
+            index.entry_point(),
+            &data,
+            dim,
+            metric,
+            seed,
+            false,
+        )
     }
 
     /// Builds the quantized graph over `graph` (entry point `entry`) and its nodes' vectors
-    /// `data` (row-major, `dim` columns, already normalised for cosine).
+    /// `data` (row-major, `dim` columns, already normalised for cosine); `half`: the rows
+    /// hold the vectors in half precision (see [`QgIndex::half_fits`]).
     pub(crate) fn from_parts(
         g: &Graph,
         entry: u32,
@@ -128,6 +141,7 @@ impl QgIndex {
         dim: usize,
         metric: Metric,
         seed: u64,
+        half: bool,
     ) -> Result<QgIndex> {
         if metric == Metric::InnerProduct {
             return Err(Error::param(
@@ -152,6 +166,7 @@ impl QgIndex {
             pad,
             degree,
             metric,
+            half,
             qrot: QueryRot::new(&rot),
             rot,
             row_bytes: 0,
@@ -178,6 +193,7 @@ impl QgIndex {
         remap: Option<&[u32]>,
     ) -> usize {
         let (dim, rb, oid, deg) = (self.dim, self.row_bytes, self.off_ids(), self.degree);
+        let half = self.half;
         let n = g.len();
         assert!(n <= MAX_NODES && data.len() == n * dim && deg >= g.degree());
         let mut dirty = vec![false; n];
@@ -285,8 +301,15 @@ impl QgIndex {
                 row.fill(0);
                 let nb = &lists[list_of[v] as usize];
                 let x = &data[v * dim..(v + 1) * dim];
-                for (i, f) in x.iter().enumerate() {
-                    row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
+                if half {
+                    for (i, f) in x.iter().enumerate() {
+                        let h = half::f16::from_f32(*f).to_bits();
+                        row[i * 2..i * 2 + 2].copy_from_slice(&h.to_le_bytes());
+                    }
+                } else {
+                    for (i, f) in x.iter().enumerate() {
+                        row[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
+                    }
                 }
                 let vr = rot_of(v as u32);
                 let sv: f32 = vr.iter().sum();
@@ -403,7 +426,11 @@ impl QgIndex {
     /// Serialises the graph (inside the same container as [`Index`] files, see [`crate::io`]).
     pub fn to_payload(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.u8(PAYLOAD_KIND);
+        w.u8(if self.half {
+            PAYLOAD_KIND_HALF
+        } else {
+            PAYLOAD_KIND
+        });
         w.u8(self.metric.tag());
         w.u32(self.dim as u32);
         w.u32(self.pad as u32);
@@ -425,9 +452,11 @@ impl QgIndex {
     pub fn from_payload(payload: &[u8]) -> Result<QgIndex> {
         let bad = |m: &str| Error::Format(format!("quantized graph: {m}"));
         let mut r = Reader::new(payload);
-        if r.u8()? != PAYLOAD_KIND {
-            return Err(bad("not a quantized graph file"));
-        }
+        let half = match r.u8()? {
+            PAYLOAD_KIND => false,
+            PAYLOAD_KIND_HALF => true,
+            _ => return Err(bad("not a quantized graph file")),
+        };
         let metric = Metric::from_tag(r.u8()?).ok_or_else(|| bad("unknown metric"))?;
         let dim = r.u32()? as usize;
         let pad = r.u32()? as usize;
@@ -457,6 +486,7 @@ impl QgIndex {
             pad,
             degree,
             metric,
+            half,
             qrot: QueryRot::new(&rot),
             rot,
             row_bytes,
@@ -475,7 +505,15 @@ impl QgIndex {
         q.rows = rows;
         for v in 0..n as u32 {
             let row = q.row(v);
-            let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
+            let finite = if half {
+                row[..dim * 2]
+                    .chunks_exact(2)
+                    .all(|h| u16::from_le_bytes([h[0], h[1]]) & 0x7c00 != 0x7c00)
+            } else {
+                row[..dim * 4]
+                    .chunks_exact(4)
+                    .all(|f| f32::from_le_bytes(f.try_into().unwrap()).is_finite())
+            };
             let fadd: &[f32] = bytemuck::cast_slice(&row[q.off_fadd()..q.off_fadd() + degree * 4]);
             let fres: &[f32] = bytemuck::cast_slice(&row[q.off_fres()..q.off_fres() + degree * 4]);
             let ids: &[u32] = bytemuck::cast_slice(&row[q.off_ids()..q.off_ids() + degree * 4]);
@@ -484,7 +522,7 @@ impl QgIndex {
                 EMPTY => fadd[i] == f32::INFINITY && fres[i] == 0.0,
                 u => (u as usize) < n && fadd[i].is_finite() && fres[i].is_finite(),
             };
-            if x.iter().any(|f| !f.is_finite()) || !(0..degree).all(slot_ok) {
+            if !finite || !(0..degree).all(slot_ok) {
                 return Err(bad("a row holds a non-finite value or an out-of-range id"));
             }
         }
@@ -516,6 +554,32 @@ impl QgIndex {
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
         self.rows.allocated() + self.rot.memory_bytes()
+    }
+
+    /// Squared L2 from `q` to the vector at the start of `row` (in half precision: to the
+    /// vector as rounded, widened exactly).
+    #[inline(always)]
+    fn vec_l2sq(&self, q: &[f32], row: &[u8]) -> f32 {
+        if self.half {
+            (self.k.l2sq_f32_f16)(q, bytemuck::cast_slice(&row[..self.dim * 2]))
+        } else {
+            (self.k.l2sq_f32)(q, bytemuck::cast_slice(&row[..self.dim * 4]))
+        }
+    }
+
+    /// Whether the rows hold the vectors in half precision.
+    pub fn half_vectors(&self) -> bool {
+        self.half
+    }
+
+    /// Whether half precision represents `data` (row-major vectors, normalised for cosine)
+    /// well enough for the rows: every coordinate at most 2^14 in magnitude (no overflow, and
+    /// room for sums), and the data not so small that most coordinates would fall below f16's
+    /// normal range (largest magnitude at least 2^-4, so a coordinate loses at most 2^-11 of
+    /// the data's scale plus 2^-24 absolute). Unit vectors always qualify.
+    pub fn half_fits(data: &[f32]) -> bool {
+        let m = data.iter().fold(0f32, |m, x| m.max(x.abs()));
+        (0.0625..=16384.0).contains(&m)
     }
 
     #[inline(always)]
@@ -704,8 +768,7 @@ impl QgIndex {
             }
             let mut early = None;
             let row = self.row(v);
-            let x: &[f32] = bytemuck::cast_slice(&row[..dim * 4]);
-            let g_add = (kern.l2sq_f32)(q, x);
+            let g_add = self.vec_l2sq(q, row);
             if (s.res.len() < k || g_add < s.res[s.res.len() - 1].0) && accept(v) {
                 if s.res.len() < k {
                     s.res.push((g_add, v));
@@ -787,8 +850,7 @@ impl QgIndex {
             }
         }
         if !res.iter().any(|r| r.1 == self.entry) && accept(self.entry) {
-            let x: &[f32] = bytemuck::cast_slice(&self.row(self.entry)[..self.dim * 4]);
-            res.push(((self.k.l2sq_f32)(q, x), self.entry));
+            res.push((self.vec_l2sq(q, self.row(self.entry)), self.entry));
         }
         while res.len() < k {
             let Some(v) = queue.pop_front() else { break };
@@ -798,14 +860,22 @@ impl QgIndex {
                 if u != EMPTY && seen.insert(u) {
                     queue.push_back(u);
                     if accept(u) {
-                        let x: &[f32] = bytemuck::cast_slice(&self.row(u)[..self.dim * 4]);
-                        res.push(((self.k.l2sq_f32)(q, x), u));
+                        res.push((self.vec_l2sq(q, self.row(u)), u));
                     }
                 }
             }
         }
         res.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         res.truncate(k);
+    }
+}
+
+/// Prefetches the lines of `x` into L2 (ahead of an exact re-ranking).
+#[inline(always)]
+pub(crate) fn prefetch_vector(x: &[f32]) {
+    let p = x.as_ptr() as *const u8;
+    for l in 0..(x.len() * 4).div_ceil(64) {
+        prefetch_l2(p.wrapping_add(64 * l));
     }
 }
 

@@ -40,6 +40,7 @@ static TABLE: Kernels = Kernels {
     dot_f32,
     matvec_f32,
     matvec_f16,
+    l2sq_f32_f16,
     dot_f32_u8,
     dot_f32_bitplanes,
     dot_u8_i8,
@@ -78,6 +79,11 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
 fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting neon.
+    unsafe { imp::l2sq_f32_f16(a, b) }
 }
 
 fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
@@ -358,6 +364,44 @@ mod imp {
             );
         }
         out
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "l2sq_f32_f16: slices of different lengths"
+        );
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 4k + 4 <= i + 16 <= n = a.len() = b.len().
+                let d = unsafe {
+                    vsubq_f32(vld1q_f32(pa.add(i + 4 * k)), load_f16x4(pb.add(i + 4 * k)))
+                };
+                *acc = vfmaq_f32(*acc, d, d);
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            // SAFETY: i + 4 <= n = a.len() = b.len().
+            let d = unsafe { vsubq_f32(vld1q_f32(pa.add(i)), load_f16x4(pb.add(i))) };
+            acc[0] = vfmaq_f32(acc[0], d, d);
+            i += 4;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        for (x, &h) in a[i..].iter().zip(&b[i..]) {
+            let d = x - crate::scalar::f16_to_f32(h);
+            s += d * d;
+        }
+        s
     }
 
     #[target_feature(enable = "neon")]

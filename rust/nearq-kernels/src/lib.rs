@@ -112,6 +112,9 @@ pub struct Kernels {
     /// Matrix-vector product with `m` row-major in half precision (IEEE binary16 bit
     /// patterns), f32 accumulation; see [`scalar::matvec_f16`].
     pub matvec_f16: fn(m: &[u16], x: &[f32], out: &mut [f32]),
+    /// Squared Euclidean distance from f32 `a` to half-precision `b` (IEEE binary16 bit
+    /// patterns, widened exactly): `sum (a[i] - f32(b[i]))^2`; see [`scalar::l2sq_f32_f16`].
+    pub l2sq_f32_f16: fn(&[f32], &[u16]) -> f32,
     /// Inner product of f32 weights with u8 codes: `sum a[i] * (b[i] as f32)`.
     pub dot_f32_u8: fn(&[f32], &[u8]) -> f32,
     /// Inner product of f32 weights with unsigned codes stored as bit planes; see
@@ -187,6 +190,7 @@ static SCALAR: Kernels = Kernels {
     dot_f32: scalar::dot_f32,
     matvec_f32: scalar::matvec_f32,
     matvec_f16: scalar::matvec_f16,
+    l2sq_f32_f16: scalar::l2sq_f32_f16,
     dot_f32_u8: scalar::dot_f32_u8,
     dot_f32_bitplanes: scalar::dot_f32_bitplanes,
     dot_u8_i8: scalar::dot_u8_i8,

@@ -337,6 +337,24 @@ pub fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Squared Euclidean distance from `a` to the half-precision vector `b` (bit patterns,
+/// converted exactly with [`f16_to_f32`], accumulated in f32): the exact distance of a query
+/// to a vector stored in half the bytes.
+pub fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "l2sq_f32_f16: slices of different lengths"
+    );
+    a.iter()
+        .zip(b)
+        .map(|(&x, &h)| {
+            let d = x - f16_to_f32(h);
+            d * d
+        })
+        .sum()
+}
+
 /// Most bit planes [`dot_f32_bitplanes`] takes (weights up to `2^15` are exact in f32).
 pub const MAX_BITPLANES: usize = 16;
 

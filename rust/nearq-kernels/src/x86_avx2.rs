@@ -47,6 +47,7 @@ static TABLE: Kernels = Kernels {
     dot_f32,
     matvec_f32,
     matvec_f16,
+    l2sq_f32_f16,
     dot_f32_u8,
     dot_f32_bitplanes,
     dot_u8_i8,
@@ -85,6 +86,11 @@ fn dot_f32_u8(a: &[f32], b: &[u8]) -> f32 {
 fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and popcnt.
     unsafe { imp::matvec_f32(m, x, out) }
+}
+
+fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    // SAFETY: only reachable through TABLE, handed out after detecting avx2, fma and f16c.
+    unsafe { imp::l2sq_f32_f16(a, b) }
 }
 
 fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
@@ -375,6 +381,49 @@ pub(crate) mod imp {
         buf[..row.len()].copy_from_slice(row);
         // SAFETY: buf holds 8 entries.
         unsafe { load_f16x8(buf.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "l2sq_f32_f16: slices of different lengths"
+        );
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 8k + 8 <= i + 32 <= n = a.len() = b.len().
+                let d = unsafe {
+                    _mm256_sub_ps(
+                        _mm256_loadu_ps(pa.add(i + 8 * k)),
+                        load_f16x8(pb.add(i + 8 * k)),
+                    )
+                };
+                *acc = _mm256_fmadd_ps(d, d, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n = a.len() = b.len().
+            let d = unsafe { _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
+            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+            i += 8;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            // SAFETY: the mask enables only lanes i..n of a; load_f16_tail copies b[i..n].
+            let d =
+                unsafe { _mm256_sub_ps(_mm256_maskload_ps(pa.add(i), m), load_f16_tail(&b[i..])) };
+            acc[1] = _mm256_fmadd_ps(d, d, acc[1]);
+        }
+        hsum_ps(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

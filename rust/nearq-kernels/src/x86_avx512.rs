@@ -82,6 +82,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         dot_f32,
         matvec_f32,
         matvec_f16,
+        l2sq_f32_f16,
         dot_f32_u8,
         dot_f32_bitplanes,
         dot_u8_i8: if vnni { dot_u8_i8_vnni } else { dot_u8_i8 },
@@ -142,6 +143,11 @@ fn matvec_f32(m: &[f32], x: &[f32], out: &mut [f32]) {
 fn matvec_f16(m: &[u16], x: &[f32], out: &mut [f32]) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::matvec_f16(m, x, out) }
+}
+
+fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::l2sq_f32_f16(a, b) }
 }
 
 fn dot_f32_bitplanes(a: &[f32], planes: &[u8]) -> f32 {
@@ -456,6 +462,49 @@ mod imp {
         // SAFETY: masked-off lanes are not read and cannot fault; the caller guarantees the
         // others.
         _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn l2sq_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "l2sq_f32_f16: slices of different lengths"
+        );
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 16k + 16 <= i + 64 <= n = a.len() = b.len().
+                let d = unsafe {
+                    _mm512_sub_ps(
+                        _mm512_loadu_ps(pa.add(i + 16 * k)),
+                        load_f16x16(pb.add(i + 16 * k), !0),
+                    )
+                };
+                *acc = _mm512_fmadd_ps(d, d, *acc);
+            }
+            i += 64;
+        }
+        while i < n {
+            let m = mask16((n - i).min(16));
+            // SAFETY: the mask enables only lanes i..min(i + 16, n), inside both slices;
+            // masked-off lanes are not read and cannot fault.
+            let d = unsafe {
+                _mm512_sub_ps(
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    load_f16x16(pb.add(i), m),
+                )
+            };
+            acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

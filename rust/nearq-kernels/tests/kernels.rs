@@ -144,6 +144,21 @@ fn check_matvec_f16(k: &Kernels, m: &[u16], x: &[f32], rows: usize) {
     }
 }
 
+fn check_l2sq_f16(k: &Kernels, a: &[f32], b: &[u16]) {
+    let terms: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, &h)| (x - scalar::f16_to_f32(h)).powi(2))
+        .sum();
+    let (got, want) = ((k.l2sq_f32_f16)(a, b), scalar::l2sq_f32_f16(a, b));
+    assert!(
+        close(got, want, terms),
+        "{} l2sq_f32_f16 n={}: {got} vs {want}",
+        k.isa,
+        a.len()
+    );
+}
+
 /// `planes` holds at least `MAX_BITPLANES * ceil(a.len() / 8)` bytes; checks every plane
 /// count from 0 to `max_planes`.
 fn check_bitplanes(k: &Kernels, a: &[f32], planes: &[u8], max_planes: usize) {
@@ -311,6 +326,29 @@ fn f16_to_f32_matches_half_for_every_pattern() {
     }
 }
 
+/// `l2sq_f32_f16(a, b)` is the f32 distance to `b` widened: every finite pattern goes through
+/// the body and the tail of every table (one nonzero difference at a time, so the sum is exact).
+#[test]
+fn l2sq_f32_f16_widens_every_finite_pattern_exactly() {
+    let finite: Vec<u16> = (0..=u16::MAX)
+        .filter(|h| h & 0x7c00 != 0x7c00 && h & 0x7fff < 0x5c00)
+        .collect();
+    for k in all_variants() {
+        for n in [1usize, 7, 16, 37, 64, 100] {
+            for chunk in finite.chunks(n) {
+                let a = vec![0.0f32; chunk.len()];
+                for j in 0..chunk.len() {
+                    let mut b = vec![0u16; chunk.len()];
+                    b[j] = chunk[j];
+                    let x = scalar::f16_to_f32(chunk[j]);
+                    let got = (k.l2sq_f32_f16)(&a, &b);
+                    assert!(got == x * x, "{} n={n} j={j}: {got} vs {}", k.isa, x * x);
+                }
+            }
+        }
+    }
+}
+
 /// Every finite f16 pattern converts exactly in every table, through the body and the tail
 /// of a row: `x` is a unit vector `e_j`, so `out[r]` is entry `j` of row `r` (the other terms
 /// are zeros).
@@ -396,6 +434,11 @@ fn every_length_and_offset() {
                     check_matvec(k, &big[off..], &fa[off..off + n.min(300 - off)], rows);
                     check_matvec_f16(k, &big16[off..], &fa[off..off + n.min(300 - off)], rows);
                 }
+            }
+        }
+        for n in 0..=260 {
+            for (oa, ob) in [(0, 0), (1, 3), (3, 1)] {
+                check_l2sq_f16(k, &fa[oa..oa + n], &big16[ob..ob + n]);
             }
         }
         for m in 0..=12 {
@@ -1155,6 +1198,18 @@ proptest! {
     ) {
         for k in simd_tables() {
             check_matvec(k, &m[om..], &x[ox..ox + n], rows);
+        }
+    }
+
+    #[test]
+    fn l2sq_f32_f16_matches_scalar(
+        a in proptest::collection::vec(-100f32..100f32, BUF),
+        b in proptest::collection::vec(-100f32..100f32, BUF),
+        n in 0..=MAX_N, oa in 0usize..16, ob in 0usize..16,
+    ) {
+        let b = to_f16(&b);
+        for k in simd_tables() {
+            check_l2sq_f16(k, &a[oa..oa + n], &b[ob..ob + n]);
         }
     }
 
