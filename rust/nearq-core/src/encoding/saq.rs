@@ -67,8 +67,10 @@
 //! shift can move a coordinate across a rounding boundary; that adds about 1% of the
 //! half-width RMS. Recall@10 of ranking MiniLM by the fine estimate is unchanged. So the
 //! change is noise well inside the error bounds, but it is not zero: distances estimated
-//! from the codes differ from those of f32 queries in about the 5th significant digit, which
-//! is why this is an option (off by default) and not the only path.
+//! from the codes differ from those of f32 queries in about the 5th significant digit. It is
+//! the default since it measured 3-7% faster single-query search on the benchmark machine;
+//! `NEARQ_SAQ_HALF_QUERIES=0` (or [`Saq::set_half_queries`]) gives the f32 path, bit for
+//! bit the estimates of earlier releases.
 //!
 //! # Quantising one segment ([`caq`])
 //!
@@ -1751,8 +1753,8 @@ impl Saq {
     }
     /// Projects queries ([`Encoding::prepare`]) with a copy of the projection rounded to half
     /// precision (`matvec_f16`, half the bytes streamed per query; +2 bytes per entry of
-    /// [`Saq::projection`] in [`Encoding::params_bytes`]), or, when off (the default), with
-    /// the f32 projection. Vectors are always encoded with the f32 projection, so the codes do
+    /// [`Saq::projection`] in [`Encoding::params_bytes`]; the default, see
+    /// `NEARQ_SAQ_HALF_QUERIES`), or, when off, with the f32 projection. Vectors are always encoded with the f32 projection, so the codes do
     /// not change, and the setting is not stored. The estimates move by far less than their
     /// own error (module docs, "Query projection in half precision"), but they do move: the
     /// distances of a search without re-ranking vectors are not bit-identical to those of
@@ -2373,15 +2375,15 @@ impl Saq {
     }
 }
 
-/// Variance of each unit of 64 PCA coordinates (padded coordinates have variance 0).
-/// `NEARQ_SAQ_HALF_QUERIES=1` in the environment when an SAQ encoder is trained or loaded
-/// turns on [`Saq::set_half_queries`] for it: an A/B switch for benchmarks (off by default:
-/// it moves the estimated distances in their 5th digit). Read at every training or load, so
-/// configurations built in one process can differ.
+/// `NEARQ_SAQ_HALF_QUERIES` unset (or not `0`) when an SAQ encoder is trained or loaded
+/// keeps [`Saq::set_half_queries`] on (the default), `NEARQ_SAQ_HALF_QUERIES=0` turns it off
+/// (f32 query projection, the estimates of earlier releases bit for bit). Read at every
+/// training or load, so configurations built in one process can differ.
 fn half_queries_env() -> bool {
-    std::env::var("NEARQ_SAQ_HALF_QUERIES").is_ok_and(|v| v.trim() == "1")
+    !std::env::var("NEARQ_SAQ_HALF_QUERIES").is_ok_and(|v| v.trim() == "0")
 }
 
+/// Variance of each unit of 64 PCA coordinates (padded coordinates have variance 0).
 fn unit_variances(var: &[f32], pad: usize) -> Vec<f64> {
     (0..pad / UNIT)
         .map(|u| {
@@ -2805,6 +2807,10 @@ mod tests {
     /// moved at all).
     fn half_query_shift(saq: &Saq, base: &[f32], queries: &[f32]) -> (f64, f64, usize) {
         let d = saq.dim();
+        // the f32 path (half queries are the default) against the half one
+        let mut full = saq.with_layout(saq.layout());
+        full.set_half_queries(false);
+        let saq = &full;
         let mut half = saq.with_layout(saq.layout());
         half.set_half_queries(true);
         assert!(half.half_queries() && !saq.half_queries());
