@@ -1038,27 +1038,31 @@ mod imp {
             /// `mlast`) with `wl`, `wh`: one accumulator per code.
             ///
             /// # Safety
-            /// Every `ptrs[g]` must be readable for the bytes `load_step` reads (steps 0 ..
-            /// N - 1 whole, the enabled bytes of the last).
-            #[inline]
-            #[target_feature(enable = $feat)]
+            /// The CPU must have the features `$feat` (it is called only from functions that
+            /// enable them; it has no `#[target_feature]` of its own so that it can be
+            /// `#[inline(always)]`, which keeps the accumulators out of memory). Every
+            /// `ptrs[g]` must be readable for the bytes `load_step` reads (steps 0 .. N - 1
+            /// whole, the enabled bytes of the last).
+            #[inline(always)]
             unsafe fn $group<const N: usize, const G: usize>(
                 ptrs: &[*const u8; G],
                 mlast: __mmask64,
                 wl: &[__m512i; N],
                 wh: &[__m512i; N],
             ) -> [__m512i; G] {
-                let nib = _mm512_set1_epi8(0x0f);
-                let mut acc = [_mm512_setzero_si512(); G];
-                for c in 0..N {
-                    for (a, &p) in acc.iter_mut().zip(ptrs) {
-                        // SAFETY: the caller's contract.
-                        let x = unsafe { load_step(p, c, N, mlast) };
-                        *a = $mul(*a, _mm512_and_si512(x, nib), wl[c]);
-                        *a = $mul(*a, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                // SAFETY: the caller's contract (features and readable bytes).
+                unsafe {
+                    let nib = _mm512_set1_epi8(0x0f);
+                    let mut acc = [_mm512_setzero_si512(); G];
+                    for c in 0..N {
+                        for (a, &p) in acc.iter_mut().zip(ptrs) {
+                            let x = load_step(p, c, N, mlast);
+                            *a = $mul(*a, _mm512_and_si512(x, nib), wl[c]);
+                            *a = $mul(*a, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                        }
                     }
+                    acc
                 }
-                acc
             }
 
             /// `$group` for two segments, the first ending in step `k` at i32 lane mask `m`
@@ -1068,8 +1072,7 @@ mod imp {
             ///
             /// # Safety
             /// As for `$group`.
-            #[inline]
-            #[target_feature(enable = $feat)]
+            #[inline(always)]
             unsafe fn $group2<const N: usize, const G: usize>(
                 ptrs: &[*const u8; G],
                 mlast: __mmask64,
@@ -1078,26 +1081,28 @@ mod imp {
                 k: usize,
                 m: __mmask16,
             ) -> [[__m512i; 2]; G] {
-                let nib = _mm512_set1_epi8(0x0f);
-                let mut acc = [[_mm512_setzero_si512(); 2]; G];
-                for c in 0..N {
-                    for (a, &p) in acc.iter_mut().zip(ptrs) {
-                        // SAFETY: the caller's contract.
-                        let x = unsafe { load_step(p, c, N, mlast) };
-                        let l = _mm512_and_si512(x, nib);
-                        let h = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
-                        if c < k {
-                            a[0] = $mul($mul(a[0], l, wl[c]), h, wh[c]);
-                        } else if c > k || m == 0 {
-                            a[1] = $mul($mul(a[1], l, wl[c]), h, wh[c]);
-                        } else {
-                            let q = $mul($mul(_mm512_setzero_si512(), l, wl[c]), h, wh[c]);
-                            a[0] = _mm512_mask_add_epi32(a[0], m, a[0], q);
-                            a[1] = _mm512_mask_add_epi32(a[1], !m, a[1], q);
+                // SAFETY: the caller's contract (features and readable bytes).
+                unsafe {
+                    let nib = _mm512_set1_epi8(0x0f);
+                    let mut acc = [[_mm512_setzero_si512(); 2]; G];
+                    for c in 0..N {
+                        for (a, &p) in acc.iter_mut().zip(ptrs) {
+                            let x = load_step(p, c, N, mlast);
+                            let l = _mm512_and_si512(x, nib);
+                            let h = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+                            if c < k {
+                                a[0] = $mul($mul(a[0], l, wl[c]), h, wh[c]);
+                            } else if c > k || m == 0 {
+                                a[1] = $mul($mul(a[1], l, wl[c]), h, wh[c]);
+                            } else {
+                                let q = $mul($mul(_mm512_setzero_si512(), l, wl[c]), h, wh[c]);
+                                a[0] = _mm512_mask_add_epi32(a[0], m, a[0], q);
+                                a[1] = _mm512_mask_add_epi32(a[1], !m, a[1], q);
+                            }
                         }
                     }
+                    acc
                 }
-                acc
             }
 
             #[target_feature(enable = $feat)]
@@ -1118,9 +1123,9 @@ mod imp {
                 for (ig, o) in (&mut ic).zip(&mut oc) {
                     let ptrs: [*const u8; 8] =
                         core::array::from_fn(|g| code_at(base, stride, ig[g], len));
-                    // SAFETY: code_at checked that each code's `len` bytes lie in `base`, and
-                    // load_step reads only bytes below `len` (whole steps before the last,
-                    // mlast's bytes in it).
+                    // SAFETY: this function enables $feat; code_at checked that each code's
+                    // `len` bytes lie in `base`, and load_step reads only bytes below `len`
+                    // (whole steps before the last, mlast's bytes in it).
                     let acc = unsafe { $group::<N, 8>(&ptrs, mlast, &wl, &wh) };
                     // SAFETY: `o` is 8 i32 long.
                     unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), reduce8(&acc)) };
@@ -1134,9 +1139,19 @@ mod imp {
                 // SAFETY: as above; the sums are stored under a mask of the r lanes `out` has.
                 unsafe {
                     let sums = if r <= 4 {
-                        reduce4(&$group::<N, 4>(&core::array::from_fn(pick), mlast, &wl, &wh))
+                        reduce4(&$group::<N, 4>(
+                            &core::array::from_fn(pick),
+                            mlast,
+                            &wl,
+                            &wh,
+                        ))
                     } else {
-                        reduce8(&$group::<N, 8>(&core::array::from_fn(pick), mlast, &wl, &wh))
+                        reduce8(&$group::<N, 8>(
+                            &core::array::from_fn(pick),
+                            mlast,
+                            &wl,
+                            &wh,
+                        ))
                     };
                     _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(r), sums);
                 }
