@@ -724,10 +724,28 @@ pub(crate) mod imp {
         out: &mut [i32],
     ) {
         assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+        assert_eq!(
+            lo.len(),
+            hi.len(),
+            "dot_u4_i8_split: slices of different lengths"
+        );
         let len = lo.len();
-        for (o, &id) in out.iter_mut().zip(ids) {
-            let at = id as usize * stride;
-            *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+        let ends = [len as u32];
+        match len / 32 {
+            1 => gather_n::<1>(base, stride, ids, lo, hi, &ends, out),
+            2 => gather_n::<2>(base, stride, ids, lo, hi, &ends, out),
+            3 => gather_n::<3>(base, stride, ids, lo, hi, &ends, out),
+            4 => gather_n::<4>(base, stride, ids, lo, hi, &ends, out),
+            5 => gather_n::<5>(base, stride, ids, lo, hi, &ends, out),
+            6 => gather_n::<6>(base, stride, ids, lo, hi, &ends, out),
+            7 => gather_n::<7>(base, stride, ids, lo, hi, &ends, out),
+            8 => gather_n::<8>(base, stride, ids, lo, hi, &ends, out),
+            _ => {
+                for (o, &id) in out.iter_mut().zip(ids) {
+                    let at = id as usize * stride;
+                    *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+                }
+            }
         }
     }
 
@@ -741,16 +759,206 @@ pub(crate) mod imp {
         ends: &[u32],
         out: &mut [i32],
     ) {
-        crate::scalar::gather_segs_with(
-            |p, l, h| dot_u4_i8_split(p, l, h),
-            base,
-            stride,
-            ids,
-            lo,
-            hi,
-            ends,
-            out,
+        crate::scalar::check_segs_args(ids, lo, hi, ends, out);
+        let steps = if ends.len() <= 2 { lo.len() / 32 } else { 0 };
+        match steps {
+            1 => gather_n::<1>(base, stride, ids, lo, hi, ends, out),
+            2 => gather_n::<2>(base, stride, ids, lo, hi, ends, out),
+            3 => gather_n::<3>(base, stride, ids, lo, hi, ends, out),
+            4 => gather_n::<4>(base, stride, ids, lo, hi, ends, out),
+            5 => gather_n::<5>(base, stride, ids, lo, hi, ends, out),
+            6 => gather_n::<6>(base, stride, ids, lo, hi, ends, out),
+            7 => gather_n::<7>(base, stride, ids, lo, hi, ends, out),
+            8 => gather_n::<8>(base, stride, ids, lo, hi, ends, out),
+            _ => crate::scalar::gather_segs_with(
+                |p, l, h| dot_u4_i8_split(p, l, h),
+                base,
+                stride,
+                ids,
+                lo,
+                hi,
+                ends,
+                out,
+            ),
+        }
+    }
+
+    /// `[x.lo + x.hi | y.hi + y.lo]` (128-bit halves): `x`'s lanes folded into the low half,
+    /// `y`'s into the high half.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fold_halves(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_blend_epi32::<0xF0>(x, y),
+            _mm256_permute2x128_si256::<0x21>(x, y),
         )
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[7]`, in that order, reduced jointly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce8(a: &[__m256i; 8]) -> __m256i {
+        let (p0, p1) = (fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let (p2, p3) = (fold_halves(a[4], a[5]), fold_halves(a[6], a[7]));
+        // [a0 a0 a2 a2 | a1 a1 a3 a3] and [a4 a4 a6 a6 | a5 a5 a7 a7].
+        let u = _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+        let v = _mm256_add_epi32(_mm256_unpacklo_epi64(p2, p3), _mm256_unpackhi_epi64(p2, p3));
+        // [a0 a4 a2 a6 | a1 a5 a3 a7].
+        let w = _mm256_add_epi32(
+            _mm256_blend_epi32::<0xAA>(u, v),
+            _mm256_shuffle_epi32::<0xB1>(_mm256_blend_epi32::<0x55>(u, v)),
+        );
+        _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7))
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[3]` in the low four lanes, reduced jointly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce4(a: &[__m256i; 4]) -> __m256i {
+        let (p0, p1) = (fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let u = _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+        let u = _mm256_add_epi32(u, _mm256_shuffle_epi32::<0xB1>(u));
+        _mm256_permutevar8x32_epi32(u, _mm256_setr_epi32(0, 4, 2, 6, 0, 0, 0, 0))
+    }
+
+    /// The code `id` of a gather, after checking that its `len` bytes lie in `base`.
+    #[inline]
+    fn code_at(base: &[u8], stride: usize, id: u32, len: usize) -> *const u8 {
+        let at = id as usize * stride;
+        assert!(
+            at <= base.len() && len <= base.len() - at,
+            "dot_u4_i8_split_gather: code {id} outside base"
+        );
+        base[at..].as_ptr()
+    }
+
+    /// One code's products over `N` 32-byte steps, in i32 lanes: with `TWO`, two accumulators,
+    /// segment 0 (the steps before `k`, and the lanes of step `k` set in `m`) and segment 1
+    /// (the rest); without, everything in the first. `vpmaddubsw` results are added in i16
+    /// for up to 4 steps (8 terms, each at most 2 * 15 * 128 in magnitude: 30720 < 2^15)
+    /// before `vpmaddwd` with ones widens them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (it is called only from `avx2` functions; it has no
+    /// `#[target_feature]` so that it can be `#[inline(always)]`); bytes `p .. p + 32 N`
+    /// must be readable, and `lo`, `hi` at least `32 N` long.
+    #[inline(always)]
+    unsafe fn code_acc<const N: usize, const TWO: bool>(
+        p: *const u8,
+        lo: &[i8],
+        hi: &[i8],
+        k: usize,
+        m: __m256i,
+    ) -> [__m256i; 2] {
+        debug_assert!(lo.len() >= 32 * N && hi.len() >= 32 * N);
+        // SAFETY: the caller's contract; weight bytes 32c .. 32c + 32 <= 32 N of lo and hi.
+        unsafe {
+            let nib = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_si256(); 2];
+            let mut s16 = [_mm256_setzero_si256(); 2];
+            for c in 0..N {
+                let x = _mm256_loadu_si256(p.add(32 * c).cast());
+                let wl = _mm256_loadu_si256(lo.as_ptr().add(32 * c).cast());
+                let wh = _mm256_loadu_si256(hi.as_ptr().add(32 * c).cast());
+                let q = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
+                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
+                );
+                if !TWO || c < k {
+                    s16[0] = _mm256_add_epi16(s16[0], q);
+                } else if c > k {
+                    s16[1] = _mm256_add_epi16(s16[1], q);
+                } else {
+                    s16[0] = _mm256_add_epi16(s16[0], _mm256_and_si256(q, m));
+                    s16[1] = _mm256_add_epi16(s16[1], _mm256_andnot_si256(m, q));
+                }
+                if c % 4 == 3 || c + 1 == N {
+                    // Widen what the steps 4 (c / 4) ..= c added to each segment.
+                    if !TWO || c - c % 4 <= k {
+                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(s16[0], ones));
+                        s16[0] = _mm256_setzero_si256();
+                    }
+                    if TWO && c >= k {
+                        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(s16[1], ones));
+                        s16[1] = _mm256_setzero_si256();
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// The gathers on codes of `N` whole 32-byte steps and at most 31 more bytes, one or two
+    /// segments (`ends`): codes in groups (8 codes, or 4 codes of two segments), one
+    /// accumulator per code and segment, all reduced together by `reduce8` (or `reduce4`);
+    /// a partial last group repeats its first code and stores only its own sums. Bytes past
+    /// the whole steps are added by the scalar kernel, segment by segment.
+    #[target_feature(enable = "avx2,fma")]
+    fn gather_n<const N: usize>(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        ends: &[u32],
+        out: &mut [i32],
+    ) {
+        let len = lo.len();
+        let s = ends.len();
+        debug_assert!(len / 32 == N && (s == 1 || s == 2));
+        // Segment 0 ends in step k, at the lanes of m (all of step k when ends[0] lies past it).
+        let e0 = if s == 2 { ends[0] as usize } else { len };
+        let k = e0 / 32;
+        let m = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32((e0 % 32 / 4) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let g = if s == 1 { 8 } else { 4 };
+        for (ig, o) in ids.chunks(g).zip(out.chunks_mut(g * s)) {
+            let r = ig.len();
+            let pick = |j: usize| code_at(base, stride, ig[j.min(r - 1)], len);
+            // SAFETY: this function enables avx2; code_at checked that each code's `len >=
+            // 32 N` bytes lie in `base`, and lo, hi are `len` long.
+            let sums = unsafe {
+                if s == 1 && r > 4 {
+                    let ptrs: [*const u8; 8] = core::array::from_fn(pick);
+                    let acc: [__m256i; 8] =
+                        core::array::from_fn(|j| code_acc::<N, false>(ptrs[j], lo, hi, k, m)[0]);
+                    reduce8(&acc)
+                } else if s == 1 {
+                    let ptrs: [*const u8; 4] = core::array::from_fn(pick);
+                    let acc: [__m256i; 4] =
+                        core::array::from_fn(|j| code_acc::<N, false>(ptrs[j], lo, hi, k, m)[0]);
+                    reduce4(&acc)
+                } else {
+                    let ptrs: [*const u8; 4] = core::array::from_fn(pick);
+                    let acc: [[__m256i; 2]; 4] =
+                        core::array::from_fn(|j| code_acc::<N, true>(ptrs[j], lo, hi, k, m));
+                    reduce8(&core::array::from_fn(|i| acc[i / 2][i % 2]))
+                }
+            };
+            let mut buf = [0i32; 8];
+            // SAFETY: `buf` is 8 i32 long.
+            unsafe { _mm256_storeu_si256(buf.as_mut_ptr().cast(), sums) };
+            o.copy_from_slice(&buf[..r * s]);
+            if len > 32 * N {
+                for (o, &id) in o.chunks_exact_mut(s).zip(ig) {
+                    let at = id as usize * stride;
+                    let code = &base[at..at + len];
+                    let mut a = 0;
+                    for (o, &e) in o.iter_mut().zip(ends) {
+                        let (b, e) = (a.max(32 * N), e as usize);
+                        if b < e {
+                            let t =
+                                crate::scalar::dot_u4_i8_split(&code[b..e], &lo[b..e], &hi[b..e]);
+                            *o = o.wrapping_add(t);
+                        }
+                        a = e;
+                    }
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma,popcnt")]
