@@ -1007,7 +1007,8 @@ mod imp {
     /// first code and stores only its own sums.
     macro_rules! split_kernels {
         ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $group:ident,
-         $segs:ident, $segs_n:ident, $group2:ident, $mul:ident) => {
+         $segs:ident, $segs_n:ident, $group2:ident, $mul:ident, $mulg:ident, $addm:ident,
+         $fin:ident) => {
             #[target_feature(enable = $feat)]
             pub(super) fn $single(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
                 assert!(
@@ -1057,9 +1058,12 @@ mod imp {
                     for c in 0..N {
                         for (a, &p) in acc.iter_mut().zip(ptrs) {
                             let x = load_step(p, c, N, mlast);
-                            *a = $mul(*a, _mm512_and_si512(x, nib), wl[c]);
-                            *a = $mul(*a, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                            *a = $mulg(*a, _mm512_and_si512(x, nib), wl[c]);
+                            *a = $mulg(*a, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
                         }
+                    }
+                    for a in acc.iter_mut() {
+                        *a = $fin(*a);
                     }
                     acc
                 }
@@ -1091,15 +1095,18 @@ mod imp {
                             let l = _mm512_and_si512(x, nib);
                             let h = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
                             if c < k {
-                                a[0] = $mul($mul(a[0], l, wl[c]), h, wh[c]);
+                                a[0] = $mulg($mulg(a[0], l, wl[c]), h, wh[c]);
                             } else if c > k || m == 0 {
-                                a[1] = $mul($mul(a[1], l, wl[c]), h, wh[c]);
+                                a[1] = $mulg($mulg(a[1], l, wl[c]), h, wh[c]);
                             } else {
-                                let q = $mul($mul(_mm512_setzero_si512(), l, wl[c]), h, wh[c]);
-                                a[0] = _mm512_mask_add_epi32(a[0], m, a[0], q);
-                                a[1] = _mm512_mask_add_epi32(a[1], !m, a[1], q);
+                                let q = $mulg($mulg(_mm512_setzero_si512(), l, wl[c]), h, wh[c]);
+                                a[0] = $addm(a[0], m, q);
+                                a[1] = $addm(a[1], !m, q);
                             }
                         }
+                    }
+                    for a in acc.iter_mut() {
+                        *a = [$fin(a[0]), $fin(a[1])];
                     }
                     acc
                 }
@@ -1384,6 +1391,42 @@ mod imp {
         _mm512_add_epi32(acc, _mm512_madd_epi16(s16, _mm512_set1_epi16(1)))
     }
 
+    /// `vpmaddubsw` added into i16 lanes: the group kernels' accumulators get at most 8 such
+    /// terms (2 per step, at most 4 steps), at most 8 * 2 * 15 * 128 = 30720 < 2^15 in
+    /// magnitude, so the i16 sums are exact; `fin_bw` widens them once per code.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn mul_bw16(acc: __m512i, codes: __m512i, w: __m512i) -> __m512i {
+        _mm512_add_epi16(acc, _mm512_maddubs_epi16(codes, w))
+    }
+
+    /// `acc` plus the i16 pairs of `q` in the i32 lanes set in `m`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn addm_bw16(acc: __m512i, m: __mmask16, q: __m512i) -> __m512i {
+        _mm512_add_epi16(acc, _mm512_maskz_mov_epi32(m, q))
+    }
+
+    /// The i16 pairs of `acc` summed into i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn fin_bw16(acc: __m512i) -> __m512i {
+        _mm512_madd_epi16(acc, _mm512_set1_epi16(1))
+    }
+
+    /// `acc` plus the i32 lanes of `q` set in `m`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn addm_i32(acc: __m512i, m: __mmask16, q: __m512i) -> __m512i {
+        _mm512_mask_add_epi32(acc, m, acc, q)
+    }
+
+    /// The accumulator as it is (already i32 lanes).
+    #[inline]
+    fn fin_i32(acc: __m512i) -> __m512i {
+        acc
+    }
+
     split_kernels!(
         "avx512f,avx512bw,avx512vl",
         dot_u4_i8_split,
@@ -1393,7 +1436,10 @@ mod imp {
         dot_u4_i8_split_gather_segs,
         split_gather_segs_n,
         split_group2,
-        mul_bw
+        mul_bw,
+        mul_bw16,
+        addm_bw16,
+        fin_bw16
     );
     split_kernels!(
         "avx512f,avx512bw,avx512vl,avx512vnni",
@@ -1404,7 +1450,10 @@ mod imp {
         dot_u4_i8_split_gather_segs_vnni,
         split_gather_segs_n_vnni,
         split_group2_vnni,
-        mul_vnni
+        mul_vnni,
+        mul_vnni,
+        addm_i32,
+        fin_i32
     );
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
