@@ -832,56 +832,100 @@ pub(crate) mod imp {
         base[at..].as_ptr()
     }
 
-    /// One code's products over `N` 32-byte steps, in i32 lanes: with `TWO`, two accumulators,
-    /// segment 0 (the steps before `k`, and the lanes of step `k` set in `m`) and segment 1
-    /// (the rest); without, everything in the first. `vpmaddubsw` results are added in i16
-    /// for up to 4 steps (8 terms, each at most 2 * 15 * 128 in magnitude: 30720 < 2^15)
-    /// before `vpmaddwd` with ones widens them.
+    /// The products of the `G` codes at `ptrs` (`N` 32-byte steps each) with `lo`, `hi`, one
+    /// accumulator of i32 lanes per code, step by step so that each step's weights are loaded
+    /// once for the group. `vpmaddubsw` results are added in i16 for up to 4 steps (8 terms,
+    /// each at most 2 * 15 * 128 in magnitude: 30720 < 2^15) before `vpmaddwd` with ones
+    /// widens them.
     ///
     /// # Safety
     /// The CPU must have AVX2 (it is called only from `avx2` functions; it has no
-    /// `#[target_feature]` so that it can be `#[inline(always)]`); bytes `p .. p + 32 N`
-    /// must be readable, and `lo`, `hi` at least `32 N` long.
+    /// `#[target_feature]` so that it can be `#[inline(always)]`); bytes `ptrs[g] .. ptrs[g]
+    /// + 32 N` must be readable, and `lo`, `hi` at least `32 N` long.
     #[inline(always)]
-    unsafe fn code_acc<const N: usize, const TWO: bool>(
-        p: *const u8,
+    unsafe fn group_acc<const N: usize, const G: usize>(
+        ptrs: &[*const u8; G],
         lo: &[i8],
         hi: &[i8],
-        k: usize,
-        m: __m256i,
-    ) -> [__m256i; 2] {
+    ) -> [__m256i; G] {
         debug_assert!(lo.len() >= 32 * N && hi.len() >= 32 * N);
         // SAFETY: the caller's contract; weight bytes 32c .. 32c + 32 <= 32 N of lo and hi.
         unsafe {
             let nib = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_si256(); 2];
-            let mut s16 = [_mm256_setzero_si256(); 2];
+            let mut acc = [_mm256_setzero_si256(); G];
+            let mut s16 = [_mm256_setzero_si256(); G];
             for c in 0..N {
-                let x = _mm256_loadu_si256(p.add(32 * c).cast());
                 let wl = _mm256_loadu_si256(lo.as_ptr().add(32 * c).cast());
                 let wh = _mm256_loadu_si256(hi.as_ptr().add(32 * c).cast());
-                let q = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
-                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
-                );
-                if !TWO || c < k {
-                    s16[0] = _mm256_add_epi16(s16[0], q);
-                } else if c > k {
-                    s16[1] = _mm256_add_epi16(s16[1], q);
-                } else {
-                    s16[0] = _mm256_add_epi16(s16[0], _mm256_and_si256(q, m));
-                    s16[1] = _mm256_add_epi16(s16[1], _mm256_andnot_si256(m, q));
+                for (s, &p) in s16.iter_mut().zip(ptrs) {
+                    let x = _mm256_loadu_si256(p.add(32 * c).cast());
+                    let q = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
+                    );
+                    *s = _mm256_add_epi16(*s, q);
                 }
                 if c % 4 == 3 || c + 1 == N {
-                    // Widen what the steps 4 (c / 4) ..= c added to each segment.
-                    if !TWO || c - c % 4 <= k {
-                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(s16[0], ones));
-                        s16[0] = _mm256_setzero_si256();
+                    for (a, s) in acc.iter_mut().zip(s16.iter_mut()) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*s, ones));
+                        *s = _mm256_setzero_si256();
                     }
-                    if TWO && c >= k {
-                        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(s16[1], ones));
-                        s16[1] = _mm256_setzero_si256();
+                }
+            }
+            acc
+        }
+    }
+
+    /// `group_acc` with two accumulators per code: segment 0 (the steps before `k`, and the
+    /// lanes of step `k` set in `m`) and segment 1 (the rest). Two codes at a time keep the
+    /// eight i16 and i32 accumulators in the 16 registers.
+    ///
+    /// # Safety
+    /// As for `group_acc`.
+    #[inline(always)]
+    unsafe fn group_acc2<const N: usize, const G: usize>(
+        ptrs: &[*const u8; G],
+        lo: &[i8],
+        hi: &[i8],
+        k: usize,
+        m: __m256i,
+    ) -> [[__m256i; 2]; G] {
+        debug_assert!(lo.len() >= 32 * N && hi.len() >= 32 * N);
+        // SAFETY: the caller's contract; weight bytes 32c .. 32c + 32 <= 32 N of lo and hi.
+        unsafe {
+            let nib = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_si256(); 2]; G];
+            let mut s16 = [[_mm256_setzero_si256(); 2]; G];
+            for c in 0..N {
+                let wl = _mm256_loadu_si256(lo.as_ptr().add(32 * c).cast());
+                let wh = _mm256_loadu_si256(hi.as_ptr().add(32 * c).cast());
+                for (s, &p) in s16.iter_mut().zip(ptrs) {
+                    let x = _mm256_loadu_si256(p.add(32 * c).cast());
+                    let q = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
+                    );
+                    if c < k {
+                        s[0] = _mm256_add_epi16(s[0], q);
+                    } else if c > k {
+                        s[1] = _mm256_add_epi16(s[1], q);
+                    } else {
+                        s[0] = _mm256_add_epi16(s[0], _mm256_and_si256(q, m));
+                        s[1] = _mm256_add_epi16(s[1], _mm256_andnot_si256(m, q));
+                    }
+                }
+                if c % 4 == 3 || c + 1 == N {
+                    for (a, s) in acc.iter_mut().zip(s16.iter_mut()) {
+                        if c - c % 4 <= k {
+                            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(s[0], ones));
+                            s[0] = _mm256_setzero_si256();
+                        }
+                        if c >= k {
+                            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(s[1], ones));
+                            s[1] = _mm256_setzero_si256();
+                        }
                     }
                 }
             }
@@ -892,7 +936,7 @@ pub(crate) mod imp {
     /// The gathers on codes of `N` whole 32-byte steps and at most 31 more bytes, one or two
     /// segments (`ends`): codes in groups (8 codes, or 4 codes of two segments), one
     /// accumulator per code and segment, all reduced together by `reduce8` (or `reduce4`);
-    /// a partial last group repeats its first code and stores only its own sums. Bytes past
+    /// a partial last group repeats its last code and stores only its own sums. Bytes past
     /// the whole steps are added by the scalar kernel, segment by segment.
     #[target_feature(enable = "avx2,fma")]
     fn gather_n<const N: usize>(
@@ -923,19 +967,19 @@ pub(crate) mod imp {
             let sums = unsafe {
                 if s == 1 && r > 4 {
                     let ptrs: [*const u8; 8] = core::array::from_fn(pick);
-                    let acc: [__m256i; 8] =
-                        core::array::from_fn(|j| code_acc::<N, false>(ptrs[j], lo, hi, k, m)[0]);
-                    reduce8(&acc)
+                    let a = group_acc::<N, 4>(&[ptrs[0], ptrs[1], ptrs[2], ptrs[3]], lo, hi);
+                    let b = group_acc::<N, 4>(&[ptrs[4], ptrs[5], ptrs[6], ptrs[7]], lo, hi);
+                    reduce8(&[a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
                 } else if s == 1 {
                     let ptrs: [*const u8; 4] = core::array::from_fn(pick);
-                    let acc: [__m256i; 4] =
-                        core::array::from_fn(|j| code_acc::<N, false>(ptrs[j], lo, hi, k, m)[0]);
-                    reduce4(&acc)
+                    reduce4(&group_acc::<N, 4>(&ptrs, lo, hi))
                 } else {
                     let ptrs: [*const u8; 4] = core::array::from_fn(pick);
-                    let acc: [[__m256i; 2]; 4] =
-                        core::array::from_fn(|j| code_acc::<N, true>(ptrs[j], lo, hi, k, m));
-                    reduce8(&core::array::from_fn(|i| acc[i / 2][i % 2]))
+                    let a = group_acc2::<N, 2>(&[ptrs[0], ptrs[1]], lo, hi, k, m);
+                    let b = group_acc2::<N, 2>(&[ptrs[2], ptrs[3]], lo, hi, k, m);
+                    reduce8(&[
+                        a[0][0], a[0][1], a[1][0], a[1][1], b[0][0], b[0][1], b[1][0], b[1][1],
+                    ])
                 }
             };
             let mut buf = [0i32; 8];
