@@ -15,6 +15,11 @@
 //!   nibbles = dimensions 0..32, high = 32..64), so `vpmaddubsw` applies directly; it cannot
 //!   saturate here (2 * 15 * 128 < i16::MAX), and two of its results are added in i16 before
 //!   `vpmaddwd` with ones widens to i32 (4 * 15 * 128 < i16::MAX).
+//! - `dot_u4_i8_split_gather` (and `_segs` with one or two segments), codes of 1 to 8 whole
+//!   32-byte steps: codes scored in groups, step by step so that each step's weights are
+//!   loaded once per group, `vpmaddubsw` results added in i16 for 4 steps; the group's
+//!   accumulators (8 codes, or 4 codes x 2 segments) are reduced together (`reduce8`) and
+//!   stored at once. Bytes past the whole steps go through the scalar kernel.
 //! - Popcount: nibble look-up with `vpshufb`, summed with `vpsadbw` (Mula's method).
 //! - `dot_f32_bitplanes`: one byte of a plane, broadcast to 8 lanes, AND-ed with
 //!   `1, 2, ..., 128` and compared for equality, is the lane mask of 8 weights; plane by plane

@@ -19,6 +19,12 @@
 //!   `[32..64 | 96..128]` (two 256-bit loads joined with `vinserti64x4`). VNNI `vpdpbusd`
 //!   multiplies u8 codes by i8 query bytes directly; without VNNI `vpmaddubsw` is exact for
 //!   4-bit codes (2 * 15 * 128 < i16::MAX) and `vpmaddwd` with ones widens to i32.
+//! - `dot_u4_i8_split_gather` (and `_segs` with one or two segments), codes up to 256 bytes:
+//!   the weights stay in registers and codes are scored in groups (8 codes, or 4 codes x 2
+//!   segments), one accumulator per code and segment; the group's accumulators are reduced
+//!   together by a shuffle/blend/add tree (`reduce8`) into one register, stored at once.
+//!   Without VNNI, the group kernels add `vpmaddubsw` results in i16 (at most 8 terms) and
+//!   widen once per code.
 //! - Popcount: `vpopcntq`, or the `vpshufb` nibble look-up with `vpsadbw`.
 //! - `dot_f32_bitplanes`: two bytes of a plane are the `__mmask16` of a masked add
 //!   (`vaddps` with a write mask) of 16 weights; plane by plane into two accumulators, each
