@@ -1235,15 +1235,20 @@ mod imp {
                     }
                     let (ids, out) = (ic.remainder(), oc.into_remainder());
                     let r = ids.len();
-                    if r > 0 {
-                        let ptrs: [*const u8; 4] =
-                            core::array::from_fn(|g| code_at(base, stride, ids[g.min(r - 1)], len));
-                        // SAFETY: as above; the sums are stored under a mask of the 2r lanes
-                        // `out` has.
-                        unsafe {
+                    let pick = |g: usize| code_at(base, stride, ids[g.min(r - 1)], len);
+                    // SAFETY: as above; the sums are stored under a mask of the 2r lanes `out`
+                    // has. One or two codes go as a group of two.
+                    unsafe {
+                        if r == 3 {
+                            let ptrs: [*const u8; 4] = core::array::from_fn(pick);
                             let acc = $group2::<N, 4>(&ptrs, mlast, &wl, &wh, k, m);
                             let acc: [__m512i; 8] = core::array::from_fn(|i| acc[i / 2][i % 2]);
-                            _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(2 * r), reduce8(&acc));
+                            _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(6), reduce8(&acc));
+                        } else if r > 0 {
+                            let ptrs: [*const u8; 2] = core::array::from_fn(pick);
+                            let acc = $group2::<N, 2>(&ptrs, mlast, &wl, &wh, k, m);
+                            let acc = [acc[0][0], acc[0][1], acc[1][0], acc[1][1]];
+                            _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(2 * r), reduce4(&acc));
                         }
                     }
                     return;
