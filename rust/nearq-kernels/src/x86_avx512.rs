@@ -1010,7 +1010,10 @@ mod imp {
     /// dimensions), so they load only codes, and score the codes in groups (8 codes, or 4
     /// codes of two segments each): one accumulator per code and segment, all reduced
     /// together by `reduce8` and stored with one write. A last, partial group repeats its
-    /// last code and stores only its own sums.
+    /// last code and stores only its own sums. The group kernels accumulate with `$mulg`
+    /// (`$mul`, or without VNNI `vpmaddubsw` into i16 lanes), add a split step's products
+    /// under an i32 lane mask with `$addm`, and turn each accumulator into i32 lanes with
+    /// `$fin` before the reduction.
     macro_rules! split_kernels {
         ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $group:ident,
          $segs:ident, $segs_n:ident, $group2:ident, $mul:ident, $mulg:ident, $addm:ident,
