@@ -97,6 +97,54 @@ fn run<E: Encoding>(name: &str, e: &E, x: &[f32], q: &[f32], d: usize) {
     println!(
         "{name:10} kernels in cache: one segment {k1:5.1} ns/code, two segments {k2:5.1} ns/code"
     );
+    if std::env::var("KERNEL_TABLES").is_ok() {
+        // Every table this CPU runs, 32 codes and 37 (a partial last group), best of 5 rounds.
+        let ids37: Vec<u32> = hot.iter().chain(&hot[..5]).copied().collect();
+        let mut dots = [0i32; 2 * 37];
+        for kt in nearq_kernels::all_variants() {
+            let mut line = format!("  {:30}", kt.isa);
+            for ids in [&hot[..], &ids37[..]] {
+                let m = ids.len();
+                let (mut b1, mut b2) = (f64::MAX, f64::MAX);
+                for _ in 0..5 {
+                    let t = Instant::now();
+                    for _ in 0..reps / 5 {
+                        (kt.dot_u4_i8_split_gather)(
+                            store.bytes(),
+                            store.stride(),
+                            ids,
+                            &lo,
+                            &hi,
+                            &mut dots[..m],
+                        );
+                        std::hint::black_box(&dots);
+                    }
+                    b1 = b1.min(t.elapsed().as_secs_f64());
+                    let t = Instant::now();
+                    for _ in 0..reps / 5 {
+                        (kt.dot_u4_i8_split_gather_segs)(
+                            store.bytes(),
+                            store.stride(),
+                            ids,
+                            &lo,
+                            &hi,
+                            &[96, 192],
+                            &mut dots[..2 * m],
+                        );
+                        std::hint::black_box(&dots);
+                    }
+                    b2 = b2.min(t.elapsed().as_secs_f64());
+                }
+                let per = 1e9 / ((reps / 5) * m) as f64;
+                line += &format!(
+                    "  {m} codes: 1 seg {:5.2}, 2 segs {:5.2}",
+                    b1 * per,
+                    b2 * per
+                );
+            }
+            println!("{line} ns/code");
+        }
+    }
     let t = Instant::now();
     for i in 0..nq {
         std::hint::black_box(e.prepare(&q[i * d..(i + 1) * d]));

@@ -15,6 +15,11 @@
 //!   nibbles = dimensions 0..32, high = 32..64), so `vpmaddubsw` applies directly; it cannot
 //!   saturate here (2 * 15 * 128 < i16::MAX), and two of its results are added in i16 before
 //!   `vpmaddwd` with ones widens to i32 (4 * 15 * 128 < i16::MAX).
+//! - `dot_u4_i8_split_gather` (and `_segs` with one or two segments), codes of 1 to 8 whole
+//!   32-byte steps: codes scored in groups, step by step so that each step's weights are
+//!   loaded once per group, `vpmaddubsw` results added in i16 for 4 steps; the group's
+//!   accumulators (8 codes, or 4 codes x 2 segments) are reduced together (`reduce8`) and
+//!   stored at once. Bytes past the whole steps go through the scalar kernel.
 //! - Popcount: nibble look-up with `vpshufb`, summed with `vpsadbw` (Mula's method).
 //! - `dot_f32_bitplanes`: one byte of a plane, broadcast to 8 lanes, AND-ed with
 //!   `1, 2, ..., 128` and compared for equality, is the lane mask of 8 weights; plane by plane
@@ -773,10 +778,28 @@ pub(crate) mod imp {
         out: &mut [i32],
     ) {
         assert_eq!(ids.len(), out.len(), "dot_u4_i8_split_gather: ids and out");
+        assert_eq!(
+            lo.len(),
+            hi.len(),
+            "dot_u4_i8_split: slices of different lengths"
+        );
         let len = lo.len();
-        for (o, &id) in out.iter_mut().zip(ids) {
-            let at = id as usize * stride;
-            *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+        let ends = [len as u32];
+        match len / 32 {
+            1 => gather_n::<1>(base, stride, ids, lo, hi, &ends, out),
+            2 => gather_n::<2>(base, stride, ids, lo, hi, &ends, out),
+            3 => gather_n::<3>(base, stride, ids, lo, hi, &ends, out),
+            4 => gather_n::<4>(base, stride, ids, lo, hi, &ends, out),
+            5 => gather_n::<5>(base, stride, ids, lo, hi, &ends, out),
+            6 => gather_n::<6>(base, stride, ids, lo, hi, &ends, out),
+            7 => gather_n::<7>(base, stride, ids, lo, hi, &ends, out),
+            8 => gather_n::<8>(base, stride, ids, lo, hi, &ends, out),
+            _ => {
+                for (o, &id) in out.iter_mut().zip(ids) {
+                    let at = id as usize * stride;
+                    *o = dot_u4_i8_split(&base[at..at + len], lo, hi);
+                }
+            }
         }
     }
 
@@ -790,16 +813,250 @@ pub(crate) mod imp {
         ends: &[u32],
         out: &mut [i32],
     ) {
-        crate::scalar::gather_segs_with(
-            |p, l, h| dot_u4_i8_split(p, l, h),
-            base,
-            stride,
-            ids,
-            lo,
-            hi,
-            ends,
-            out,
+        crate::scalar::check_segs_args(ids, lo, hi, ends, out);
+        let steps = if ends.len() <= 2 { lo.len() / 32 } else { 0 };
+        match steps {
+            1 => gather_n::<1>(base, stride, ids, lo, hi, ends, out),
+            2 => gather_n::<2>(base, stride, ids, lo, hi, ends, out),
+            3 => gather_n::<3>(base, stride, ids, lo, hi, ends, out),
+            4 => gather_n::<4>(base, stride, ids, lo, hi, ends, out),
+            5 => gather_n::<5>(base, stride, ids, lo, hi, ends, out),
+            6 => gather_n::<6>(base, stride, ids, lo, hi, ends, out),
+            7 => gather_n::<7>(base, stride, ids, lo, hi, ends, out),
+            8 => gather_n::<8>(base, stride, ids, lo, hi, ends, out),
+            _ => crate::scalar::gather_segs_with(
+                |p, l, h| dot_u4_i8_split(p, l, h),
+                base,
+                stride,
+                ids,
+                lo,
+                hi,
+                ends,
+                out,
+            ),
+        }
+    }
+
+    /// `[x.lo + x.hi | y.hi + y.lo]` (128-bit halves): `x`'s lanes folded into the low half,
+    /// `y`'s into the high half.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fold_halves(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            _mm256_blend_epi32::<0xF0>(x, y),
+            _mm256_permute2x128_si256::<0x21>(x, y),
         )
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[7]`, in that order, reduced jointly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce8(a: &[__m256i; 8]) -> __m256i {
+        let (p0, p1) = (fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let (p2, p3) = (fold_halves(a[4], a[5]), fold_halves(a[6], a[7]));
+        // [a0 a0 a2 a2 | a1 a1 a3 a3] and [a4 a4 a6 a6 | a5 a5 a7 a7].
+        let u = _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+        let v = _mm256_add_epi32(_mm256_unpacklo_epi64(p2, p3), _mm256_unpackhi_epi64(p2, p3));
+        // [a0 a4 a2 a6 | a1 a5 a3 a7].
+        let w = _mm256_add_epi32(
+            _mm256_blend_epi32::<0xAA>(u, v),
+            _mm256_shuffle_epi32::<0xB1>(_mm256_blend_epi32::<0x55>(u, v)),
+        );
+        _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7))
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[3]` in the low four lanes, reduced jointly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce4(a: &[__m256i; 4]) -> __m256i {
+        let (p0, p1) = (fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let u = _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+        let u = _mm256_add_epi32(u, _mm256_shuffle_epi32::<0xB1>(u));
+        _mm256_permutevar8x32_epi32(u, _mm256_setr_epi32(0, 4, 2, 6, 0, 0, 0, 0))
+    }
+
+    /// The code `id` of a gather, after checking that its `len` bytes lie in `base`.
+    #[inline]
+    fn code_at(base: &[u8], stride: usize, id: u32, len: usize) -> *const u8 {
+        let at = id as usize * stride;
+        assert!(
+            at <= base.len() && len <= base.len() - at,
+            "dot_u4_i8_split_gather: code {id} outside base"
+        );
+        base[at..].as_ptr()
+    }
+
+    /// The products of the `G` codes at `ptrs` (`N` 32-byte steps each) with `lo`, `hi`, one
+    /// accumulator of i32 lanes per code, step by step so that each step's weights are loaded
+    /// once for the group. `vpmaddubsw` results are added in i16 for up to 4 steps (8 terms,
+    /// each at most 2 * 15 * 128 in magnitude: 30720 < 2^15) before `vpmaddwd` with ones
+    /// widens them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (it is called only from `avx2` functions; it has no
+    /// `#[target_feature]` so that it can be `#[inline(always)]`); bytes `ptrs[g] .. ptrs[g]
+    /// + 32 N` must be readable, and `lo`, `hi` at least `32 N` long.
+    #[inline(always)]
+    unsafe fn group_acc<const N: usize, const G: usize>(
+        ptrs: &[*const u8; G],
+        lo: &[i8],
+        hi: &[i8],
+    ) -> [__m256i; G] {
+        debug_assert!(lo.len() >= 32 * N && hi.len() >= 32 * N);
+        // SAFETY: the caller's contract; weight bytes 32c .. 32c + 32 <= 32 N of lo and hi.
+        unsafe {
+            let nib = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_si256(); G];
+            let mut s16 = [_mm256_setzero_si256(); G];
+            for c in 0..N {
+                let wl = _mm256_loadu_si256(lo.as_ptr().add(32 * c).cast());
+                let wh = _mm256_loadu_si256(hi.as_ptr().add(32 * c).cast());
+                for (s, &p) in s16.iter_mut().zip(ptrs) {
+                    let x = _mm256_loadu_si256(p.add(32 * c).cast());
+                    let q = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
+                    );
+                    *s = _mm256_add_epi16(*s, q);
+                }
+                if c % 4 == 3 || c + 1 == N {
+                    for (a, s) in acc.iter_mut().zip(s16.iter_mut()) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*s, ones));
+                        *s = _mm256_setzero_si256();
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// `group_acc` with two accumulators per code: segment 0 (the steps before `k`, and the
+    /// lanes of step `k` set in `m`) and segment 1 (the rest). Two codes at a time keep the
+    /// eight i16 and i32 accumulators in the 16 registers.
+    ///
+    /// # Safety
+    /// As for `group_acc`.
+    #[inline(always)]
+    unsafe fn group_acc2<const N: usize, const G: usize>(
+        ptrs: &[*const u8; G],
+        lo: &[i8],
+        hi: &[i8],
+        k: usize,
+        m: __m256i,
+    ) -> [[__m256i; 2]; G] {
+        debug_assert!(lo.len() >= 32 * N && hi.len() >= 32 * N);
+        // SAFETY: the caller's contract; weight bytes 32c .. 32c + 32 <= 32 N of lo and hi.
+        unsafe {
+            let nib = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_si256(); 2]; G];
+            let mut s16 = [[_mm256_setzero_si256(); 2]; G];
+            for c in 0..N {
+                let wl = _mm256_loadu_si256(lo.as_ptr().add(32 * c).cast());
+                let wh = _mm256_loadu_si256(hi.as_ptr().add(32 * c).cast());
+                for (s, &p) in s16.iter_mut().zip(ptrs) {
+                    let x = _mm256_loadu_si256(p.add(32 * c).cast());
+                    let q = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(x, nib), wl),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(x), nib), wh),
+                    );
+                    if c < k {
+                        s[0] = _mm256_add_epi16(s[0], q);
+                    } else if c > k {
+                        s[1] = _mm256_add_epi16(s[1], q);
+                    } else {
+                        s[0] = _mm256_add_epi16(s[0], _mm256_and_si256(q, m));
+                        s[1] = _mm256_add_epi16(s[1], _mm256_andnot_si256(m, q));
+                    }
+                }
+                if c % 4 == 3 || c + 1 == N {
+                    for (a, s) in acc.iter_mut().zip(s16.iter_mut()) {
+                        if c - c % 4 <= k {
+                            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(s[0], ones));
+                            s[0] = _mm256_setzero_si256();
+                        }
+                        if c >= k {
+                            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(s[1], ones));
+                            s[1] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// The gathers on codes of `N` whole 32-byte steps and at most 31 more bytes, one or two
+    /// segments (`ends`): codes in groups (8 codes, or 4 codes of two segments), one
+    /// accumulator per code and segment, all reduced together by `reduce8` (or `reduce4`);
+    /// a partial last group repeats its last code and stores only its own sums. Bytes past
+    /// the whole steps are added by the scalar kernel, segment by segment.
+    #[target_feature(enable = "avx2,fma")]
+    fn gather_n<const N: usize>(
+        base: &[u8],
+        stride: usize,
+        ids: &[u32],
+        lo: &[i8],
+        hi: &[i8],
+        ends: &[u32],
+        out: &mut [i32],
+    ) {
+        let len = lo.len();
+        let s = ends.len();
+        debug_assert!(len / 32 == N && (s == 1 || s == 2));
+        // Segment 0 ends in step k, at the lanes of m (all of step k when ends[0] lies past it).
+        let e0 = if s == 2 { ends[0] as usize } else { len };
+        let k = e0 / 32;
+        let m = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32((e0 % 32 / 4) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let g = if s == 1 { 8 } else { 4 };
+        for (ig, o) in ids.chunks(g).zip(out.chunks_mut(g * s)) {
+            let r = ig.len();
+            let pick = |j: usize| code_at(base, stride, ig[j.min(r - 1)], len);
+            // SAFETY: this function enables avx2; code_at checked that each code's `len >=
+            // 32 N` bytes lie in `base`, and lo, hi are `len` long.
+            let sums = unsafe {
+                if s == 1 && r > 4 {
+                    let ptrs: [*const u8; 8] = core::array::from_fn(pick);
+                    let a = group_acc::<N, 4>(&[ptrs[0], ptrs[1], ptrs[2], ptrs[3]], lo, hi);
+                    let b = group_acc::<N, 4>(&[ptrs[4], ptrs[5], ptrs[6], ptrs[7]], lo, hi);
+                    reduce8(&[a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
+                } else if s == 1 {
+                    let ptrs: [*const u8; 4] = core::array::from_fn(pick);
+                    reduce4(&group_acc::<N, 4>(&ptrs, lo, hi))
+                } else {
+                    let ptrs: [*const u8; 4] = core::array::from_fn(pick);
+                    let a = group_acc2::<N, 2>(&[ptrs[0], ptrs[1]], lo, hi, k, m);
+                    let b = group_acc2::<N, 2>(&[ptrs[2], ptrs[3]], lo, hi, k, m);
+                    reduce8(&[
+                        a[0][0], a[0][1], a[1][0], a[1][1], b[0][0], b[0][1], b[1][0], b[1][1],
+                    ])
+                }
+            };
+            let mut buf = [0i32; 8];
+            // SAFETY: `buf` is 8 i32 long.
+            unsafe { _mm256_storeu_si256(buf.as_mut_ptr().cast(), sums) };
+            o.copy_from_slice(&buf[..r * s]);
+            if len > 32 * N {
+                for (o, &id) in o.chunks_exact_mut(s).zip(ig) {
+                    let at = id as usize * stride;
+                    let code = &base[at..at + len];
+                    let mut a = 0;
+                    for (o, &e) in o.iter_mut().zip(ends) {
+                        let (b, e) = (a.max(32 * N), e as usize);
+                        if b < e {
+                            let t =
+                                crate::scalar::dot_u4_i8_split(&code[b..e], &lo[b..e], &hi[b..e]);
+                            *o = o.wrapping_add(t);
+                        }
+                        a = e;
+                    }
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma,popcnt")]

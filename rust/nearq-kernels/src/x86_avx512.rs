@@ -19,6 +19,12 @@
 //!   `[32..64 | 96..128]` (two 256-bit loads joined with `vinserti64x4`). VNNI `vpdpbusd`
 //!   multiplies u8 codes by i8 query bytes directly; without VNNI `vpmaddubsw` is exact for
 //!   4-bit codes (2 * 15 * 128 < i16::MAX) and `vpmaddwd` with ones widens to i32.
+//! - `dot_u4_i8_split_gather` (and `_segs` with one or two segments), codes up to 256 bytes:
+//!   the weights stay in registers and codes are scored in groups (8 codes, or 4 codes x 2
+//!   segments), one accumulator per code and segment; the group's accumulators are reduced
+//!   together by a shuffle/blend/add tree (`reduce8`) into one register, stored at once.
+//!   Without VNNI, the group kernels add `vpmaddubsw` results in i16 (at most 8 terms) and
+//!   widen once per code.
 //! - Popcount: `vpopcntq`, or the `vpshufb` nibble look-up with `vpsadbw`.
 //! - `dot_f32_bitplanes`: two bytes of a plane are the `__mmask16` of a masked add
 //!   (`vaddps` with a write mask) of 16 weights; plane by plane into two accumulators, each
@@ -963,31 +969,104 @@ mod imp {
         }
     }
 
-    /// The sums of the i32 lanes of `a` and of `b`, reduced together: each folded to 8 lanes,
-    /// the two halves of one register then reduced side by side (lanes 0 and 8).
+    /// `[x0 + x2, x1 + x3 | y2 + y0, y3 + y1]` in 128-bit chunks: the lanes of `x` folded into
+    /// the low half, those of `y` into the high half (first level of a joint reduction).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    fn reduce_pair(a: __m512i, b: __m512i) -> (i32, i32) {
-        let fa = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
-        let fb = _mm256_add_epi32(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64::<1>(b));
-        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(fa), fb);
-        // Swap the 128-bit lanes within each half, then the 64-bit pairs, then neighbours.
-        let v = _mm512_add_epi32(v, _mm512_shuffle_i32x4::<0b10_11_00_01>(v, v));
-        let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0b01_00_11_10>(v));
-        let v = _mm512_add_epi32(v, _mm512_shuffle_epi32::<0b10_11_00_01>(v));
-        (
-            _mm_cvtsi128_si32(_mm512_castsi512_si128(v)),
-            _mm_cvtsi128_si32(_mm512_extracti32x4_epi32::<2>(v)),
+    fn fold_halves(x: __m512i, y: __m512i) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_mask_blend_epi64(0xF0, x, y),
+            _mm512_shuffle_i64x2::<0x4E>(x, y),
         )
     }
 
-    /// `dot_u4_i8_split` and its gather, once per way of multiplying bytes: `$mul(acc, codes,
+    /// From `p = [a a | b b]` and `q = [c c | d d]` (two `fold_halves` results, a code per
+    /// 256-bit half), the chunks `[a, b, c, d]`: each code's two chunks added.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn fold_quarters(p: __m512i, q: __m512i) -> __m512i {
+        _mm512_add_epi32(
+            _mm512_shuffle_i64x2::<0x88>(p, q),
+            _mm512_shuffle_i64x2::<0xDD>(p, q),
+        )
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[7]`, in that order, reduced jointly (24
+    /// shuffles, blends and adds for the eight instead of about nine each).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn reduce8(a: &[__m512i; 8]) -> __m256i {
+        let r0 = fold_quarters(fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let r1 = fold_quarters(fold_halves(a[4], a[5]), fold_halves(a[6], a[7]));
+        // Chunk k: lanes [a[k], a[k], a[4 + k], a[4 + k]], then each pair added.
+        let t = _mm512_add_epi32(_mm512_unpacklo_epi64(r0, r1), _mm512_unpackhi_epi64(r0, r1));
+        let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0xB1>(t));
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, t))
+    }
+
+    /// The sums of the i32 lanes of `a[0]` .. `a[3]` in the low four lanes, reduced jointly.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn reduce4(a: &[__m512i; 4]) -> __m256i {
+        let r = fold_quarters(fold_halves(a[0], a[1]), fold_halves(a[2], a[3]));
+        let r = _mm512_add_epi32(r, _mm512_shuffle_epi32::<0x4E>(r));
+        let r = _mm512_add_epi32(r, _mm512_shuffle_epi32::<0xB1>(r));
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, r))
+    }
+
+    /// The code `id` of a gather (`base[id * stride..]`), after checking that its `len` bytes
+    /// lie in `base`: every pointer the group kernels read through comes from here.
+    #[inline]
+    fn code_at(base: &[u8], stride: usize, id: u32, len: usize) -> *const u8 {
+        let at = id as usize * stride;
+        assert!(
+            at <= base.len() && len <= base.len() - at,
+            "dot_u4_i8_split_gather: code {id} outside base"
+        );
+        base[at..].as_ptr()
+    }
+
+    /// 64-byte step `c` of `n` at `p`: a plain load, the last step a zero-masked one.
+    ///
+    /// # Safety
+    /// Bytes `p + 64c .. p + 64c + 64` must be readable when `c + 1 < n`, otherwise the bytes
+    /// of that range enabled in `mlast`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_step(p: *const u8, c: usize, n: usize, mlast: __mmask64) -> __m512i {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if c + 1 < n {
+                _mm512_loadu_si512(p.add(64 * c).cast())
+            } else {
+                _mm512_maskz_loadu_epi8(mlast, p.add(64 * c).cast())
+            }
+        }
+    }
+
+    /// Mask with the low `r <= 8` bits set.
+    fn mask8(r: usize) -> __mmask8 {
+        debug_assert!(r <= 8);
+        ((1u32 << r) - 1) as __mmask8
+    }
+
+    /// `dot_u4_i8_split` and its gathers, once per way of multiplying bytes: `$mul(acc, codes,
     /// weights)` adds the products of unsigned 4-bit codes with i8 weights into the i32 lanes
-    /// of `acc`. Each 64-byte step is one masked load of codes and of each weight vector; the
-    /// gather keeps the weights in registers when a code is at most 256 bytes (512
-    /// dimensions), so it loads only codes.
+    /// of `acc`. Each 64-byte step is one masked load of codes and of each weight vector. The
+    /// gathers keep the weights in registers when a code is at most 256 bytes (512
+    /// dimensions), so they load only codes, and score the codes in groups (8 codes, or 4
+    /// codes of two segments each): one accumulator per code and segment, all reduced
+    /// together by `reduce8` and stored with one write. A last, partial group repeats its
+    /// last code and stores only its own sums. The group kernels accumulate with `$mulg`
+    /// (`$mul`, or without VNNI `vpmaddubsw` into i16 lanes), add a split step's products
+    /// under an i32 lane mask with `$addm`, and turn each accumulator into i32 lanes with
+    /// `$fin` before the reduction.
     macro_rules! split_kernels {
-        ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $segs:ident, $segs_n:ident, $mul:ident) => {
+        ($feat:literal, $single:ident, $gather:ident, $gather_n:ident, $group:ident,
+         $segs:ident, $segs_n:ident, $group2:ident, $mul:ident, $mulg:ident, $addm:ident,
+         $fin:ident) => {
             #[target_feature(enable = $feat)]
             pub(super) fn $single(p: &[u8], lo: &[i8], hi: &[i8]) -> i32 {
                 assert!(
@@ -1014,6 +1093,83 @@ mod imp {
                 _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]))
             }
 
+            /// The products of the `G` codes at `ptrs` (`N` steps, the last one masked by
+            /// `mlast`) with `wl`, `wh`: one accumulator per code.
+            ///
+            /// # Safety
+            /// The CPU must have the features `$feat` (it is called only from functions that
+            /// enable them; it has no `#[target_feature]` of its own so that it can be
+            /// `#[inline(always)]`, which keeps the accumulators out of memory). Every
+            /// `ptrs[g]` must be readable for the bytes `load_step` reads (steps 0 .. N - 1
+            /// whole, the enabled bytes of the last).
+            #[inline(always)]
+            unsafe fn $group<const N: usize, const G: usize>(
+                ptrs: &[*const u8; G],
+                mlast: __mmask64,
+                wl: &[__m512i; N],
+                wh: &[__m512i; N],
+            ) -> [__m512i; G] {
+                // SAFETY: the caller's contract (features and readable bytes).
+                unsafe {
+                    let nib = _mm512_set1_epi8(0x0f);
+                    let mut acc = [_mm512_setzero_si512(); G];
+                    for c in 0..N {
+                        for (a, &p) in acc.iter_mut().zip(ptrs) {
+                            let x = load_step(p, c, N, mlast);
+                            *a = $mulg(*a, _mm512_and_si512(x, nib), wl[c]);
+                            *a = $mulg(*a, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
+                        }
+                    }
+                    for a in acc.iter_mut() {
+                        *a = $fin(*a);
+                    }
+                    acc
+                }
+            }
+
+            /// `$group` for two segments, the first ending in step `k` at i32 lane mask `m`
+            /// (`m == 0`: at the start of step `k`): two accumulators per code, the steps before
+            /// `k` into the first, those after into the second, and step `k`'s products split
+            /// between them by `m`.
+            ///
+            /// # Safety
+            /// As for `$group`.
+            #[inline(always)]
+            unsafe fn $group2<const N: usize, const G: usize>(
+                ptrs: &[*const u8; G],
+                mlast: __mmask64,
+                wl: &[__m512i; N],
+                wh: &[__m512i; N],
+                k: usize,
+                m: __mmask16,
+            ) -> [[__m512i; 2]; G] {
+                // SAFETY: the caller's contract (features and readable bytes).
+                unsafe {
+                    let nib = _mm512_set1_epi8(0x0f);
+                    let mut acc = [[_mm512_setzero_si512(); 2]; G];
+                    for c in 0..N {
+                        for (a, &p) in acc.iter_mut().zip(ptrs) {
+                            let x = load_step(p, c, N, mlast);
+                            let l = _mm512_and_si512(x, nib);
+                            let h = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+                            if c < k {
+                                a[0] = $mulg($mulg(a[0], l, wl[c]), h, wh[c]);
+                            } else if c > k || m == 0 {
+                                a[1] = $mulg($mulg(a[1], l, wl[c]), h, wh[c]);
+                            } else {
+                                let q = $mulg($mulg(_mm512_setzero_si512(), l, wl[c]), h, wh[c]);
+                                a[0] = $addm(a[0], m, q);
+                                a[1] = $addm(a[1], !m, q);
+                            }
+                        }
+                    }
+                    for a in acc.iter_mut() {
+                        *a = [$fin(a[0]), $fin(a[1])];
+                    }
+                    acc
+                }
+            }
+
             #[target_feature(enable = $feat)]
             fn $gather_n<const N: usize>(
                 base: &[u8],
@@ -1025,40 +1181,44 @@ mod imp {
             ) {
                 let len = lo.len();
                 debug_assert!(len.div_ceil(64) == N);
-                let nib = _mm512_set1_epi8(0x0f);
-                let mut wl = [_mm512_setzero_si512(); N];
-                let mut wh = [_mm512_setzero_si512(); N];
-                for c in 0..N {
-                    let m = step_mask(len, c);
-                    // SAFETY: the mask enables only bytes 64c .. min(64c + 64, len) of lo and
-                    // hi (both `len` long).
-                    unsafe {
-                        wl[c] = _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast());
-                        wh[c] = _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast());
-                    }
+                let (wl, wh) = load_weights::<N>(lo, hi);
+                let mlast = step_mask(len, N - 1);
+                let mut ic = ids.chunks_exact(8);
+                let mut oc = out.chunks_exact_mut(8);
+                for (ig, o) in (&mut ic).zip(&mut oc) {
+                    let ptrs: [*const u8; 8] =
+                        core::array::from_fn(|g| code_at(base, stride, ig[g], len));
+                    // SAFETY: this function enables $feat; code_at checked that each code's
+                    // `len` bytes lie in `base`, and load_step reads only bytes below `len`
+                    // (whole steps before the last, mlast's bytes in it).
+                    let acc = unsafe { $group::<N, 8>(&ptrs, mlast, &wl, &wh) };
+                    // SAFETY: `o` is 8 i32 long.
+                    unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), reduce8(&acc)) };
                 }
-                for (o, &id) in out.iter_mut().zip(ids) {
-                    let at = id as usize * stride;
-                    assert!(
-                        at <= base.len() && len <= base.len() - at,
-                        "dot_u4_i8_split_gather: code {id} outside base"
-                    );
-                    let pc = base[at..].as_ptr();
-                    let mut acc = [_mm512_setzero_si512(); 2];
-                    for c in 0..N {
-                        // SAFETY: the mask enables only bytes at + 64c .. at + min(64c + 64,
-                        // len) <= base.len(), checked above.
-                        let x = unsafe {
-                            _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
-                        };
-                        acc[0] = $mul(acc[0], _mm512_and_si512(x, nib), wl[c]);
-                        acc[1] = $mul(
-                            acc[1],
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib),
-                            wh[c],
-                        );
-                    }
-                    *o = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]));
+                let (ids, out) = (ic.remainder(), oc.into_remainder());
+                let r = ids.len();
+                if r == 0 {
+                    return;
+                }
+                let pick = |g: usize| code_at(base, stride, ids[g.min(r - 1)], len);
+                // SAFETY: as above; the sums are stored under a mask of the r lanes `out` has.
+                unsafe {
+                    let sums = if r <= 4 {
+                        reduce4(&$group::<N, 4>(
+                            &core::array::from_fn(pick),
+                            mlast,
+                            &wl,
+                            &wh,
+                        ))
+                    } else {
+                        reduce8(&$group::<N, 8>(
+                            &core::array::from_fn(pick),
+                            mlast,
+                            &wl,
+                            &wh,
+                        ))
+                    };
+                    _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(r), sums);
                 }
             }
 
@@ -1104,18 +1264,48 @@ mod imp {
             ) {
                 let len = lo.len();
                 debug_assert!(len.div_ceil(64) == N);
-                let nib = _mm512_set1_epi8(0x0f);
-                let mut wl = [_mm512_setzero_si512(); N];
-                let mut wh = [_mm512_setzero_si512(); N];
-                for c in 0..N {
-                    let m = step_mask(len, c);
-                    // SAFETY: the mask enables only bytes 64c .. min(64c + 64, len) of lo and
-                    // hi (both `len` long).
-                    unsafe {
-                        wl[c] = _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast());
-                        wh[c] = _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast());
-                    }
+                let s = ends.len();
+                if s == 1 {
+                    return $gather_n::<N>(base, stride, ids, lo, hi, out);
                 }
+                let (wl, wh) = load_weights::<N>(lo, hi);
+                if s == 2 {
+                    // SAQ's usual case: four codes' eight sums per group.
+                    let e0 = ends[0] as usize;
+                    let (k, m) = (e0 / 64, ((1u32 << (e0 % 64 / 4)) - 1) as __mmask16);
+                    let mlast = step_mask(len, N - 1);
+                    let mut ic = ids.chunks_exact(4);
+                    let mut oc = out.chunks_exact_mut(8);
+                    for (ig, o) in (&mut ic).zip(&mut oc) {
+                        let ptrs: [*const u8; 4] =
+                            core::array::from_fn(|g| code_at(base, stride, ig[g], len));
+                        // SAFETY: as in $gather_n.
+                        let acc = unsafe { $group2::<N, 4>(&ptrs, mlast, &wl, &wh, k, m) };
+                        let acc: [__m512i; 8] = core::array::from_fn(|i| acc[i / 2][i % 2]);
+                        // SAFETY: `o` is 8 i32 long.
+                        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), reduce8(&acc)) };
+                    }
+                    let (ids, out) = (ic.remainder(), oc.into_remainder());
+                    let r = ids.len();
+                    let pick = |g: usize| code_at(base, stride, ids[g.min(r - 1)], len);
+                    // SAFETY: as above; the sums are stored under a mask of the 2r lanes `out`
+                    // has. One or two codes go as a group of two.
+                    unsafe {
+                        if r == 3 {
+                            let ptrs: [*const u8; 4] = core::array::from_fn(pick);
+                            let acc = $group2::<N, 4>(&ptrs, mlast, &wl, &wh, k, m);
+                            let acc: [__m512i; 8] = core::array::from_fn(|i| acc[i / 2][i % 2]);
+                            _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(6), reduce8(&acc));
+                        } else if r > 0 {
+                            let ptrs: [*const u8; 2] = core::array::from_fn(pick);
+                            let acc = $group2::<N, 2>(&ptrs, mlast, &wl, &wh, k, m);
+                            let acc = [acc[0][0], acc[0][1], acc[1][0], acc[1][1]];
+                            _mm256_mask_storeu_epi32(out.as_mut_ptr(), mask8(2 * r), reduce4(&acc));
+                        }
+                    }
+                    return;
+                }
+                let nib = _mm512_set1_epi8(0x0f);
                 // (step, segment, i32 lanes of the step in the segment): a lane sums 4 bytes
                 // and the ends are multiples of 4, so every lane lies in one segment; at most
                 // N + S - 1 <= 4 + MAX_SEGS - 1 pieces.
@@ -1134,47 +1324,6 @@ mod imp {
                     }
                     a = e;
                 }
-                let s = ends.len();
-                if s == 2 {
-                    // Two segments (SAQ's usual case), branch-free: the first segment's lanes
-                    // of each step as a mask, the second segment as the total minus the
-                    // first, and both reduced together.
-                    let e0 = ends[0] as usize;
-                    let mut m0 = [0 as __mmask16; N];
-                    for (c, m) in m0.iter_mut().enumerate() {
-                        *m = if e0 >= 64 * c + 64 {
-                            0xFFFF
-                        } else if e0 <= 64 * c {
-                            0
-                        } else {
-                            ((1u32 << ((e0 - 64 * c) / 4)) - 1) as __mmask16
-                        };
-                    }
-                    for (o, &id) in out.chunks_exact_mut(2).zip(ids) {
-                        let at = id as usize * stride;
-                        assert!(
-                            at <= base.len() && len <= base.len() - at,
-                            "dot_u4_i8_split_gather: code {id} outside base"
-                        );
-                        let pc = base[at..].as_ptr();
-                        let (mut all, mut a0) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                        for c in 0..N {
-                            // SAFETY: the mask enables only bytes at + 64c .. at + min(64c +
-                            // 64, len) <= base.len(), checked above.
-                            let x = unsafe {
-                                _mm512_maskz_loadu_epi8(step_mask(len, c), pc.add(64 * c).cast())
-                            };
-                            let p = $mul(_mm512_setzero_si512(), _mm512_and_si512(x, nib), wl[c]);
-                            let p =
-                                $mul(p, _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib), wh[c]);
-                            all = _mm512_add_epi32(all, p);
-                            a0 = _mm512_mask_add_epi32(a0, m0[c], a0, p);
-                        }
-                        (o[0], o[1]) = reduce_pair(a0, _mm512_sub_epi32(all, a0));
-                    }
-                    return;
-                }
-                let s = ends.len();
                 for (o, &id) in out.chunks_exact_mut(s).zip(ids) {
                     let at = id as usize * stride;
                     assert!(
@@ -1239,6 +1388,27 @@ mod imp {
         };
     }
 
+    /// The weights of a gather, the `N = ceil(len / 64)` steps of `lo` and of `hi`, zero past
+    /// their end.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn load_weights<const N: usize>(lo: &[i8], hi: &[i8]) -> ([__m512i; N], [__m512i; N]) {
+        let len = lo.len();
+        debug_assert!(hi.len() == len && len.div_ceil(64) == N);
+        let mut wl = [_mm512_setzero_si512(); N];
+        let mut wh = [_mm512_setzero_si512(); N];
+        for c in 0..N {
+            let m = step_mask(len, c);
+            // SAFETY: the mask enables only bytes 64c .. min(64c + 64, len) of lo and hi (both
+            // `len` long).
+            unsafe {
+                wl[c] = _mm512_maskz_loadu_epi8(m, lo.as_ptr().add(64 * c).cast());
+                wh[c] = _mm512_maskz_loadu_epi8(m, hi.as_ptr().add(64 * c).cast());
+            }
+        }
+        (wl, wh)
+    }
+
     /// 16 codes per step: bytes widened to i32 lanes, nibbles split, converted to f32 and
     /// multiplied into two FMA accumulators; the tail is one masked step.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -1284,23 +1454,69 @@ mod imp {
         _mm512_add_epi32(acc, _mm512_madd_epi16(s16, _mm512_set1_epi16(1)))
     }
 
+    /// `vpmaddubsw` added into i16 lanes: the group kernels' accumulators get at most 8 such
+    /// terms (2 per step, at most 4 steps), at most 8 * 2 * 15 * 128 = 30720 < 2^15 in
+    /// magnitude, so the i16 sums are exact; `fin_bw` widens them once per code.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn mul_bw16(acc: __m512i, codes: __m512i, w: __m512i) -> __m512i {
+        _mm512_add_epi16(acc, _mm512_maddubs_epi16(codes, w))
+    }
+
+    /// `acc` plus the i16 pairs of `q` in the i32 lanes set in `m`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn addm_bw16(acc: __m512i, m: __mmask16, q: __m512i) -> __m512i {
+        _mm512_add_epi16(acc, _mm512_maskz_mov_epi32(m, q))
+    }
+
+    /// The i16 pairs of `acc` summed into i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn fin_bw16(acc: __m512i) -> __m512i {
+        _mm512_madd_epi16(acc, _mm512_set1_epi16(1))
+    }
+
+    /// `acc` plus the i32 lanes of `q` set in `m`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn addm_i32(acc: __m512i, m: __mmask16, q: __m512i) -> __m512i {
+        _mm512_mask_add_epi32(acc, m, acc, q)
+    }
+
+    /// The accumulator as it is (already i32 lanes).
+    #[inline]
+    fn fin_i32(acc: __m512i) -> __m512i {
+        acc
+    }
+
     split_kernels!(
         "avx512f,avx512bw,avx512vl",
         dot_u4_i8_split,
         dot_u4_i8_split_gather,
         split_gather_n,
+        split_group,
         dot_u4_i8_split_gather_segs,
         split_gather_segs_n,
-        mul_bw
+        split_group2,
+        mul_bw,
+        mul_bw16,
+        addm_bw16,
+        fin_bw16
     );
     split_kernels!(
         "avx512f,avx512bw,avx512vl,avx512vnni",
         dot_u4_i8_split_vnni,
         dot_u4_i8_split_gather_vnni,
         split_gather_n_vnni,
+        split_group_vnni,
         dot_u4_i8_split_gather_segs_vnni,
         split_gather_segs_n_vnni,
-        mul_vnni
+        split_group2_vnni,
+        mul_vnni,
+        mul_vnni,
+        addm_i32,
+        fin_i32
     );
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]

@@ -765,6 +765,196 @@ fn u4_split_gather_segs_matches_per_segment_products() {
     }
 }
 
+/// Scalar per-segment products of the codes `ids` (segments ending at `ends`).
+fn segs_want(
+    base: &[u8],
+    stride: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+    ends: &[u32],
+) -> Vec<i32> {
+    let mut want = Vec::new();
+    for &i in ids {
+        let at = i as usize * stride;
+        let mut a = 0;
+        for &e in ends {
+            let e = e as usize;
+            want.push(scalar::dot_u4_i8_split(
+                &base[at + a..at + e],
+                &lo[a..e],
+                &hi[a..e],
+            ));
+            a = e;
+        }
+    }
+    want
+}
+
+/// The gathers score codes in groups (full groups, then a partial one padded with repeated
+/// codes and stored under a mask): every count 1..=17 and a few larger, random and extreme
+/// values, the last code ending exactly at the end of `base`, and the outputs followed by
+/// sentinels that must stay untouched.
+#[test]
+fn u4_split_gather_group_remainders() {
+    let mut rng = Rng(41);
+    for len in [
+        1, 4, 60, 63, 64, 65, 96, 128, 190, 191, 192, 200, 255, 256, 257, 300, 384,
+    ] {
+        for extreme in [false, true] {
+            let stride = len + 20;
+            let n = 29;
+            let mut base = rng.bytes(stride * (n - 1) + len);
+            let (mut lo, mut hi): (Vec<i8>, Vec<i8>) = (
+                rng.bytes(len).iter().map(|&c| c as i8).collect(),
+                rng.bytes(len).iter().map(|&c| c as i8).collect(),
+            );
+            if extreme {
+                base.fill(0xFF);
+                lo.fill(i8::MIN);
+                hi.fill(i8::MIN);
+            }
+            for m in (1..=17).chain([23, 24, 25, 31, 32, 33, 48, 64]) {
+                // Random codes with repeats, the last code of base among them.
+                let mut ids: Vec<u32> = (0..m).map(|_| (rng.next() % n as u64) as u32).collect();
+                ids[m / 2] = n as u32 - 1;
+                let want: Vec<i32> = ids
+                    .iter()
+                    .map(|&i| {
+                        let at = i as usize * stride;
+                        scalar::dot_u4_i8_split(&base[at..at + len], &lo, &hi)
+                    })
+                    .collect();
+                for k in all_variants() {
+                    let mut buf = vec![i32::MIN; m + 9];
+                    (k.dot_u4_i8_split_gather)(&base, stride, &ids, &lo, &hi, &mut buf[..m]);
+                    assert_eq!(buf[..m], want, "{} len={len} m={m}", k.isa);
+                    assert!(
+                        buf[m..].iter().all(|&v| v == i32::MIN),
+                        "{} len={len} m={m}: wrote past out",
+                        k.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn u4_split_gather_segs_group_remainders() {
+    let mut rng = Rng(43);
+    let cases: &[&[u32]] = &[
+        &[96, 192],
+        &[4, 192],
+        &[188, 192],
+        &[60, 192],
+        &[64, 192],
+        &[128, 192],
+        &[132, 192],
+        &[8, 96, 100],
+        &[4, 8],
+        &[32, 64],
+        &[64, 128],
+        &[4, 256],
+        &[252, 256],
+        &[100, 300],
+        &[256, 260],
+        &[128, 256, 512],
+        &[96, 192, 288, 384],
+    ];
+    for &ends in cases {
+        let len = *ends.last().unwrap() as usize;
+        let s = ends.len();
+        for extreme in [false, true] {
+            let stride = len + 12;
+            let n = 21;
+            let mut base = rng.bytes(stride * (n - 1) + len);
+            let (mut lo, mut hi): (Vec<i8>, Vec<i8>) = (
+                rng.bytes(len).iter().map(|&c| c as i8).collect(),
+                rng.bytes(len).iter().map(|&c| c as i8).collect(),
+            );
+            if extreme {
+                base.fill(0xFF);
+                lo.fill(i8::MIN);
+                hi.fill(i8::MAX);
+            }
+            for m in (1..=17).chain([24, 32, 33]) {
+                let mut ids: Vec<u32> = (0..m).map(|_| (rng.next() % n as u64) as u32).collect();
+                ids[m - 1] = n as u32 - 1;
+                let want = segs_want(&base, stride, &ids, &lo, &hi, ends);
+                for k in all_variants() {
+                    let mut buf = vec![i32::MIN; m * s + 9];
+                    (k.dot_u4_i8_split_gather_segs)(
+                        &base,
+                        stride,
+                        &ids,
+                        &lo,
+                        &hi,
+                        ends,
+                        &mut buf[..m * s],
+                    );
+                    assert_eq!(buf[..m * s], want, "{} ends={ends:?} m={m}", k.isa);
+                    assert!(
+                        buf[m * s..].iter().all(|&v| v == i32::MIN),
+                        "{} ends={ends:?} m={m}: wrote past out",
+                        k.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// An id whose code does not fit in `base` panics with the kernel's message, whatever its
+/// place in a group (first, middle, last, in the partial last group), in every table.
+#[test]
+fn u4_split_gathers_reject_codes_outside_the_array_in_every_group_position() {
+    for len in [40usize, 192, 300] {
+        let stride = len + 4;
+        let n = 12;
+        // The last code is one byte short.
+        let base = vec![0x11u8; stride * (n - 1) + len - 1];
+        let w = vec![1i8; len];
+        let ends = [(len / 8 * 4) as u32, len as u32];
+        for k in all_variants() {
+            for count in [1usize, 3, 4, 5, 8, 9, 13, 16, 17] {
+                for bad in 0..count {
+                    let mut ids: Vec<u32> = (0..count as u32).map(|i| i % (n as u32 - 1)).collect();
+                    ids[bad] = n as u32 - 1;
+                    let r = std::panic::catch_unwind(|| {
+                        let mut out = vec![0i32; count];
+                        (k.dot_u4_i8_split_gather)(&base, stride, &ids, &w, &w, &mut out);
+                    });
+                    let msg = r.expect_err("gather accepted a code outside base");
+                    let msg = msg
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .unwrap_or("");
+                    // The AVX-512 group kernels (codes up to 256 bytes) check codes
+                    // themselves; the other paths panic slicing `base`.
+                    let own = k.isa.starts_with("avx512") && len <= 256;
+                    assert!(
+                        msg.contains("outside base") || (!own && msg.contains("out of range")),
+                        "{} len={len} count={count} bad={bad}: {msg}",
+                        k.isa
+                    );
+                    let r = std::panic::catch_unwind(|| {
+                        let mut out = vec![0i32; 2 * count];
+                        (k.dot_u4_i8_split_gather_segs)(
+                            &base, stride, &ids, &w, &w, &ends, &mut out,
+                        );
+                    });
+                    assert!(
+                        r.is_err(),
+                        "{} segs len={len} count={count} bad={bad}",
+                        k.isa
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[should_panic]
 fn u4_split_gather_segs_rejects_ends_not_multiple_of_four() {
