@@ -376,3 +376,54 @@ pub fn beam_search_filtered<S: Scorer, F: Fn(u32) -> bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool against a sorted vector with the same rules: an entry goes after the entries
+    /// at its distance, the worst falls off when full, `pop` takes the nearest unexpanded.
+    #[test]
+    fn pool_matches_a_sorted_reference() {
+        let mut rng = crate::encoding::rotation::SplitMix::new(3);
+        let mut draw = |m: u64| (rng.next_u64() % m) as u32;
+        let mut pool = Pool::default();
+        for trial in 0..3000 {
+            let cap = 1 + draw(50) as usize;
+            pool.reset(cap);
+            let mut reference: Vec<(f32, u32, bool)> = Vec::new();
+            for step in 0..draw(200) {
+                if draw(4) == 0 {
+                    let got = pool.pop();
+                    let want = reference.iter_mut().find(|e| !e.2).map(|e| {
+                        e.2 = true;
+                        e.1
+                    });
+                    assert_eq!(got, want, "trial {trial} step {step}: pop");
+                    continue;
+                }
+                // a coarse grid of distances: ties are common
+                let (d, id) = (draw(40) as f32 * 0.25, draw(100_000));
+                let thr = if reference.len() < cap {
+                    f32::INFINITY
+                } else {
+                    reference[cap - 1].0
+                };
+                assert_eq!(pool.threshold(), thr);
+                let inserted = pool.insert(d, id);
+                assert_eq!(inserted, d < thr, "trial {trial} step {step}: insert");
+                if d < thr {
+                    let pos = reference.iter().filter(|e| e.0 <= d).count();
+                    reference.insert(pos, (d, id, false));
+                    reference.truncate(cap);
+                }
+                assert_eq!(pool.len(), reference.len());
+                let got: Vec<(f32, u32)> = pool.iter().collect();
+                let want: Vec<(f32, u32)> = reference.iter().map(|e| (e.0, e.1)).collect();
+                assert_eq!(got, want, "trial {trial} step {step}");
+                let next = reference.iter().find(|e| !e.2).map(|e| (e.1, e.0));
+                assert_eq!(pool.peek_dist(), next);
+            }
+        }
+    }
+}
