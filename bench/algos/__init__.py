@@ -66,6 +66,7 @@ CONFIGS = {
     "nearq-saq8-nokeep-d48-b200-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=200, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-d64-b200-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=64, build_ef=200, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-d48-b300-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=300, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
+    "nearq-saq8-nokeep-d64": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=64, build_ef=128)),
     "nearq-saq8-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),
