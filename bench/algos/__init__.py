@@ -63,7 +63,8 @@ CONFIGS = {
     "nearq-saq8-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128)),
     "nearq-saq6-nokeep": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=32, build_ef=128)),
     # SAQ with the query projection in half precision (NEARQ_SAQ_HALF_QUERIES, read when the
-    # encoder is trained or loaded).
+    # encoder is trained or loaded). The default since the sixth session, so these equal the
+    # plain configurations; kept so that earlier result files name what they ran.
     "nearq-saq8-nokeep-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
     "nearq-saq8-nokeep-avx2": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=32, build_ef=128, simd="avx2")),
     "nearq-saq8-nokeep-d48-f16": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=8, keep_vectors=False, degree=48, build_ef=128, env={"NEARQ_SAQ_HALF_QUERIES": "1"})),
