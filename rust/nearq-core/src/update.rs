@@ -135,7 +135,7 @@ impl<E: Encoding> GraphIndex<E> {
             enc: &self.enc,
             q: &q,
             codes: &self.codes,
-            lines: self.enc.code_size().div_ceil(64).min(8),
+            bytes: self.enc.code_size().clamp(1, 512),
         };
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
