@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # device: paired interleaved runs (bench/paired.py), then optionally the regular harness and
 # SAQ encoding throughput. $1, $2: algo lists for two paired runs; RUN: algos for run.py
-cd "$(dirname "$0")/.."
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# run from the repository root (the device copy of the tree); .devbuild/ holds the carried files
+cd "$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || pwd)"
 mkdir -p /tmp/pkg/nearq && cp -r python/nearq/* /tmp/pkg/nearq/ && cp .devbuild/so/_nearq.abi3.so /tmp/pkg/nearq/
 pip install -q --no-index --no-deps --target /tmp/site ${WHL:-.devbuild/whl-faiss}/*.whl 2>&1 | grep -v WARNING | tail -2
 export PYTHONPATH=/tmp/pkg:/tmp/site

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # session 6 device batch: paired runs ($1, $2 lists), then qg_bench prefetch variants
-cd "$(dirname "$0")/.."
-WHL=.devbuild/whl-rq2 PROUNDS=${PROUNDS:-25} bash .devbuild/paired.sh "$1" "$2"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# run from the repository root (the device copy of the tree); .devbuild/ holds the carried files
+cd "$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || pwd)"
+WHL=.devbuild/whl-rq2 PROUNDS=${PROUNDS:-25} bash "$HERE/paired.sh" "$1" "$2"
 if [ -n "$QGB" ]; then
 python3 - <<'PY'
 import h5py, numpy as np

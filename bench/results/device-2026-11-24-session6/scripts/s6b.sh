@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # QG per-expansion cost: 2k (rows in the LLC) vs 50k vectors, one thread
-cd "$(dirname "$0")/.."
+HERE="$(cd "$(dirname "$0")" && pwd)"
+# run from the repository root (the device copy of the tree); .devbuild/ holds the carried files
+cd "$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || pwd)"
 pip install -q --no-index --no-deps --target /tmp/site .devbuild/whl-rq2/*.whl >/dev/null 2>&1
 python3 bench/device_data.py unpack .devbuild/data /tmp/m.hdf5 >/dev/null
 python3 - <<'PY'
