@@ -185,37 +185,84 @@ fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out:
 mod imp {
     use core::arch::aarch64::*;
 
+    /// What `l2sq` reads its second vector from: f32, or half-precision bit patterns widened
+    /// exactly (`fcvtl`).
+    trait Lanes: Copy {
+        /// 4 entries at `p` as f32.
+        ///
+        /// # Safety
+        /// NEON; 4 entries readable at `p`.
+        unsafe fn load4(p: *const Self) -> float32x4_t;
+        fn widen(self) -> f32;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load4(p: *const f32) -> float32x4_t {
+            // SAFETY: the caller's contract.
+            unsafe { vld1q_f32(p) }
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Lanes for u16 {
+        #[inline(always)]
+        unsafe fn load4(p: *const u16) -> float32x4_t {
+            // SAFETY: the caller's contract.
+            unsafe { load_f16x4(p) }
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            crate::scalar::f16_to_f32(self)
+        }
+    }
+
+    /// `sum (a[i] - b[i])^2`, `b` widened to f32: four accumulators over 16 entries, then 4
+    /// at a time, then the last entries one by one.
+    ///
+    /// # Safety
+    /// NEON (inlined into the callers, which enable it).
+    #[inline(always)]
+    unsafe fn l2sq<T: Lanes>(a: &[f32], b: &[T]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: NEON is the caller's contract; the vector loads read entries i.. < n =
+        // a.len() = b.len() only.
+        unsafe {
+            let mut acc = [vdupq_n_f32(0.0); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let d = vsubq_f32(vld1q_f32(pa.add(i + 4 * k)), T::load4(pb.add(i + 4 * k)));
+                    *acc = vfmaq_f32(*acc, d, d);
+                }
+                i += 16;
+            }
+            while i + 4 <= n {
+                let d = vsubq_f32(vld1q_f32(pa.add(i)), T::load4(pb.add(i)));
+                acc[0] = vfmaq_f32(acc[0], d, d);
+                i += 4;
+            }
+            let mut s = vaddvq_f32(vaddq_f32(
+                vaddq_f32(acc[0], acc[1]),
+                vaddq_f32(acc[2], acc[3]),
+            ));
+            for (x, y) in a[i..].iter().zip(&b[i..]) {
+                let d = x - y.widen();
+                s += d * d;
+            }
+            s
+        }
+    }
+
     #[target_feature(enable = "neon")]
     pub(super) fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 4k + 4 <= i + 16 <= n = a.len() = b.len().
-                let d = unsafe {
-                    vsubq_f32(vld1q_f32(pa.add(i + 4 * k)), vld1q_f32(pb.add(i + 4 * k)))
-                };
-                *acc = vfmaq_f32(*acc, d, d);
-            }
-            i += 16;
-        }
-        while i + 4 <= n {
-            // SAFETY: i + 4 <= n = a.len() = b.len().
-            let d = unsafe { vsubq_f32(vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i))) };
-            acc[0] = vfmaq_f32(acc[0], d, d);
-            i += 4;
-        }
-        let mut s = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
-        for (x, y) in a[i..].iter().zip(&b[i..]) {
-            s += (x - y) * (x - y);
-        }
-        s
+        // SAFETY: this function enables NEON.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "neon")]
@@ -373,35 +420,8 @@ mod imp {
             b.len(),
             "l2sq_f32_f16: slices of different lengths"
         );
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 4k + 4 <= i + 16 <= n = a.len() = b.len().
-                let d = unsafe {
-                    vsubq_f32(vld1q_f32(pa.add(i + 4 * k)), load_f16x4(pb.add(i + 4 * k)))
-                };
-                *acc = vfmaq_f32(*acc, d, d);
-            }
-            i += 16;
-        }
-        while i + 4 <= n {
-            // SAFETY: i + 4 <= n = a.len() = b.len().
-            let d = unsafe { vsubq_f32(vld1q_f32(pa.add(i)), load_f16x4(pb.add(i))) };
-            acc[0] = vfmaq_f32(acc[0], d, d);
-            i += 4;
-        }
-        let mut s = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
-        for (x, &h) in a[i..].iter().zip(&b[i..]) {
-            let d = x - crate::scalar::f16_to_f32(h);
-            s += d * d;
-        }
-        s
+        // SAFETY: this function enables NEON.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "neon")]

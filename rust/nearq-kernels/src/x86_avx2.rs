@@ -224,49 +224,95 @@ pub(crate) mod imp {
         _mm_cvtsi128_si32(s)
     }
 
+    /// What `l2sq` reads its second vector from: f32, or half-precision bit patterns widened
+    /// exactly (F16C).
+    trait Lanes: Copy {
+        /// 8 entries at `p` as f32.
+        ///
+        /// # Safety
+        /// AVX2 and FMA (F16C for `u16`); 8 entries readable at `p`.
+        unsafe fn load8(p: *const Self) -> __m256;
+        /// The last `s.len() < 8` entries, zero-padded to 8; `m` is [`tail_mask`] of that
+        /// length.
+        ///
+        /// # Safety
+        /// As [`Lanes::load8`].
+        unsafe fn load_tail(s: &[Self], m: __m256i) -> __m256;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(s: &[f32], m: __m256i) -> __m256 {
+            // SAFETY: the mask enables only the s.len() lanes of s; masked-off lanes are not
+            // read and cannot fault.
+            unsafe { _mm256_maskload_ps(s.as_ptr(), m) }
+        }
+    }
+
+    impl Lanes for u16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const u16) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { load_f16x8(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_tail(s: &[u16], _: __m256i) -> __m256 {
+            // SAFETY: the caller's contract (features).
+            unsafe { load_f16_tail(s) }
+        }
+    }
+
+    /// `sum (a[i] - b[i])^2`, `b` widened to f32: four accumulators over 32 entries, then 8
+    /// at a time, then a masked tail.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and F16C for `u16` (inlined into the callers, which enable them).
+    #[inline(always)]
+    unsafe fn l2sq<T: Lanes>(a: &[f32], b: &[T]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: the features are the caller's contract; the full loads read entries
+        // i.. < n = a.len() = b.len(), the tail only the enabled lanes i..n.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let d = _mm256_sub_ps(
+                        _mm256_loadu_ps(pa.add(i + 8 * k)),
+                        T::load8(pb.add(i + 8 * k)),
+                    );
+                    *acc = _mm256_fmadd_ps(d, d, *acc);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), T::load8(pb.add(i)));
+                acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+                i += 8;
+            }
+            if i < n {
+                let m = tail_mask(n - i);
+                let d = _mm256_sub_ps(_mm256_maskload_ps(pa.add(i), m), T::load_tail(&b[i..], m));
+                acc[1] = _mm256_fmadd_ps(d, d, acc[1]);
+            }
+            hsum_ps(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ))
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 8k + 8 <= i + 32 <= n = a.len() = b.len().
-                let d = unsafe {
-                    _mm256_sub_ps(
-                        _mm256_loadu_ps(pa.add(i + 8 * k)),
-                        _mm256_loadu_ps(pb.add(i + 8 * k)),
-                    )
-                };
-                *acc = _mm256_fmadd_ps(d, d, *acc);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n = a.len() = b.len().
-            let d =
-                unsafe { _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
-            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-            i += 8;
-        }
-        if i < n {
-            let m = tail_mask(n - i);
-            // SAFETY: the mask enables only lanes i..n, inside both slices; masked-off lanes
-            // are not read and cannot fault.
-            let d = unsafe {
-                _mm256_sub_ps(
-                    _mm256_maskload_ps(pa.add(i), m),
-                    _mm256_maskload_ps(pb.add(i), m),
-                )
-            };
-            acc[1] = _mm256_fmadd_ps(d, d, acc[1]);
-        }
-        hsum_ps(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        // SAFETY: this function enables the features `l2sq` needs for f32.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -395,40 +441,8 @@ pub(crate) mod imp {
             b.len(),
             "l2sq_f32_f16: slices of different lengths"
         );
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 8k + 8 <= i + 32 <= n = a.len() = b.len().
-                let d = unsafe {
-                    _mm256_sub_ps(
-                        _mm256_loadu_ps(pa.add(i + 8 * k)),
-                        load_f16x8(pb.add(i + 8 * k)),
-                    )
-                };
-                *acc = _mm256_fmadd_ps(d, d, *acc);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n = a.len() = b.len().
-            let d = unsafe { _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
-            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-            i += 8;
-        }
-        if i < n {
-            let m = tail_mask(n - i);
-            // SAFETY: the mask enables only lanes i..n of a; load_f16_tail copies b[i..n].
-            let d =
-                unsafe { _mm256_sub_ps(_mm256_maskload_ps(pa.add(i), m), load_f16_tail(&b[i..])) };
-            acc[1] = _mm256_fmadd_ps(d, d, acc[1]);
-        }
-        hsum_ps(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        // SAFETY: this function enables the features `l2sq` needs for u16.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

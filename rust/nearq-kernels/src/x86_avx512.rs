@@ -312,49 +312,78 @@ mod imp {
         (1u64 << r) - 1
     }
 
+    /// What `l2sq` reads its second vector from: f32, or half-precision bit patterns widened
+    /// exactly (`vcvtph2ps`).
+    trait Lanes: Copy {
+        /// 16 entries at `p` as f32, the lanes off in `m` zero and unread.
+        ///
+        /// # Safety
+        /// AVX-512 F/BW/VL; the enabled lanes at `p` readable.
+        unsafe fn load16(p: *const Self, m: __mmask16) -> __m512;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32, m: __mmask16) -> __m512 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_maskz_loadu_ps(m, p) }
+        }
+    }
+
+    impl Lanes for u16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const u16, m: __mmask16) -> __m512 {
+            // SAFETY: the caller's contract.
+            unsafe { load_f16x16(p, m) }
+        }
+    }
+
+    /// `sum (a[i] - b[i])^2`, `b` widened to f32: four accumulators over 64 entries, then
+    /// 16 at a time, then a masked tail.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL (inlined into the callers, which enable them).
+    #[inline(always)]
+    unsafe fn l2sq<T: Lanes>(a: &[f32], b: &[T]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: the features are the caller's contract; every load below reads lanes
+        // i.. < n = a.len() = b.len() only (full loads inside the bounds, masked lanes unread).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 64 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let d = _mm512_sub_ps(
+                        _mm512_loadu_ps(pa.add(i + 16 * k)),
+                        T::load16(pb.add(i + 16 * k), !0),
+                    );
+                    *acc = _mm512_fmadd_ps(d, d, *acc);
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), T::load16(pb.add(i), !0));
+                acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+                i += 16;
+            }
+            if i < n {
+                let m = mask16(n - i);
+                let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), T::load16(pb.add(i), m));
+                acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_add_ps(acc[0], acc[1]),
+                _mm512_add_ps(acc[2], acc[3]),
+            ))
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) fn l2sq_f32(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 16k + 16 <= i + 64 <= n = a.len() = b.len().
-                let d = unsafe {
-                    _mm512_sub_ps(
-                        _mm512_loadu_ps(pa.add(i + 16 * k)),
-                        _mm512_loadu_ps(pb.add(i + 16 * k)),
-                    )
-                };
-                *acc = _mm512_fmadd_ps(d, d, *acc);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n = a.len() = b.len().
-            let d =
-                unsafe { _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))) };
-            acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
-            i += 16;
-        }
-        if i < n {
-            let m = mask16(n - i);
-            // SAFETY: the mask enables only lanes i..n, inside both slices; masked-off lanes
-            // are not read and cannot fault.
-            let d = unsafe {
-                _mm512_sub_ps(
-                    _mm512_maskz_loadu_ps(m, pa.add(i)),
-                    _mm512_maskz_loadu_ps(m, pb.add(i)),
-                )
-            };
-            acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ))
+        // SAFETY: this function enables the features `l2sq` needs.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -477,40 +506,8 @@ mod imp {
             b.len(),
             "l2sq_f32_f16: slices of different lengths"
         );
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 16k + 16 <= i + 64 <= n = a.len() = b.len().
-                let d = unsafe {
-                    _mm512_sub_ps(
-                        _mm512_loadu_ps(pa.add(i + 16 * k)),
-                        load_f16x16(pb.add(i + 16 * k), !0),
-                    )
-                };
-                *acc = _mm512_fmadd_ps(d, d, *acc);
-            }
-            i += 64;
-        }
-        while i < n {
-            let m = mask16((n - i).min(16));
-            // SAFETY: the mask enables only lanes i..min(i + 16, n), inside both slices;
-            // masked-off lanes are not read and cannot fault.
-            let d = unsafe {
-                _mm512_sub_ps(
-                    _mm512_maskz_loadu_ps(m, pa.add(i)),
-                    load_f16x16(pb.add(i), m),
-                )
-            };
-            acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
-            i += 16;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ))
+        // SAFETY: this function enables the features `l2sq` needs.
+        unsafe { l2sq(a, b) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
