@@ -791,6 +791,29 @@ fn segs_want(
     want
 }
 
+/// `n` random codes of `len` bytes at `stride` (the last ending at the end of the array) and
+/// random weights; with `extreme = Some(h)`: every code byte 0xFF, the low weights -128, the
+/// high ones `h`.
+fn gather_data(
+    rng: &mut Rng,
+    len: usize,
+    stride: usize,
+    n: usize,
+    extreme: Option<i8>,
+) -> (Vec<u8>, Vec<i8>, Vec<i8>) {
+    let mut base = rng.bytes(stride * (n - 1) + len);
+    let (mut lo, mut hi): (Vec<i8>, Vec<i8>) = (
+        rng.bytes(len).iter().map(|&c| c as i8).collect(),
+        rng.bytes(len).iter().map(|&c| c as i8).collect(),
+    );
+    if let Some(h) = extreme {
+        base.fill(0xFF);
+        lo.fill(i8::MIN);
+        hi.fill(h);
+    }
+    (base, lo, hi)
+}
+
 /// The gathers score codes in groups (full groups, then a partial one padded with repeated
 /// codes and stored under a mask): every count 1..=17 and a few larger, random and extreme
 /// values, the last code ending exactly at the end of `base`, and the outputs followed by
@@ -802,18 +825,8 @@ fn u4_split_gather_group_remainders() {
         1, 4, 60, 63, 64, 65, 96, 128, 190, 191, 192, 200, 255, 256, 257, 300, 384,
     ] {
         for extreme in [false, true] {
-            let stride = len + 20;
-            let n = 29;
-            let mut base = rng.bytes(stride * (n - 1) + len);
-            let (mut lo, mut hi): (Vec<i8>, Vec<i8>) = (
-                rng.bytes(len).iter().map(|&c| c as i8).collect(),
-                rng.bytes(len).iter().map(|&c| c as i8).collect(),
-            );
-            if extreme {
-                base.fill(0xFF);
-                lo.fill(i8::MIN);
-                hi.fill(i8::MIN);
-            }
+            let (stride, n) = (len + 20, 29);
+            let (base, lo, hi) = gather_data(&mut rng, len, stride, n, extreme.then_some(i8::MIN));
             for m in (1..=17).chain([23, 24, 25, 31, 32, 33, 48, 64]) {
                 // Random codes with repeats, the last code of base among them.
                 let mut ids: Vec<u32> = (0..m).map(|_| (rng.next() % n as u64) as u32).collect();
@@ -866,18 +879,8 @@ fn u4_split_gather_segs_group_remainders() {
         let len = *ends.last().unwrap() as usize;
         let s = ends.len();
         for extreme in [false, true] {
-            let stride = len + 12;
-            let n = 21;
-            let mut base = rng.bytes(stride * (n - 1) + len);
-            let (mut lo, mut hi): (Vec<i8>, Vec<i8>) = (
-                rng.bytes(len).iter().map(|&c| c as i8).collect(),
-                rng.bytes(len).iter().map(|&c| c as i8).collect(),
-            );
-            if extreme {
-                base.fill(0xFF);
-                lo.fill(i8::MIN);
-                hi.fill(i8::MAX);
-            }
+            let (stride, n) = (len + 12, 21);
+            let (base, lo, hi) = gather_data(&mut rng, len, stride, n, extreme.then_some(i8::MAX));
             for m in (1..=17).chain([24, 32, 33]) {
                 let mut ids: Vec<u32> = (0..m).map(|_| (rng.next() % n as u64) as u32).collect();
                 ids[m - 1] = n as u32 - 1;
