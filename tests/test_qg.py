@@ -116,13 +116,45 @@ def test_index_rabitq_with_vectors_searches_through_the_quantized_graph(real_dat
     # exact distances (every expanded node is re-ranked from its row), nearest first
     np.testing.assert_allclose(res.distances, _dist(metric, q, x, res.ids), atol=2e-4, rtol=1e-4)
     assert (np.diff(res.distances, axis=1) >= 0).all()
-    # the same results as the experimental graph built over the same graph parameters
+    # the same results as the experimental graph built over the same graph parameters (whose
+    # rows hold f32 vectors: so do the index's with NEARQ_QG_HALF=0)
     g = QuantizedGraph.build(x, metric=metric, seed=0)
-    np.testing.assert_array_equal(g.search(q, k=10, ef=64).ids, res.ids)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEARQ_QG_HALF", "0")
+        f32rows = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
+    np.testing.assert_array_equal(g.search(q, k=10, ef=64).ids, f32rows.search(q, k=10, ef=64).ids)
     # memory: the rows are reported, and they hold a second copy of the float vectors
     m = idx.memory_usage(detail=True)
     assert m["quantized_graph"] > m["vectors"] >= x.nbytes
     assert m["total"] == sum(m[p] for p in ("codes", "graph", "vectors", "params", "ids", "quantized_graph"))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_index_quantized_graph_code_bits(real_data, real_truth, metric, monkeypatch):
+    """1-bit indexes get 1-bit neighbour codes in their rows, the others 2-bit codes
+    (NEARQ_QG_BITS=1 or 2, read when the rows are built, overrides): both reach recall 0.95
+    with exact distances; 2-bit rows are one bit plane larger (d/8 bytes per neighbour), and
+    their finer estimates find more of the true neighbours at a narrow beam."""
+    (x, q), (truth, _) = real_data, real_truth[metric]
+    one = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=1, seed=0)
+    two = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
+    monkeypatch.setenv("NEARQ_QG_BITS", "1")
+    two_as_one = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
+    monkeypatch.setenv("NEARQ_QG_BITS", "2")
+    one_as_two = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=1, seed=0)
+    monkeypatch.delenv("NEARQ_QG_BITS")
+    per = lambda i: i.memory_usage(detail=True)["quantized_graph"] / len(x)  # noqa: E731
+    plane = x.shape[1] // 8 * 32
+    slack = 64 + 2 * 2**20 / len(x)  # 64-byte rows in 2 MiB pages
+    assert abs(per(two) - per(two_as_one) - plane) <= slack, (per(two), per(two_as_one))
+    assert abs(per(one_as_two) - per(one) - plane) <= slack, (per(one_as_two), per(one))
+    for idx in (one, two, two_as_one, one_as_two):
+        assert idx.quantized_graph
+        res = idx.search(q, k=10, ef=64)
+        assert _recall(res.ids, truth[:, :10]) >= 0.95
+        np.testing.assert_allclose(res.distances, _dist(metric, q, x, res.ids), atol=2e-4, rtol=1e-4)
+    narrow = [_recall(i.search(q, k=10, ef=12).ids, truth[:, :10]) for i in (two_as_one, two)]
+    assert narrow[1] > narrow[0], narrow
 
 
 def _dist(metric, q, x, ids):
@@ -172,20 +204,22 @@ def test_index_quantized_graph_round_trips_and_changes(real_data, tmp_path):
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_index_quantized_graph_half_precision_rows(real_data, real_truth, metric, monkeypatch, tmp_path):
-    """NEARQ_QG_HALF=1 (read when the rows are built): the rows hold the vectors in f16, the
-    final candidates are re-ranked from the f32 vectors, so distances stay exact; recall
-    matches the f32 rows; the rows round-trip through a file and follow adds and deletes."""
+    """The rows hold the vectors in f16 by default (NEARQ_QG_HALF=0, read when the rows are
+    built, keeps f32): the final candidates are re-ranked from the f32 vectors, so distances
+    stay exact; recall matches the f32 rows; the rows round-trip through a file and follow
+    adds and deletes."""
     (x, q), (truth, _) = real_data, real_truth[metric]
+    monkeypatch.setenv("NEARQ_QG_HALF", "0")
     full = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
-    monkeypatch.setenv("NEARQ_QG_HALF", "1")
-    idx = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
     monkeypatch.delenv("NEARQ_QG_HALF")
+    idx = nearq.Index.build(x, metric=metric, encoding="rabitq", bits=4, seed=0)
     assert idx.quantized_graph
     m, mf = idx.memory_usage(detail=True), full.memory_usage(detail=True)
     # each row's vector takes 2 bytes per dimension instead of 4 (rows are 64-byte aligned,
     # and the rows' allocation is rounded up to 2 MiB pages)
     saved = (mf["quantized_graph"] - m["quantized_graph"]) / len(x)
-    assert 2 * x.shape[1] - 64 <= saved <= 2 * x.shape[1] + 64 + 2 * 2**20 / len(x), saved
+    slack = 64 + 2 * 2**20 / len(x)
+    assert 2 * x.shape[1] - slack <= saved <= 2 * x.shape[1] + slack, saved
     res, ref = idx.search(q, k=10, ef=64), full.search(q, k=10, ef=64)
     np.testing.assert_allclose(res.distances, _dist(metric, q, x, res.ids), atol=2e-4, rtol=1e-4)
     assert (np.diff(res.distances, axis=1) >= 0).all()
@@ -197,10 +231,10 @@ def test_index_quantized_graph_half_precision_rows(real_data, real_truth, metric
         for i in common:
             assert da[list(a).index(i)] == pytest.approx(db[list(b).index(i)], rel=1e-5, abs=1e-6)
     # k beyond the index pads with -1; a single query agrees with the batch
+    monkeypatch.setenv("NEARQ_QG_HALF", "0")
     small = nearq.Index.build(x[:20], metric=metric, encoding="rabitq", bits=4)
-    monkeypatch.setenv("NEARQ_QG_HALF", "1")
-    small_h = nearq.Index.build(x[:20], metric=metric, encoding="rabitq", bits=4)
     monkeypatch.delenv("NEARQ_QG_HALF")
+    small_h = nearq.Index.build(x[:20], metric=metric, encoding="rabitq", bits=4)
     s, sh = small.search(q[:3], k=25), small_h.search(q[:3], k=25)
     np.testing.assert_array_equal(s.ids, sh.ids)
     assert (sh.ids[:, 20:] == -1).all()

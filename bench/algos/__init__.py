@@ -77,9 +77,12 @@ CONFIGS = {
     "nearq-saq6-nokeep-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=6, keep_vectors=False, degree=48, build_ef=128)),
     "nearq-pq4-mmap-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128)),
     "nearq-pq4-mmap-qg-d48": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="pq", bits=4, subspaces=192, mmap=True, degree=48, build_ef=128, quantized_graph=True)),
-    # The quantized graph with half-precision vectors in its rows (NEARQ_QG_HALF=1, read when
-    # the rows are built) instead of the default f32.
-    "nearq-rabitq-qg-b200-f16rows": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200, env={"NEARQ_QG_HALF": "1"})),
+    # The quantized graph's rows as in earlier releases, for A/B runs (switches read when the
+    # rows are built): f32 vectors (NEARQ_QG_HALF=0) instead of the default f16, and 1-bit
+    # neighbour codes (NEARQ_QG_BITS=1) instead of the default 2 bits.
+    "nearq-rabitq-qg-b200-f32rows": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200, env={"NEARQ_QG_HALF": "0"})),
+    "nearq-rabitq-qg-b200-1bit": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200, env={"NEARQ_QG_BITS": "1"})),
+    "nearq-rabitq-qg-b200-1bit-f32rows": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=32, build_ef=200, env={"NEARQ_QG_BITS": "1", "NEARQ_QG_HALF": "0"})),
     "nearq-rabitq-qg-d64-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=64, build_ef=200)),
     "nearq-rabitq-qg-d48-b200": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="rabitq", bits=4, degree=48, build_ef=200)),
     "nearq-saq4-mmap": _e("nearq", "nearq_adapter", "NearQ", dict(encoding="saq", bits=4, mmap=True, degree=32, build_ef=128)),

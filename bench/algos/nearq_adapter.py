@@ -17,20 +17,38 @@ def _set_env(params):
     (``NEARQ_SIMD``), ``hugepages=False`` turns off the huge-page advice
     (``NEARQ_HUGEPAGES=0``), ``pq_fastscan=False`` makes 4-bit PQ traversal score one code at
     a time with the float LUT (``NEARQ_PQ_FASTSCAN=0``, the path before FastScan traversal);
-    ``env={...}`` sets any other variables (A/B switches read by the library)."""
+    ``env={...}`` sets any other variables (A/B switches read by the library when an index is
+    built); those are set for this configuration's build only and restored afterwards, since
+    ``bench/paired.py`` builds every configuration in one process. Returns the restore."""
     if params.get("simd"):
         os.environ["NEARQ_SIMD"] = params["simd"]
     if params.get("hugepages") is False:
         os.environ["NEARQ_HUGEPAGES"] = "0"
     if params.get("pq_fastscan") is False:
         os.environ["NEARQ_PQ_FASTSCAN"] = "0"
+    old = {k: os.environ.get(k) for k in params.get("env", {})}
     for k, v in params.get("env", {}).items():
         os.environ[k] = str(v)
+
+    def restore():
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    return restore
 
 
 class NearQ(Algo):
     def fit(self, X, build_threads):
-        _set_env(self.params)
+        restore = _set_env(self.params)
+        try:
+            self._fit(X, build_threads)
+        finally:
+            restore()
+
+    def _fit(self, X, build_threads):
         nearq = import_or_skip("nearq")
         if not hasattr(nearq, "Index"):
             from .base import Skip

@@ -1,15 +1,17 @@
 //! Recall and single-thread QPS of the quantized graph (cosine, one query per call):
 //!
 //! `qg_bench VECTORS QUERIES DIM [--gt GT.i32] [--nq N] [--cache FILE] [--index-cache FILE]
-//!  [--ef 32,48,64] [--rounds N] [--degree R] [--build-ef L] [--alpha A] [--flat] [--prep]`
+//!  [--ef 32,48,64] [--rounds N] [--degree R] [--build-ef L] [--alpha A] [--flat] [--prep]
+//!  [--bits B] [--half]`
 //!
 //! VECTORS and QUERIES are raw little-endian f32 files; GT (optional) holds the true 10 nearest
 //! ids per query as i32 (e.g. an ann-benchmarks file's `neighbors[:, :10]`); without it the
 //! ground truth is computed by brute force. `--nq` keeps the first N queries. `--cache` loads
 //! the quantized graph from FILE if it exists and writes it there otherwise; `--index-cache`
 //! does the same for the float graph and rebuilds only the quantized rows (for experiments on
-//! the rows). `--flat` also times the float graph index; `--prep` times the query preparation
-//! (rotation and look-up tables) alone. Each line reports the best of `--rounds` passes, the
+//! the rows: `--bits` 1 or 2 per code, `--half` for half-precision vectors in the rows).
+//! `--flat` also times the float graph index; `--prep` times the query preparation (rotation
+//! and look-up tables) alone. Each line reports the best of `--rounds` passes, the
 //! recall (id overlap with GT), and the mean number of nodes expanded per query.
 use nearq_core::qg::QgIndex;
 use nearq_core::{
@@ -88,7 +90,9 @@ fn main() {
                 index.save(path).unwrap();
                 index
             };
-            QgIndex::from_graph(&index, &data, build.seed).unwrap()
+            let bits = opt("--bits").map_or(nearq_core::qg::DEFAULT_BITS, |b| b.parse().unwrap());
+            let half = a.iter().any(|x| x == "--half");
+            QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap()
         }
         None => {
             let qg = QgIndex::build(&data, dim, Metric::Cosine, build.clone(), None).unwrap();

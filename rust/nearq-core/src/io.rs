@@ -22,6 +22,10 @@
 //! Version 5 adds a second kind of quantized graph rows, with the vectors in half precision
 //! (`qg.rs`, first payload byte 0xA1); everything else is unchanged, so version 4 files load
 //! as before and a version-4 reader refuses a version-5 file as too new.
+//! Version 6 adds quantized graph rows with 2-bit neighbour codes (first payload bytes 0xA2
+//! and 0xA3, the default for new rows of RaBitQ indexes of 2 or more bits); everything else
+//! is unchanged, so version 5 files load as before and a version-5 reader refuses a version-6
+//! file as too new.
 //! The whole file is checked (length, version, checksum) before any field is parsed, and every
 //! length read from the payload is checked against the bytes that remain before anything is
 //! allocated, so a corrupt or hostile file yields [`Error::Format`], never a crash or an
@@ -33,7 +37,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"NEARQIX\0";
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Bytes before the payload; payload offset `p` lies at file offset `HEADER + p`.
 pub const HEADER: usize = 24;
 

@@ -54,10 +54,12 @@ use std::cell::RefCell;
 const EMPTY: u32 = u32::MAX;
 /// Node ids stay below 2^31: the search pool keeps an "expanded" flag in bit 31.
 pub(crate) const MAX_NODES: usize = 1 << 31;
-/// First payload byte of a quantized graph file (index payloads start with a metric tag < 3).
+/// First payload byte of a quantized graph file (index payloads start with a metric tag < 3):
+/// `PAYLOAD_KIND | half << 0 | (bits - 1) << 1`, i.e. 0xA0 (f32 vectors, 1-bit codes), 0xA1
+/// (f16 vectors, format version 5 and later), 0xA2 and 0xA3 (2-bit codes, version 6 and later).
 const PAYLOAD_KIND: u8 = 0xA0;
-/// The same with the rows' vectors in half precision.
-const PAYLOAD_KIND_HALF: u8 = 0xA1;
+/// Bits per dimension of the neighbour codes of a new quantized graph.
+pub const DEFAULT_BITS: usize = 2;
 
 /// A graph whose rows carry their neighbours' FastScan codes.
 pub struct QgIndex {
@@ -67,6 +69,9 @@ pub struct QgIndex {
     metric: Metric,
     /// The rows hold the nodes' vectors in half precision (IEEE binary16) rather than f32.
     half: bool,
+    /// Bits per dimension of the neighbour codes: 1 (sign) or 2 (extended RaBitQ, whose
+    /// estimates err half as much and cut the expansions a search needs by a quarter).
+    bits: usize,
     rot: Rotation,
     qrot: QueryRot,
     row_bytes: usize,
@@ -99,7 +104,7 @@ impl QgIndex {
         self.dim * if self.half { 2 } else { 4 }
     }
     fn off_fadd(&self) -> usize {
-        self.off_codes() + self.degree / 32 * self.code_bytes()
+        self.off_codes() + self.degree / 32 * self.code_bytes() * self.bits
     }
     fn off_fres(&self) -> usize {
         self.off_fadd() + self.degree * 4
@@ -109,12 +114,26 @@ impl QgIndex {
     }
 
     /// Builds the quantized graph from a float index's graph over the same `data`
-    /// (row-major, `dim` columns). L2 and cosine only; the degree is rounded up to 32.
-    pub fn from_graph(index: &Index, data: &[f32], seed: u64) -> Result<QgIndex> {
+    /// (row-major, `dim` columns) with `bits`-bit neighbour codes (1 or 2) and the rows'
+    /// vectors in half precision if `half` (see [`QgIndex::half_fits`]). L2 and cosine only;
+    /// the degree is rounded up to 32.
+    pub fn from_graph(
+        index: &Index,
+        data: &[f32],
+        seed: u64,
+        bits: usize,
+        half: bool,
+    ) -> Result<QgIndex> {
         let metric = index.metric();
         let dim = index.dim();
         if data.len() / dim.max(1) != index.len() {
             return Err(Error::InvalidInput("data and index sizes differ".into()));
+        }
+        if half && !Self::half_fits(data) {
+            return Err(Error::param(
+                "half",
+                "half precision does not represent these vectors (see QgIndex::half_fits)",
+            ));
         }
         let mut data = data.to_vec();
         if metric.normalizes() {
@@ -127,13 +146,16 @@ impl QgIndex {
             dim,
             metric,
             seed,
-            false,
+            half,
+            bits,
         )
     }
 
     /// Builds the quantized graph over `graph` (entry point `entry`) and its nodes' vectors
     /// `data` (row-major, `dim` columns, already normalised for cosine); `half`: the rows
-    /// hold the vectors in half precision (see [`QgIndex::half_fits`]).
+    /// hold the vectors in half precision (see [`QgIndex::half_fits`]); `bits`: 1 or 2 bits
+    /// per dimension in the neighbour codes.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         g: &Graph,
         entry: u32,
@@ -142,7 +164,14 @@ impl QgIndex {
         metric: Metric,
         seed: u64,
         half: bool,
+        bits: usize,
     ) -> Result<QgIndex> {
+        if !(1..=2).contains(&bits) {
+            return Err(Error::param(
+                "bits",
+                "quantized graph codes have 1 or 2 bits",
+            ));
+        }
         if metric == Metric::InnerProduct {
             return Err(Error::param(
                 "metric",
@@ -167,6 +196,7 @@ impl QgIndex {
             degree,
             metric,
             half,
+            bits,
             qrot: QueryRot::new(&rot),
             rot,
             row_bytes: 0,
@@ -193,7 +223,7 @@ impl QgIndex {
         remap: Option<&[u32]>,
     ) -> usize {
         let (dim, rb, oid, deg) = (self.dim, self.row_bytes, self.off_ids(), self.degree);
-        let half = self.half;
+        let (half, bits) = (self.half, self.bits);
         let n = g.len();
         assert!(n <= MAX_NODES && data.len() == n * dim && deg >= g.degree());
         let mut dirty = vec![false; n];
@@ -313,25 +343,15 @@ impl QgIndex {
                 }
                 let vr = rot_of(v as u32);
                 let sv: f32 = vr.iter().sum();
+                let mut enc = ResidualCoder::default();
                 for slot in 0..deg {
                     let (fadd, fres, id) = match nb.get(slot) {
                         Some(&u) => {
-                            let ur = rot_of(u);
-                            let (sum_abs, r2, bv) = residual_stats(ur, vr);
-                            // bit t of nibble j: y_{4j+t} > 0 (lanes 16..32 in the high nibbles)
-                            let block = &mut row[oc + slot / 32 * cb..oc + (slot / 32 + 1) * cb];
-                            let (lane, shift) = (slot % 16, if slot % 32 < 16 { 0 } else { 4 });
-                            for (j, (a, b)) in
-                                ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate()
-                            {
-                                let nib = (a[0] > b[0]) as u8
-                                    | ((a[1] > b[1]) as u8) << 1
-                                    | ((a[2] > b[2]) as u8) << 2
-                                    | ((a[3] > b[3]) as u8) << 3;
-                                block[j * 16 + lane] |= nib << shift;
-                            }
-                            let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
-                            (r2 + 2.0 * fres * (2.0 * bv - sv), fres, u)
+                            let b0 = oc + slot / 32 * cb * bits;
+                            let planes = &mut row[b0..b0 + cb * bits];
+                            let (fadd, fres) =
+                                enc.encode(rot_of(u), vr, sv, bits, planes, slot % 32);
+                            (fadd, fres, u)
                         }
                         None => (f32::INFINITY, 0.0, EMPTY),
                     };
@@ -352,7 +372,8 @@ impl QgIndex {
         todo.len()
     }
 
-    /// Builds the float graph over `data` and then the quantized rows, on `threads` threads.
+    /// Builds the float graph over `data` and then the quantized rows ([`DEFAULT_BITS`]-bit
+    /// codes, f32 vectors), on `threads` threads.
     pub fn build(
         data: &[f32],
         dim: usize,
@@ -368,7 +389,9 @@ impl QgIndex {
             build,
         };
         let index = Index::build(data, dim, &p, threads, &|_, _| {})?;
-        crate::parallel::with_threads(threads, || QgIndex::from_graph(&index, data, seed))
+        crate::parallel::with_threads(threads, || {
+            QgIndex::from_graph(&index, data, seed, DEFAULT_BITS, false)
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -426,11 +449,7 @@ impl QgIndex {
     /// Serialises the graph (inside the same container as [`Index`] files, see [`crate::io`]).
     pub fn to_payload(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.u8(if self.half {
-            PAYLOAD_KIND_HALF
-        } else {
-            PAYLOAD_KIND
-        });
+        w.u8(PAYLOAD_KIND | self.half as u8 | ((self.bits as u8 - 1) << 1));
         w.u8(self.metric.tag());
         w.u32(self.dim as u32);
         w.u32(self.pad as u32);
@@ -452,11 +471,11 @@ impl QgIndex {
     pub fn from_payload(payload: &[u8]) -> Result<QgIndex> {
         let bad = |m: &str| Error::Format(format!("quantized graph: {m}"));
         let mut r = Reader::new(payload);
-        let half = match r.u8()? {
-            PAYLOAD_KIND => false,
-            PAYLOAD_KIND_HALF => true,
-            _ => return Err(bad("not a quantized graph file")),
-        };
+        let kind = r.u8()?;
+        if kind & !3 != PAYLOAD_KIND {
+            return Err(bad("not a quantized graph file"));
+        }
+        let (half, bits) = (kind & 1 != 0, 1 + (kind >> 1 & 1) as usize);
         let metric = Metric::from_tag(r.u8()?).ok_or_else(|| bad("unknown metric"))?;
         let dim = r.u32()? as usize;
         let pad = r.u32()? as usize;
@@ -487,6 +506,7 @@ impl QgIndex {
             degree,
             metric,
             half,
+            bits,
             qrot: QueryRot::new(&rot),
             rot,
             row_bytes,
@@ -570,6 +590,11 @@ impl QgIndex {
     /// Whether the rows hold the vectors in half precision.
     pub fn half_vectors(&self) -> bool {
         self.half
+    }
+
+    /// Bits per dimension of the neighbour codes (1 or 2).
+    pub fn code_bits(&self) -> usize {
+        self.bits
     }
 
     /// Whether half precision represents `data` (row-major vectors, normalised for cosine)
@@ -698,8 +723,78 @@ impl QgIndex {
         };
         s.lut.resize(m * 16, 0);
         (k.fastscan_lut_u8)(qr, inv, &mut s.lut);
-        // <b, q'> ~ delta acc + lo_sum; est = f_add + g - 2 f_rescale (2 <b, q'> - Σ q')
-        (4.0 * delta, 4.0 * lo_sum - 2.0 * sum_q)
+        // A bit plane p: <p, q'> ~ delta acc_p + lo_sum, and est = f_add + g - 2 f_rescale <w, q'>.
+        if self.bits == 2 {
+            // w = c - 3/2 with c = 2 hi + lo, acc = 2 acc_hi + acc_lo:
+            // 2 <w, q'> = 2 delta acc + 6 lo_sum - 3 Σ q'
+            (2.0 * delta, 6.0 * lo_sum - 3.0 * sum_q)
+        } else {
+            // w = 2b - 1: 2 <w, q'> = 4 delta acc + 4 lo_sum - 2 Σ q'
+            (4.0 * delta, 4.0 * lo_sum - 2.0 * sum_q)
+        }
+    }
+
+    /// The estimated squared distances from the query to the 32 neighbours in block `blk` of
+    /// `row` (empty slots: +inf), given `g_add = ||q - v||²` and the affine map of
+    /// [`QgIndex::prepare`].
+    #[inline(always)]
+    fn block_estimates(
+        &self,
+        row: &[u8],
+        blk: usize,
+        g_add: f32,
+        (a_mul, b_add): (f32, f32),
+        lut: &[u8],
+        est: &mut [f32; 32],
+    ) {
+        let (cb, deg) = (self.code_bytes(), self.degree);
+        let (ofa, ofr) = (self.off_fadd(), self.off_fres());
+        let fa: &[f32] = bytemuck::cast_slice(&row[ofa + blk * 128..ofa + blk * 128 + 128]);
+        let fr: &[f32] = bytemuck::cast_slice(&row[ofr + blk * 128..ofr + blk * 128 + 128]);
+        let (fa, fr): (&[f32; 32], &[f32; 32]) = (fa.try_into().unwrap(), fr.try_into().unwrap());
+        debug_assert!(blk < deg / 32);
+        let b0 = self.off_codes() + blk * cb * self.bits;
+        let mut acc = [0u16; 32];
+        (self.k.fastscan_u16)(&row[b0..b0 + cb], lut, &mut acc);
+        if self.bits == 2 {
+            // the grid index is 2 (sign bit) + (low bit): one pass per bit plane
+            let mut acc_lo = [0u16; 32];
+            (self.k.fastscan_u16)(&row[b0 + cb..b0 + 2 * cb], lut, &mut acc_lo);
+            for l in 0..32 {
+                let c = (2 * acc[l] as u32 + acc_lo[l] as u32) as f32;
+                est[l] = fa[l] + g_add - fr[l] * (a_mul * c + b_add);
+            }
+        } else {
+            for l in 0..32 {
+                est[l] = fa[l] + g_add - fr[l] * (a_mul * acc[l] as f32 + b_add);
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    /// The estimated squared L2 distances from `query` (normalised first for cosine) to node
+    /// `v`'s neighbours, as the search computes them: (neighbour, estimate) per filled slot.
+    pub fn neighbor_estimates(&self, query: &[f32], v: u32) -> Vec<(u32, f32)> {
+        assert!((v as usize) < self.n && query.len() == self.dim);
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let ab = self.prepare(query, s);
+            let row = self.row(v);
+            let g_add = self.vec_l2sq(&s.q[..self.dim], row);
+            let oid = self.off_ids();
+            let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + self.degree * 4]);
+            let mut est = [0f32; 32];
+            let mut out = Vec::new();
+            for blk in 0..self.degree / 32 {
+                self.block_estimates(row, blk, g_add, ab, &s.lut, &mut est);
+                for l in 0..32 {
+                    if ids[blk * 32 + l] != EMPTY {
+                        out.push((ids[blk * 32 + l], est[l]));
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Beam search; leaves the `k` nearest expanded nodes (exact squared L2) in `s.res` and
@@ -724,15 +819,7 @@ impl QgIndex {
         accept: A,
     ) -> usize {
         let (a_mul, b_add) = self.prepare(query, s);
-        let kern = self.k;
-        let (dim, deg) = (self.dim, self.degree);
-        let (cb, oc, ofa, ofr, oid) = (
-            self.code_bytes(),
-            self.off_codes(),
-            self.off_fadd(),
-            self.off_fres(),
-            self.off_ids(),
-        );
+        let (dim, deg, oid) = (self.dim, self.degree, self.off_ids());
         let lines = self.row_bytes / 64;
         s.visited.reset(self.n);
         s.pool.reset(ef.max(k));
@@ -749,7 +836,6 @@ impl QgIndex {
         };
         s.pool.insert(0.0, self.entry);
         let mut expanded = 0;
-        let mut acc = [0u16; 32];
         let mut est = [0f32; 32];
         while let Some(v) = s.pool.pop() {
             // A node can sit in the pool more than once (estimated from several parents).
@@ -778,17 +864,10 @@ impl QgIndex {
                 shift_right(&mut s.res, pos, end);
                 s.res[pos] = (g_add, v);
             }
-            let fadd: &[f32] = bytemuck::cast_slice(&row[ofa..ofa + deg * 4]);
-            let fres: &[f32] = bytemuck::cast_slice(&row[ofr..ofr + deg * 4]);
             let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + deg * 4]);
             for blk in 0..deg / 32 {
-                (kern.fastscan_u16)(&row[oc + blk * cb..oc + (blk + 1) * cb], lut, &mut acc);
-                let fa: &[f32; 32] = fadd[blk * 32..blk * 32 + 32].try_into().unwrap();
-                let fr: &[f32; 32] = fres[blk * 32..blk * 32 + 32].try_into().unwrap();
+                self.block_estimates(row, blk, g_add, (a_mul, b_add), lut, &mut est);
                 let ids: &[u32; 32] = ids[blk * 32..blk * 32 + 32].try_into().unwrap();
-                for l in 0..32 {
-                    est[l] = fa[l] + g_add - fr[l] * (a_mul * acc[l] as f32 + b_add);
-                }
                 // Only the lanes inside the beam are looked at (empty slots have f_add = +inf).
                 let thr = s.pool.threshold();
                 let mut mask = 0u32;
@@ -1208,6 +1287,113 @@ impl Visited {
     }
 }
 
+/// Writes neighbour codes into a row's FastScan blocks, reusing scratch space across slots.
+#[derive(Default)]
+struct ResidualCoder {
+    y: Vec<f32>,
+    mags: Vec<u32>,
+}
+
+impl ResidualCoder {
+    /// Codes the residual `y = ur - vr` (rotated neighbour minus rotated node, `sv = Σ vr`)
+    /// into lane `slot` (0..32) of `planes`: the FastScan block of its 32 neighbours, one
+    /// `pad/4 × 16`-byte plane per bit, the sign plane first. Returns `(f_add, f_rescale)`.
+    ///
+    /// With the code `w` (`w = 2b - 1` for one bit, `w_i = sign(y_i) (m_i + 1/2)` for two) the
+    /// estimator of the module documentation becomes `<r, z> ≈ ||y||² <w, z'> / <w, y>`, so
+    /// `f_rescale = ||y||² / <w, y>` and `f_add = ||y||² + 2 f_rescale <w, v'>`.
+    fn encode(
+        &mut self,
+        ur: &[f32],
+        vr: &[f32],
+        sv: f32,
+        bits: usize,
+        planes: &mut [u8],
+        slot: usize,
+    ) -> (f32, f32) {
+        let cb = ur.len() / 4 * 16;
+        let (lane, shift) = (slot % 16, if slot < 16 { 0 } else { 4 });
+        // bit t of nibble j: y_{4j+t} > 0 (lanes 16..32 in the high nibbles)
+        for (j, (a, b)) in ur.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate() {
+            let nib = (a[0] > b[0]) as u8
+                | ((a[1] > b[1]) as u8) << 1
+                | ((a[2] > b[2]) as u8) << 2
+                | ((a[3] > b[3]) as u8) << 3;
+            planes[j * 16 + lane] |= nib << shift;
+        }
+        let (sum_abs, r2, bv) = residual_stats(ur, vr);
+        if bits == 1 {
+            // <w, y> = Σ|y_i|, <w, v'> = 2 <b, v'> - Σ v'_i
+            let fres = if sum_abs > 0.0 { r2 / sum_abs } else { 0.0 };
+            return (r2 + 2.0 * fres * (2.0 * bv - sv), fres);
+        }
+        self.y.clear();
+        self.y.extend(ur.iter().zip(vr).map(|(a, b)| a - b));
+        let y = &self.y;
+        let j = extra_bit_count(y, &mut self.mags);
+        // m_i = 1 for the j largest magnitudes (ties at the j-th taken in index order)
+        let t = if j > 0 {
+            self.mags[self.mags.len() - j]
+        } else {
+            u32::MAX
+        };
+        let ge = y.iter().filter(|x| x.abs().to_bits() >= t).count();
+        let mut extra = ge - j; // magnitudes equal to the j-th beyond the j wanted
+        let (mut wy, mut wv) = ([0f32; 8], [0f32; 8]);
+        let plane = &mut planes[cb..2 * cb];
+        for (i, (&yi, &vi)) in y.iter().zip(vr).enumerate() {
+            let a = yi.abs().to_bits();
+            let mut m = a >= t;
+            if extra > 0 && a == t {
+                // drop the last ties (rare: equal magnitudes)
+                m = y[i + 1..].iter().filter(|x| x.abs().to_bits() == t).count() >= extra;
+                if !m {
+                    extra -= 1;
+                }
+            }
+            let mag = if m { 1.5f32 } else { 0.5 };
+            let w = if yi > 0.0 { mag } else { -mag };
+            wy[i % 8] += w * yi;
+            wv[i % 8] += w * vi;
+            // the grid index c = w + 3/2 is 2 + m (y > 0) or 1 - m: its low bit
+            let lo = (m == (yi > 0.0)) as u8;
+            plane[(i / 4) * 16 + lane] |= lo << (i % 4 + shift);
+        }
+        let (wy, wv) = (wy.iter().sum::<f32>() as f64, wv.iter().sum::<f32>() as f64);
+        let fres = if wy > 0.0 {
+            (r2 as f64 / wy) as f32
+        } else {
+            0.0
+        };
+        (r2 + 2.0 * fres * wv as f32, fres)
+    }
+}
+
+/// The number `j` of coordinates that get the extra bit in the 2-bit extended RaBitQ code of
+/// `y` (ALGORITHMS.md §1.5): `w_i = sign(y_i) (m_i + 1/2)` with `m ∈ {0, 1}^D` maximising
+/// `cos(w, y)`. As `<w, y> = Σ|y_i| / 2 + Σ_{m_i = 1} |y_i|` and `||w||² = D/4 + 2 Σ m_i`, the
+/// best `m` with `j` ones takes the `j` largest magnitudes, so the sorted magnitudes are the
+/// critical values and the exact optimum is the best `j` over them (ties keep the smaller
+/// `j`). Leaves the magnitudes' bit patterns sorted ascending in `mags`.
+fn extra_bit_count(y: &[f32], mags: &mut Vec<u32>) -> usize {
+    mags.clear();
+    // non-negative floats order like their bit patterns
+    mags.extend(y.iter().map(|x| x.abs().to_bits()));
+    mags.sort_unstable();
+    let d = y.len() as f64;
+    let half: f64 = 0.5 * y.iter().map(|x| x.abs() as f64).sum::<f64>();
+    // cos² = num² / den up to a constant; compared by cross-multiplying
+    let (mut top, mut best_n2, mut best_den, mut best_j) = (0f64, half * half, 0.25 * d, 0);
+    for (j, &a) in mags.iter().rev().enumerate() {
+        top += f32::from_bits(a) as f64;
+        let (n, den) = (half + top, 0.25 * d + 2.0 * (j + 1) as f64);
+        if n * n * best_den > best_n2 * den {
+            (best_n2, best_den, best_j) = (n * n, den, j + 1);
+        }
+    }
+    best_j
+}
+
 /// For `y = u - v`: `(Σ|y_i|, Σ y_i², Σ_{y_i > 0} v_i)`, in eight lanes (vectorised).
 fn residual_stats(u: &[f32], v: &[f32]) -> (f32, f32, f32) {
     let (mut a, mut r, mut b) = ([0f32; 8], [0f32; 8], [0f32; 8]);
@@ -1304,6 +1490,99 @@ mod tests {
                 qrot.apply(k, &x, &mut b);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&b), "pad={pad} {}", k.isa);
+            }
+        }
+    }
+
+    #[test]
+    fn extra_bit_choice_is_the_exact_optimum() {
+        // Brute force over every m in {0,1}^d: no choice of extra bits has a larger cosine
+        // with y than the critical-value search's, including with tied and zero magnitudes.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let cos = |y: &[f32], m: &[bool]| {
+            let (mut wy, mut ww, mut yy) = (0f64, 0f64, 0f64);
+            for (&x, &b) in y.iter().zip(m) {
+                let w = x.signum() as f64 * if b { 1.5 } else { 0.5 };
+                wy += w * x as f64;
+                ww += w * w;
+                yy += x as f64 * x as f64;
+            }
+            wy / (ww * yy).sqrt()
+        };
+        let mut mags = Vec::new();
+        for trial in 0..300 {
+            let d = 4 + trial % 9;
+            let mut y: Vec<f32> = (0..d).map(|_| next()).collect();
+            if trial % 5 == 0 {
+                y[1] = -y[0]; // a tie
+                y[d - 1] = 0.0;
+            }
+            let j = extra_bit_count(&y, &mut mags);
+            // m for the j largest magnitudes
+            let mut order: Vec<usize> = (0..d).collect();
+            order.sort_by(|&a, &b| y[b].abs().total_cmp(&y[a].abs()));
+            let mut m = vec![false; d];
+            for &i in &order[..j] {
+                m[i] = true;
+            }
+            let ours = cos(&y, &m);
+            let best = (0..1u32 << d)
+                .map(|bits| cos(&y, &(0..d).map(|i| bits >> i & 1 != 0).collect::<Vec<_>>()))
+                .fold(f64::MIN, f64::max);
+            assert!(ours >= best - 1e-9, "d={d} j={j}: {ours} < {best}");
+        }
+    }
+
+    #[test]
+    fn two_bit_codes_decode_to_their_factors() {
+        // Decoding a neighbour's 2-bit code from its planes and its factors reproduces the
+        // estimator's algebra: with z' = y itself (the query at the neighbour),
+        // f_add + ||z||² - 2 f_rescale <w, z'> must equal ||y - y||² = 0 up to rounding, and the
+        // low bits must mark the largest magnitudes.
+        let pad = 64;
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let vr: Vec<f32> = (0..pad).map(|_| next()).collect();
+        let ur: Vec<f32> = (0..pad).map(|_| next()).collect();
+        let sv: f32 = vr.iter().sum();
+        let cb = pad / 4 * 16;
+        for slot in [0usize, 5, 16, 31] {
+            let mut planes = vec![0u8; 2 * cb];
+            let (fadd, fres) = ResidualCoder::default().encode(&ur, &vr, sv, 2, &mut planes, slot);
+            let (lane, shift) = (slot % 16, if slot < 16 { 0 } else { 4 });
+            let bit =
+                |p: usize, i: usize| planes[p * cb + (i / 4) * 16 + lane] >> (shift + i % 4) & 1;
+            let y: Vec<f32> = ur.iter().zip(&vr).map(|(a, b)| a - b).collect();
+            let w: Vec<f32> = (0..pad)
+                .map(|i| (2 * bit(0, i) + bit(1, i)) as f32 - 1.5)
+                .collect();
+            for (i, &yi) in y.iter().enumerate() {
+                assert_eq!(bit(0, i) == 1, yi > 0.0);
+            }
+            // query q' = u' (z' = q' - v' = y): the estimate of ||q - u||² = 0 is exact
+            let wq: f32 = w.iter().zip(&ur).map(|(a, b)| a * b).sum();
+            let z2: f32 = y.iter().map(|x| x * x).sum();
+            let est = fadd + z2 - 2.0 * fres * wq;
+            assert!(est.abs() < 1e-4, "slot {slot}: {est}");
+            // the extra bits go to the largest magnitudes
+            let big = |i: usize| (w[i].abs() > 1.0) as u8;
+            for i in 0..pad {
+                for k in 0..pad {
+                    if y[i].abs() > y[k].abs() {
+                        assert!(big(i) >= big(k));
+                    }
+                }
             }
         }
     }

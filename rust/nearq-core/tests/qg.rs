@@ -11,14 +11,19 @@ fn qg_recall_against_exact_search() {
     let data = clustered(n, dim, 31);
     let queries = clustered(100, dim, 32);
     // 1-bit estimates at d = 64 are coarse, so the beam is wide; every result is exact.
-    for (metric, ef) in [(Metric::L2, 256), (Metric::Cosine, 256)] {
+    for (metric, bits, ef) in [
+        (Metric::L2, 1, 256),
+        (Metric::Cosine, 1, 256),
+        (Metric::L2, 2, 160),
+        (Metric::Cosine, 2, 160),
+    ] {
         let p = IndexParams {
             metric,
             encoding: EncodingSpec::Flat,
             ..Default::default()
         };
         let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
-        let qg = QgIndex::from_graph(&index, &data, 7).unwrap();
+        let qg = QgIndex::from_graph(&index, &data, 7, bits, false).unwrap();
         let (truth, tdist) = exact_search(&data, &queries, dim, k, metric);
         let mut ids = Vec::new();
         for (qi, q) in queries.chunks_exact(dim).enumerate() {
@@ -30,7 +35,7 @@ fn qg_recall_against_exact_search() {
             ids.extend(res.iter().map(|r| r.1 as i64));
         }
         let r = recall(&ids, &truth, k);
-        assert!(r >= 0.95, "{metric:?} ef={ef}: recall {r}");
+        assert!(r >= 0.95, "{metric:?} bits={bits} ef={ef}: recall {r}");
     }
 }
 
@@ -44,13 +49,17 @@ fn qg_save_load_round_trip_and_damage() {
         ..Default::default()
     };
     let index = Index::build(&data, dim, &p, Some(1), &|_, _| {}).unwrap();
-    let qg = QgIndex::from_graph(&index, &data, 3).unwrap();
-    let payload = qg.to_payload();
-    let back = QgIndex::from_payload(&payload).unwrap();
-    assert_eq!(back.to_payload(), payload);
-    for q in data.chunks_exact(dim).take(10) {
-        assert_eq!(back.search(q, 5, 32), qg.search(q, 5, 32));
+    for (bits, half) in [(1, false), (1, true), (2, false), (2, true)] {
+        let qg = QgIndex::from_graph(&index, &data, 3, bits, half).unwrap();
+        let back = QgIndex::from_payload(&qg.to_payload()).unwrap();
+        assert_eq!(back.to_payload(), qg.to_payload());
+        assert_eq!((back.code_bits(), back.half_vectors()), (bits, half));
+        for q in data.chunks_exact(dim).take(10) {
+            assert_eq!(back.search(q, 5, 32), qg.search(q, 5, 32));
+        }
     }
+    let qg = QgIndex::from_graph(&index, &data, 3, 1, false).unwrap();
+    let payload = qg.to_payload();
     // an index payload is not a quantized graph, and vice versa
     assert!(matches!(
         QgIndex::from_payload(&index.to_payload()),
@@ -96,19 +105,21 @@ fn qg_search_stays_bounded_on_structureless_data() {
         ..Default::default()
     };
     let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
-    let qg = QgIndex::from_graph(&index, &data, 1).unwrap();
-    for ef in [10, 32, 100] {
-        let mut total = 0;
-        for q in data.chunks_exact(dim).step_by(97).take(20) {
-            let (res, expanded) = qg.search_counted(q, k, ef);
-            assert_eq!(res.len(), k);
-            total += expanded;
+    for bits in [1, 2] {
+        let qg = QgIndex::from_graph(&index, &data, 1, bits, false).unwrap();
+        for ef in [10, 32, 100] {
+            let mut total = 0;
+            for q in data.chunks_exact(dim).step_by(97).take(20) {
+                let (res, expanded) = qg.search_counted(q, k, ef);
+                assert_eq!(res.len(), k);
+                total += expanded;
+            }
+            let mean = total as f64 / 20.0;
+            assert!(
+                mean <= 2.0 * ef as f64 + 16.0,
+                "bits={bits} ef={ef}: {mean} expansions per query"
+            );
         }
-        let mean = total as f64 / 20.0;
-        assert!(
-            mean <= 2.0 * ef as f64 + 16.0,
-            "ef={ef}: {mean} expansions per query"
-        );
     }
 }
 
@@ -141,14 +152,16 @@ fn qg_above_1028_dimensions() {
         ..Default::default()
     };
     let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
-    let qg = QgIndex::from_graph(&index, &data, 9).unwrap();
     let (truth, _) = exact_search(&data, &queries, dim, k, Metric::L2);
-    let mut ids = Vec::new();
-    for q in queries.chunks_exact(dim) {
-        ids.extend(qg.search(q, k, 64).iter().map(|r| r.1 as i64));
+    for bits in [1, 2] {
+        let qg = QgIndex::from_graph(&index, &data, 9, bits, false).unwrap();
+        let mut ids = Vec::new();
+        for q in queries.chunks_exact(dim) {
+            ids.extend(qg.search(q, k, 64).iter().map(|r| r.1 as i64));
+        }
+        let r = recall(&ids, &truth, k);
+        assert!(r >= 0.9, "bits={bits}: recall {r}");
     }
-    let r = recall(&ids, &truth, k);
-    assert!(r >= 0.9, "recall {r}");
 }
 
 #[test]
@@ -162,7 +175,7 @@ fn qg_results_are_sorted_exact_and_distinct() {
             ..Default::default()
         };
         let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
-        let qg = QgIndex::from_graph(&index, &data, 2).unwrap();
+        let qg = QgIndex::from_graph(&index, &data, 2, 2, false).unwrap();
         for (qi, q) in clustered(10, dim, 72).chunks_exact(dim).enumerate() {
             let res = qg.search(q, k, 40 + qi);
             assert_eq!(res.len(), k);
@@ -181,4 +194,47 @@ fn qg_results_are_sorted_exact_and_distinct() {
             }
         }
     }
+}
+
+#[test]
+fn qg_estimates_are_unbiased_and_two_bits_err_about_half_as_much() {
+    // The estimates the search ranks neighbours by, against the true squared distances, over
+    // several rotations: the mean signed error is near zero for both code widths, and the
+    // 2-bit codes' mean error is about half the 1-bit codes'.
+    let (n, dim) = (1500, 128);
+    let data = clustered(n, dim, 81);
+    let queries = clustered(30, dim, 82);
+    let p = IndexParams {
+        metric: Metric::L2,
+        encoding: EncodingSpec::Flat,
+        ..Default::default()
+    };
+    let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
+    let mut mean_abs = Vec::new();
+    for bits in [1, 2] {
+        let (mut abs, mut signed, mut count) = (0f64, 0f64, 0usize);
+        for seed in 0..4 {
+            let qg = QgIndex::from_graph(&index, &data, 100 + seed, bits, false).unwrap();
+            for q in queries.chunks_exact(dim) {
+                for v in (0..n as u32).step_by(29) {
+                    for (u, est) in qg.neighbor_estimates(q, v) {
+                        let x = &data[u as usize * dim..(u as usize + 1) * dim];
+                        let t: f32 = q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
+                        abs += ((est - t) / t).abs() as f64;
+                        signed += ((est - t) / t) as f64;
+                        count += 1;
+                    }
+                }
+            }
+        }
+        let (abs, signed) = (abs / count as f64, signed / count as f64);
+        eprintln!("bits={bits}: mean relative error {signed:+.5}, mean |relative error| {abs:.5}");
+        assert!(
+            signed.abs() < 0.05 * abs,
+            "bits={bits}: biased, {signed} vs {abs}"
+        );
+        mean_abs.push(abs);
+    }
+    let ratio = mean_abs[1] / mean_abs[0];
+    assert!((0.35..0.65).contains(&ratio), "2-bit / 1-bit error {ratio}");
 }

@@ -44,16 +44,29 @@ const QG_ROWS: u8 = 1;
 /// load from the codes and the graph).
 const QG_ON: u8 = 2;
 
-/// Whether new rows hold their vectors in half precision: only with `NEARQ_QG_HALF=1` in the
-/// environment when the rows are built, and only where f16 represents the data
-/// ([`QgIndex::half_fits`]; always for cosine). Off by default: it takes a fifth off the rows
-/// (3456 to 2688 bytes per vector at d = 384, R = 32), but on the benchmark machine searches
-/// ran 2.6% slower (re-ranking the final candidates from the f32 vectors costs more than the
-/// smaller rows save). Searches re-rank the final candidates with the f32 vectors, so the
-/// reported distances are exact either way.
+/// Whether new rows hold their vectors in half precision: where f16 represents the data
+/// ([`QgIndex::half_fits`]; always for cosine) unless `NEARQ_QG_HALF=0` is in the environment
+/// when the rows are built (for A/B comparisons). It takes 768 bytes off each row at d = 384;
+/// searches re-rank the final candidates with the f32 vectors, so the reported distances are
+/// exact either way. With 1-bit rows this did not pay on the benchmark machine (2.6% slower:
+/// re-ranking from the f32 vectors cost more than the smaller rows saved); with 2-bit rows,
+/// a fifth larger, it did (see `QgIndex`).
 fn half_rows(data: &[f32]) -> bool {
-    let on = std::env::var("NEARQ_QG_HALF").is_ok_and(|v| v.trim() == "1");
-    on && QgIndex::half_fits(data)
+    let off = std::env::var("NEARQ_QG_HALF").is_ok_and(|v| v.trim() == "0");
+    !off && QgIndex::half_fits(data)
+}
+
+/// Bits per dimension of the quantized graph's neighbour codes for an index of `enc_bits`-bit
+/// RaBitQ codes: 1 for 1-bit indexes, [`crate::qg::DEFAULT_BITS`] (2) otherwise;
+/// `NEARQ_QG_BITS=1` or `2` in the environment when the rows are built overrides it (A/B
+/// comparisons).
+fn qg_bits(enc_bits: u32) -> usize {
+    match std::env::var("NEARQ_QG_BITS").as_deref().map(str::trim) {
+        Ok("1") => 1,
+        Ok("2") => 2,
+        _ if enc_bits == 1 => 1,
+        _ => crate::qg::DEFAULT_BITS,
+    }
 }
 
 /// Candidates re-ranked with the f32 vectors when the rows hold half-precision vectors: the
@@ -98,6 +111,7 @@ impl Index {
                     g.enc.metric(),
                     g.build.seed,
                     half_rows(data),
+                    qg_bits(g.enc.bits()),
                 )
                 .ok();
             }
