@@ -1,9 +1,9 @@
 """Experimental indexes whose API may still change.
 
 :class:`QuantizedGraph` is a graph in the SymphonyQG layout: every node's row holds its own
-float vector and its neighbours' 1-bit RaBitQ codes in 4-bit FastScan blocks, so expanding a
-node scores all its neighbours in one pass, and every expanded node is re-ranked exactly.
-It takes about 2.2x the memory of the float vectors.
+float vector and its neighbours' 2-bit RaBitQ codes in 4-bit FastScan blocks (one block per
+bit plane), so expanding a node scores all its neighbours in one pass per plane, and every
+expanded node is re-ranked exactly. It takes about 3.3x the memory of the float vectors.
 """
 
 from __future__ import annotations

@@ -101,9 +101,10 @@ class Index:
                 :meth:`search`; default ``0..n-1``.
             quantized_graph: for ``"rabitq"`` with ``keep_vectors=True`` and metric ``"l2"`` or
                 ``"cosine"``: also lay the graph out as a quantized graph (SymphonyQG design:
-                each node's row holds its float vector and its neighbours' 1-bit RaBitQ codes,
-                degree rounded up to a multiple of 32), which serves unfiltered searches, about
-                ``dim * 4 + degree * (dim / 2 + 12)`` more bytes per vector. ``False`` opts out
+                each node's row holds its vector, in half precision where that represents the
+                data, and its neighbours' 2-bit RaBitQ codes, 1-bit for ``bits=1``; degree
+                rounded up to a multiple of 32), which serves unfiltered searches, about
+                ``dim * 2 + degree * (dim / 4 + 12)`` more bytes per vector. ``False`` opts out
                 (searches then traverse the ``bits``-bit codes and re-rank). For ``"pq"`` with
                 ``bits=4``: keep neighbour-code rows, each node holding its neighbours' codes
                 already packed in FastScan blocks, so a traversal step scores them without

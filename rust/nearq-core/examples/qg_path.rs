@@ -1,0 +1,77 @@
+//! Per-query cost of the Index API's quantized-graph path (`Index::search`: input checks,
+//! result vectors, and with half-precision rows the final re-ranking from the f32 vectors)
+//! against the bare quantized graph of the same index (one query per call, chunks of 100
+//! interleaved, 10 rounds): `qg_path VECTORS QUERIES DIM CACHE EF`. CACHE holds a RaBitQ
+//! index (cosine, 4 bits, float vectors kept, build_ef 200), built there if missing;
+//! `REBUILD=1` rebuilds its rows under the current `NEARQ_QG_BITS` / `NEARQ_QG_HALF`.
+use nearq_core::{BuildParams, EncodingSpec, Index, IndexParams, Metric, SearchParams};
+use std::time::Instant;
+
+fn read(path: &str) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let (data, queries) = (read(&a[1]), read(&a[2]));
+    let dim: usize = a[3].parse().unwrap();
+    let path = std::path::Path::new(&a[4]);
+    let ef: usize = a[5].parse().unwrap();
+    let index = if path.exists() {
+        Index::load(path).unwrap()
+    } else {
+        let p = IndexParams {
+            metric: Metric::Cosine,
+            encoding: EncodingSpec::RaBitQ { bits: 4 },
+            keep_vectors: true,
+            build: BuildParams {
+                build_ef: 200,
+                ..Default::default()
+            },
+        };
+        let i = Index::build(&data, dim, &p, None, &|_, _| {}).unwrap();
+        i.save(path).unwrap();
+        i
+    };
+    let mut index = index;
+    if std::env::var_os("REBUILD").is_some() {
+        index.set_quantized_graph(false, None);
+        index.set_quantized_graph(true, None);
+    }
+    let index = index;
+    let qg = index.quantized_graph().expect("quantized graph");
+    println!("rows: {} bits, half {}", qg.code_bits(), qg.half_vectors());
+    let sp = SearchParams {
+        k: 10,
+        ef: Some(ef),
+        rerank: None,
+    };
+    let (mut t_index, mut t_qg) = (0f64, 0f64);
+    for r in 0..10 {
+        for (c, chunk) in queries.chunks(100 * dim).enumerate() {
+            for j in 0..2 {
+                let t = Instant::now();
+                if (j + r + c) % 2 == 0 {
+                    for q in chunk.chunks_exact(dim) {
+                        std::hint::black_box(index.search(q, &sp, Some(1)).unwrap());
+                    }
+                    t_index += t.elapsed().as_secs_f64();
+                } else {
+                    for q in chunk.chunks_exact(dim) {
+                        std::hint::black_box(qg.search(q, 12, ef));
+                    }
+                    t_qg += t.elapsed().as_secs_f64();
+                }
+            }
+        }
+    }
+    let nq = (queries.len() / dim * 10) as f64;
+    println!(
+        "index.search {:.2} us/query, qg.search {:.2} us/query",
+        t_index * 1e6 / nq,
+        t_qg * 1e6 / nq
+    );
+}
