@@ -7,45 +7,33 @@
 //! `qg_ab VECTORS QUERIES DIM --gt GT.i32 --index-cache FILE [--build-ef L] [--rounds N]
 //!  --variants 1:0@56,2:1@44`
 use nearq_core::qg::QgIndex;
-use nearq_core::{BuildParams, EncodingSpec, Index, IndexParams, Metric};
+use nearq_core::{BuildParams, EncodingSpec, IndexParams, Metric};
 use std::time::Instant;
 
-fn read<T: bytemuck::Pod>(path: &str) -> Vec<T> {
-    let bytes = std::fs::read(path).expect("read file");
-    let mut out = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
-    let n = out.len() * std::mem::size_of::<T>();
-    bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..n]);
-    out
-}
+mod common;
+use common::{cached_index, read_f32, read_i32};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let (data, queries): (Vec<f32>, Vec<f32>) = (read(&a[1]), read(&a[2]));
+    let (data, queries) = (read_f32(&a[1]), read_f32(&a[2]));
     let dim: usize = a[3].parse().unwrap();
     let opt = |name: &str| a.iter().position(|x| x == name).map(|i| a[i + 1].clone());
     let k = 10;
     let nq = queries.len() / dim;
-    let truth: Vec<i32> = read(&opt("--gt").expect("--gt"));
+    let truth = read_i32(&opt("--gt").expect("--gt"));
     let rounds: usize = opt("--rounds").map_or(20, |x| x.parse().unwrap());
     let mut build = BuildParams::default();
     if let Some(x) = opt("--build-ef") {
         build.build_ef = x.parse().unwrap();
     }
     let p = opt("--index-cache").expect("--index-cache");
-    let path = std::path::Path::new(&p);
-    let index = if path.exists() {
-        Index::load(path).unwrap()
-    } else {
-        let ip = IndexParams {
-            metric: Metric::Cosine,
-            encoding: EncodingSpec::Flat,
-            build: build.clone(),
-            ..Default::default()
-        };
-        let index = Index::build(&data, dim, &ip, None, &|_, _| {}).unwrap();
-        index.save(path).unwrap();
-        index
+    let ip = IndexParams {
+        metric: Metric::Cosine,
+        encoding: EncodingSpec::Flat,
+        build: build.clone(),
+        ..Default::default()
     };
+    let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
     let mut vars = Vec::new();
     for v in opt("--variants").expect("--variants").split(',') {
         let (cfg, ef) = v.split_once('@').unwrap();
@@ -83,7 +71,7 @@ fn main() {
         let hits: usize = ids[v]
             .chunks(k)
             .zip(truth.chunks(k))
-            .map(|(x, g)| x.iter().filter(|i| g.contains(&(**i as i32))).count())
+            .map(|(x, g)| x.iter().filter(|i| g.contains(i)).count())
             .sum();
         let mut us: Vec<f64> = times.iter().map(|t| t[v] * 1e6 / nq as f64).collect();
         us.sort_by(f64::total_cmp);

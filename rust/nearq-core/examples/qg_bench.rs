@@ -19,21 +19,8 @@ use nearq_core::{
 };
 use std::time::Instant;
 
-fn read_f32(path: &str) -> Vec<f32> {
-    let bytes = std::fs::read(path).expect("read vectors");
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn read_i32(path: &str) -> Vec<i64> {
-    let bytes = std::fs::read(path).expect("read ground truth");
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-        .collect()
-}
+mod common;
+use common::{cached_index, read_f32, read_i32};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -76,20 +63,13 @@ fn main() {
         None if opt("--index-cache").is_some() => {
             // the float graph from (or to) a file, the quantized rows rebuilt
             let p = opt("--index-cache").unwrap();
-            let path = std::path::Path::new(&p);
-            let index = if path.exists() {
-                Index::load(path).unwrap()
-            } else {
-                let ip = IndexParams {
-                    metric: Metric::Cosine,
-                    encoding: EncodingSpec::Flat,
-                    build: build.clone(),
-                    ..Default::default()
-                };
-                let index = Index::build(&data, dim, &ip, None, &|_, _| {}).unwrap();
-                index.save(path).unwrap();
-                index
+            let ip = IndexParams {
+                metric: Metric::Cosine,
+                encoding: EncodingSpec::Flat,
+                build: build.clone(),
+                ..Default::default()
             };
+            let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
             let bits = opt("--bits").map_or(nearq_core::qg::DEFAULT_BITS, |b| b.parse().unwrap());
             let half = a.iter().any(|x| x == "--half");
             QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap()

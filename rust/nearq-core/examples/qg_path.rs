@@ -4,38 +4,28 @@
 //! interleaved, 10 rounds): `qg_path VECTORS QUERIES DIM CACHE EF`. CACHE holds a RaBitQ
 //! index (cosine, 4 bits, float vectors kept, build_ef 200), built there if missing;
 //! `REBUILD=1` rebuilds its rows under the current `NEARQ_QG_BITS` / `NEARQ_QG_HALF`.
-use nearq_core::{BuildParams, EncodingSpec, Index, IndexParams, Metric, SearchParams};
+use nearq_core::{BuildParams, EncodingSpec, IndexParams, Metric, SearchParams};
 use std::time::Instant;
 
-fn read(path: &str) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap();
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
+mod common;
+use common::{cached_index, read_f32};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let (data, queries) = (read(&a[1]), read(&a[2]));
+    let (data, queries) = (read_f32(&a[1]), read_f32(&a[2]));
     let dim: usize = a[3].parse().unwrap();
     let path = std::path::Path::new(&a[4]);
     let ef: usize = a[5].parse().unwrap();
-    let index = if path.exists() {
-        Index::load(path).unwrap()
-    } else {
-        let p = IndexParams {
-            metric: Metric::Cosine,
-            encoding: EncodingSpec::RaBitQ { bits: 4 },
-            keep_vectors: true,
-            build: BuildParams {
-                build_ef: 200,
-                ..Default::default()
-            },
-        };
-        let i = Index::build(&data, dim, &p, None, &|_, _| {}).unwrap();
-        i.save(path).unwrap();
-        i
+    let p = IndexParams {
+        metric: Metric::Cosine,
+        encoding: EncodingSpec::RaBitQ { bits: 4 },
+        keep_vectors: true,
+        build: BuildParams {
+            build_ef: 200,
+            ..Default::default()
+        },
     };
+    let index = cached_index(path, &data, dim, &p);
     let mut index = index;
     if std::env::var_os("REBUILD").is_some() {
         index.set_quantized_graph(false, None);
