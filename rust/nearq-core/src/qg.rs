@@ -1345,25 +1345,30 @@ impl ResidualCoder {
         };
         let ge = y.iter().filter(|x| x.abs().to_bits() >= t).count();
         let mut extra = ge - j; // magnitudes equal to the j-th beyond the j wanted
-        let (mut wy, mut wv) = ([0f32; 8], [0f32; 8]);
+        let (mut wy, mut wv) = ([0f32; 4], [0f32; 4]);
         let plane = &mut planes[cb..2 * cb];
-        for (i, (&yi, &vi)) in y.iter().zip(vr).enumerate() {
-            let a = yi.abs().to_bits();
-            let mut m = a >= t;
-            if extra > 0 && a == t {
-                // drop the last ties (rare: equal magnitudes)
-                m = y[i + 1..].iter().filter(|x| x.abs().to_bits() == t).count() >= extra;
-                if !m {
-                    extra -= 1;
+        for (q, (y4, v4)) in y.chunks_exact(4).zip(vr.chunks_exact(4)).enumerate() {
+            let mut nib = 0u8;
+            for l in 0..4 {
+                let (yi, vi) = (y4[l], v4[l]);
+                let a = yi.abs().to_bits();
+                let mut m = a >= t;
+                if extra > 0 && a == t {
+                    // drop the last ties (rare: equal magnitudes)
+                    let i = 4 * q + l;
+                    m = y[i + 1..].iter().filter(|x| x.abs().to_bits() == t).count() >= extra;
+                    extra -= !m as usize;
                 }
+                // w = ±(m + 1/2), negative unless y > 0 (as the sign plane), without branches
+                // (m and the sign are coin flips to a branch predictor)
+                let pos = yi > 0.0;
+                let w = f32::from_bits((0.5 + m as u8 as f32).to_bits() | (!pos as u32) << 31);
+                wy[l] += w * yi;
+                wv[l] += w * vi;
+                // the grid index c = w + 3/2 is 2 + m (y > 0) or 1 - m: its low bit
+                nib |= ((m == pos) as u8) << l;
             }
-            let mag = if m { 1.5f32 } else { 0.5 };
-            let w = if yi > 0.0 { mag } else { -mag };
-            wy[i % 8] += w * yi;
-            wv[i % 8] += w * vi;
-            // the grid index c = w + 3/2 is 2 + m (y > 0) or 1 - m: its low bit
-            let lo = (m == (yi > 0.0)) as u8;
-            plane[(i / 4) * 16 + lane] |= lo << (i % 4 + shift);
+            plane[q * 16 + lane] |= nib << shift;
         }
         let (wy, wv) = (wy.iter().sum::<f32>() as f64, wv.iter().sum::<f32>() as f64);
         let fres = if wy > 0.0 {
@@ -1380,7 +1385,9 @@ impl ResidualCoder {
 /// `cos(w, y)`. As `<w, y> = Σ|y_i| / 2 + Σ_{m_i = 1} |y_i|` and `||w||² = D/4 + 2 Σ m_i`, the
 /// best `m` with `j` ones takes the `j` largest magnitudes, so the sorted magnitudes are the
 /// critical values and the exact optimum is the best `j` over them (ties keep the smaller
-/// `j`). Leaves the magnitudes' bit patterns sorted ascending in `mags`.
+/// `j`). Leaves the magnitudes' bit patterns sorted ascending in `mags`. Along a run of equal
+/// magnitudes `a` the objective `(A + k a)² / (B + 2k)` is convex in `k`, so the optimum never
+/// splits such a run except through rounding; the encoder still breaks such a split by index.
 fn extra_bit_count(y: &[f32], mags: &mut Vec<u32>) -> usize {
     mags.clear();
     // non-negative floats order like their bit patterns
@@ -1560,16 +1567,22 @@ mod tests {
             (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
         let vr: Vec<f32> = (0..pad).map(|_| next()).collect();
-        let ur: Vec<f32> = (0..pad).map(|_| next()).collect();
+        let mut ur: Vec<f32> = (0..pad).map(|_| next()).collect();
+        // twelve residuals of one magnitude (a power of two, so u - v is exact), both signs
+        for i in (0..pad).step_by(5).take(12) {
+            ur[i] = vr[i] + if i % 2 == 0 { 0.25 } else { -0.25 };
+        }
         let sv: f32 = vr.iter().sum();
         let cb = pad / 4 * 16;
+        let mut mags = Vec::new();
+        let y: Vec<f32> = ur.iter().zip(&vr).map(|(a, b)| a - b).collect();
+        let j = extra_bit_count(&y, &mut mags);
         for slot in [0usize, 5, 16, 31] {
             let mut planes = vec![0u8; 2 * cb];
             let (fadd, fres) = ResidualCoder::default().encode(&ur, &vr, sv, 2, &mut planes, slot);
             let (lane, shift) = (slot % 16, if slot < 16 { 0 } else { 4 });
             let bit =
                 |p: usize, i: usize| planes[p * cb + (i / 4) * 16 + lane] >> (shift + i % 4) & 1;
-            let y: Vec<f32> = ur.iter().zip(&vr).map(|(a, b)| a - b).collect();
             let w: Vec<f32> = (0..pad)
                 .map(|i| (2 * bit(0, i) + bit(1, i)) as f32 - 1.5)
                 .collect();
@@ -1581,8 +1594,9 @@ mod tests {
             let z2: f32 = y.iter().map(|x| x * x).sum();
             let est = fadd + z2 - 2.0 * fres * wq;
             assert!(est.abs() < 1e-4, "slot {slot}: {est}");
-            // the extra bits go to the largest magnitudes
+            // the extra bits go to the largest magnitudes, j of them (ties or not)
             let big = |i: usize| (w[i].abs() > 1.0) as u8;
+            assert_eq!((0..pad).map(big).map(usize::from).sum::<usize>(), j);
             for i in 0..pad {
                 for k in 0..pad {
                     if y[i].abs() > y[k].abs() {
