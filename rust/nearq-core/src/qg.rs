@@ -333,7 +333,7 @@ impl QgIndex {
             .par_chunks_mut(rb)
             .enumerate()
             .filter(|(v, _)| list_of[*v] != u32::MAX)
-            .for_each(|(v, row)| {
+            .for_each_init(ResidualCoder::default, |enc, (v, row)| {
                 row.fill(0);
                 let nb = &lists[list_of[v] as usize];
                 let x = &data[v * dim..(v + 1) * dim];
@@ -349,7 +349,6 @@ impl QgIndex {
                 }
                 let vr = rot_of(v as u32);
                 let sv: f32 = vr.iter().sum();
-                let mut enc = ResidualCoder::default();
                 for slot in 0..deg {
                     let (fadd, fres, id) = match nb.get(slot) {
                         Some(&u) => {

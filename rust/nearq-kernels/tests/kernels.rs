@@ -673,13 +673,7 @@ fn u4_split_gather_matches_single_codes() {
             let lo: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
             let hi: Vec<i8> = rng.bytes(len).iter().map(|&c| c as i8).collect();
             let ids: Vec<u32> = [3u32, 0, 8, 8, 1, 5, 7, 2, 6, 4].to_vec();
-            let want: Vec<i32> = ids
-                .iter()
-                .map(|&i| {
-                    let at = i as usize * stride;
-                    scalar::dot_u4_i8_split(&base[at..at + len], &lo, &hi)
-                })
-                .collect();
+            let want = gather_want(&base, stride, len, &ids, &lo, &hi);
             for k in all_variants() {
                 for m in [0, 1, ids.len()] {
                     let mut out = vec![i32::MIN; m];
@@ -791,6 +785,24 @@ fn segs_want(
     want
 }
 
+/// The scalar reference of `dot_u4_i8_split_gather`: each id's code (`len` bytes at
+/// `id * stride` in `base`) scored one at a time.
+fn gather_want(
+    base: &[u8],
+    stride: usize,
+    len: usize,
+    ids: &[u32],
+    lo: &[i8],
+    hi: &[i8],
+) -> Vec<i32> {
+    ids.iter()
+        .map(|&i| {
+            let at = i as usize * stride;
+            scalar::dot_u4_i8_split(&base[at..at + len], lo, hi)
+        })
+        .collect()
+}
+
 /// `n` random codes of `len` bytes at `stride` (the last ending at the end of the array) and
 /// random weights; with `extreme = Some(h)`: every code byte 0xFF, the low weights -128, the
 /// high ones `h`.
@@ -831,13 +843,7 @@ fn u4_split_gather_group_remainders() {
                 // Random codes with repeats, the last code of base among them.
                 let mut ids: Vec<u32> = (0..m).map(|_| (rng.next() % n as u64) as u32).collect();
                 ids[m / 2] = n as u32 - 1;
-                let want: Vec<i32> = ids
-                    .iter()
-                    .map(|&i| {
-                        let at = i as usize * stride;
-                        scalar::dot_u4_i8_split(&base[at..at + len], &lo, &hi)
-                    })
-                    .collect();
+                let want = gather_want(&base, stride, len, &ids, &lo, &hi);
                 for k in all_variants() {
                     let mut buf = vec![i32::MIN; m + 9];
                     (k.dot_u4_i8_split_gather)(&base, stride, &ids, &lo, &hi, &mut buf[..m]);
