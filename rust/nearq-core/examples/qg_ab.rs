@@ -1,6 +1,7 @@
 //! Interleaved A/B timing of quantized-graph variants over one float graph (cosine, one query
-//! per call). Each variant is `BITS:HALF@EF` (neighbour code bits, half-precision row vectors,
-//! beam width); its rows are rebuilt from the same float graph. Every round times each chunk of
+//! per call). Each variant is `BITS:HALF@EF[/LINES[/STRIDE]]` (neighbour code bits,
+//! half-precision row vectors, beam width; optionally only the first LINES lines of a row
+//! prefetched ahead of its expansion, every STRIDE-th); its rows are rebuilt from the same float graph. Every round times each chunk of
 //! 100 queries on every variant in turn (order rotated), and the report gives each variant's
 //! recall@10 and the median and quartiles over rounds of its time relative to the first.
 //!
@@ -36,11 +37,17 @@ fn main() {
     let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
     let mut vars = Vec::new();
     for v in opt("--variants").expect("--variants").split(',') {
-        let (cfg, ef) = v.split_once('@').unwrap();
+        let (cfg, rest) = v.split_once('@').unwrap();
         let (bits, half) = cfg.split_once(':').unwrap();
         let (bits, half) = (bits.parse().unwrap(), half == "1");
-        let qg = QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap();
-        vars.push((v.to_string(), qg, ef.parse::<usize>().unwrap()));
+        // EF[/PREFETCH_LINES[/STRIDE]]
+        let mut it = rest.split('/');
+        let ef = it.next().unwrap().parse::<usize>().unwrap();
+        let pf_lines = it.next().map_or(usize::MAX, |x| x.parse().unwrap());
+        let pf_stride = it.next().map_or(1, |x| x.parse().unwrap());
+        let mut qg = QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap();
+        qg.set_prefetch(pf_lines, pf_stride);
+        vars.push((v.to_string(), qg, ef));
     }
     let nv = vars.len();
     let chunks: Vec<&[f32]> = queries.chunks(100 * dim).collect();

@@ -20,6 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod qg_glue;
+#[doc(hidden)]
+pub use qg_glue::set_residual_rerank;
 
 /// Largest supported dimension and degree (also bounds what a file may claim).
 pub const MAX_DIM: usize = 1 << 16;

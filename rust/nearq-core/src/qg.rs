@@ -86,6 +86,15 @@ pub struct QgIndex {
     entry: u32,
     n: usize,
     k: &'static Kernels,
+    /// Lines of a row prefetched ahead of its expansion (at most the row's), every
+    /// `pf_stride`-th line from the start (experiment switch, see [`QgIndex::set_prefetch`]).
+    pf_lines: usize,
+    pf_stride: usize,
+    /// With half-precision rows: per node, the f32 vector's rounding residual against its
+    /// row copy as an 8-bit code ([`QgIndex::exact_l2sq`]); `resid_n` records are filled.
+    /// Built by [`QgIndex::sync`] (from the f32 vectors), not saved.
+    resid: Rows,
+    resid_n: usize,
 }
 
 #[derive(Default)]
@@ -210,6 +219,10 @@ impl QgIndex {
             entry,
             n: 0,
             k: kernels(),
+            pf_lines: usize::MAX,
+            pf_stride: 1,
+            resid: Rows::default(),
+            resid_n: 0,
         };
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
         q.sync(g, entry, data, None);
@@ -264,6 +277,7 @@ impl QgIndex {
         }
         self.n = n;
         self.entry = entry;
+        self.sync_residuals(data, remap.is_some());
         // 3. Rows whose pruned neighbours changed. (The fill after them, the nearest two-hop
         //    neighbours when the graph's row is not full, is computed when a row is written
         //    and kept while the pruned neighbours stay: refreshing it whenever a neighbour's
@@ -519,6 +533,10 @@ impl QgIndex {
             entry,
             n,
             k: kernels(),
+            pf_lines: usize::MAX,
+            pf_stride: 1,
+            resid: Rows::default(),
+            resid_n: 0,
         };
         if row_bytes != (q.off_ids() + degree * 4).div_ceil(64) * 64 {
             return Err(bad("row size does not match the header"));
@@ -578,7 +596,7 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.allocated() + self.rot.memory_bytes()
+        self.rows.allocated() + self.resid.allocated() + self.rot.memory_bytes()
     }
 
     /// Squared L2 from `q` to the vector at the start of `row` (in half precision: to the
@@ -590,6 +608,14 @@ impl QgIndex {
         } else {
             (self.k.l2sq_f32)(q, bytemuck::cast_slice(&row[..self.dim * 4]))
         }
+    }
+
+    #[doc(hidden)]
+    /// Experiment switch: prefetch only the first `lines` lines of a row ahead of its
+    /// expansion (`usize::MAX`: all), every `stride`-th of them.
+    pub fn set_prefetch(&mut self, lines: usize, stride: usize) {
+        self.pf_lines = lines;
+        self.pf_stride = stride.max(1);
     }
 
     /// Whether the rows hold the vectors in half precision.
@@ -825,7 +851,8 @@ impl QgIndex {
     ) -> usize {
         let (a_mul, b_add) = self.prepare(query, s);
         let (dim, deg, oid) = (self.dim, self.degree, self.off_ids());
-        let lines = self.row_bytes / 64;
+        let lines = (self.row_bytes / 64).min(self.pf_lines);
+        let stride = self.pf_stride;
         s.visited.reset(self.n);
         s.pool.reset(ef.max(k));
         s.res.clear();
@@ -835,7 +862,7 @@ impl QgIndex {
         // miss buffers for a whole row and stall the pipeline).
         let prefetch_row = |v: u32| {
             let p = self.row(v).as_ptr();
-            for l in 0..lines {
+            for l in (0..lines).step_by(stride) {
                 prefetch_l2(p.wrapping_add(64 * l));
             }
         };
@@ -952,6 +979,103 @@ impl QgIndex {
         res.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         res.truncate(k);
     }
+}
+
+impl QgIndex {
+    /// Bytes per residual record: the 8-bit codes `c_i = t_i + 128`, then (f32) the step `s`,
+    /// `A = Σ h_i t_i` and `B = s² Σ t_i²`, padded to whole cache lines.
+    fn resid_bytes(&self) -> usize {
+        (self.dim + 12).div_ceil(64) * 64
+    }
+
+    /// Brings the residual records in line with `data` (the nodes' vectors as in
+    /// [`QgIndex::sync`]): all recomputed after a renumbering, appended for new nodes. Only
+    /// rows in half precision have them.
+    fn sync_residuals(&mut self, data: &[f32], renumbered: bool) {
+        if !self.half {
+            return;
+        }
+        if renumbered {
+            self.resid = Rows::default();
+            self.resid_n = 0;
+        }
+        let (dim, rr, n, start) = (self.dim, self.resid_bytes(), self.n, self.resid_n);
+        if start >= n {
+            return;
+        }
+        self.resid.grow(rr * n);
+        self.resid.bytes_mut()[start * rr..]
+            .par_chunks_mut(rr)
+            .enumerate()
+            .for_each(|(i, rec)| {
+                let v = start + i;
+                encode_residual(&data[v * dim..(v + 1) * dim], rec);
+            });
+        self.resid_n = n;
+    }
+
+    /// Whether [`QgIndex::exact_l2sq`] applies (half-precision rows whose residual records
+    /// were built from the f32 vectors: always after `sync`, not for a graph loaded alone).
+    pub(crate) fn has_residuals(&self) -> bool {
+        self.half && self.n > 0 && self.resid_n == self.n
+    }
+
+    /// Prefetches node `v`'s residual record (ahead of [`QgIndex::exact_l2sq`]).
+    #[inline]
+    pub(crate) fn prefetch_residual(&self, v: u32) {
+        let rr = self.resid_bytes();
+        let p = self.resid.bytes()[v as usize * rr..].as_ptr();
+        for l in 0..rr / 64 {
+            prefetch_l2(p.wrapping_add(64 * l));
+        }
+    }
+
+    /// The squared L2 distance from `q` (as the search used it: normalised for cosine; `q_sum`
+    /// = Σ q_i) to node `v`'s f32 vector `x`, given `g = ||q - h||²`, the distance the search
+    /// computed to the row's half-precision copy `h`. The record codes `r = x - h` as `s t`
+    /// (integers |t_i| <= 127), so `||q - x||² = g - 2 s (<q, t> - <h, t>) + s² ||t||²` with
+    /// `<q, t> = <q, c> - 128 Σ q`: one read of `dim` bytes instead of the f32 vector's `4 dim`.
+    ///
+    /// Precision: `|r_i| <= 2^-11 |x_i|` (f16 keeps 11 significant bits; `QgIndex::half_fits`
+    /// keeps the data in f16's normal range up to 2^-24 absolute), and the step is
+    /// `s = max |r_i| / 127`, so every coordinate is reproduced within `s/2 <= 2^-19 max |x_i|`:
+    /// the distance agrees with the one computed from the f32 vector to a few parts in 10^7 of
+    /// `||q|| ||x||`, on the order of f32's own rounding of a 384-term sum.
+    #[inline]
+    pub(crate) fn exact_l2sq(&self, q: &[f32], q_sum: f32, v: u32, g: f32) -> f32 {
+        let (dim, rr) = (self.dim, self.resid_bytes());
+        let rec = &self.resid.bytes()[v as usize * rr..(v as usize + 1) * rr];
+        let f = |i: usize| f32::from_le_bytes(rec[dim + 4 * i..dim + 4 * i + 4].try_into().unwrap());
+        let (step, a, b) = (f(0), f(1), f(2));
+        let qt = (self.k.dot_f32_u8)(q, &rec[..dim]) - 128.0 * q_sum;
+        g - 2.0 * step * (qt - a) + b
+    }
+}
+
+/// Codes the rounding residual `r = x - h` of one vector against its half-precision copy `h`
+/// into a record of [`QgIndex::exact_l2sq`]'s layout.
+fn encode_residual(x: &[f32], rec: &mut [u8]) {
+    let dim = x.len();
+    let widen = |f: f32| half::f16::from_f32(f).to_f32();
+    // x - h is exact in f32 (h is x rounded to fewer significant bits)
+    let m = x.iter().fold(0f32, |m, &f| m.max((f - widen(f)).abs()));
+    let step = m / 127.0;
+    let (mut a, mut b) = (0f64, 0f64);
+    for (i, &f) in x.iter().enumerate() {
+        let h = widen(f);
+        let t = if step > 0.0 {
+            ((f - h) / step).round().clamp(-127.0, 127.0)
+        } else {
+            0.0
+        };
+        rec[i] = (t as i32 + 128) as u8;
+        a += h as f64 * t as f64;
+        b += t as f64 * t as f64;
+    }
+    let b = (step as f64 * step as f64 * b) as f32;
+    rec[dim..dim + 4].copy_from_slice(&step.to_le_bytes());
+    rec[dim + 4..dim + 8].copy_from_slice(&(a as f32).to_le_bytes());
+    rec[dim + 8..dim + 12].copy_from_slice(&b.to_le_bytes());
 }
 
 /// Prefetches the lines of `x` into L2 (ahead of an exact re-ranking).

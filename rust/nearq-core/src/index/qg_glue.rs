@@ -76,6 +76,33 @@ fn rerank_count(k: usize) -> usize {
     k + (k / 4).max(2)
 }
 
+/// Whether half-precision rows re-rank from their residual codes ([`QgIndex::exact_l2sq`])
+/// rather than the f32 vectors: yes unless `NEARQ_QG_RESID=0` is in the environment (read
+/// once) or [`set_residual_rerank`] says otherwise (A/B runs).
+fn residual_rerank() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match RESID_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *ENV.get_or_init(|| !std::env::var("NEARQ_QG_RESID").is_ok_and(|v| v.trim() == "0")),
+    }
+}
+
+static RESID_OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+#[doc(hidden)]
+/// Experiment switch for the whole process: `Some(false)` re-ranks half-precision rows' final
+/// candidates from the f32 vectors, `Some(true)` from the residual codes (the default), `None`
+/// restores the default (or `NEARQ_QG_RESID`).
+pub fn set_residual_rerank(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    RESID_OVERRIDE.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Index {
     /// Whether the configuration can carry a quantized graph at all.
     fn qg_eligible(&self) -> bool {
@@ -222,6 +249,7 @@ impl Index {
             _ => None,
         };
         let kk = if exact.is_some() { rerank_count(k) } else { k };
+        let resid = qg.has_residuals() && residual_rerank();
         let ef = ef.max(kk);
         let metric = self.metric();
         let kern = nearq_kernels::kernels();
@@ -253,23 +281,36 @@ impl Index {
             RERANK.with(|c| {
                 let (cand, qn) = &mut *c.borrow_mut();
                 cand.clear();
-                let mut out = |_: usize, v: u32, _: f32| cand.push((0.0f32, v));
+                let mut out = |_: usize, v: u32, d: f32| cand.push((d, v));
                 if del.count > 0 {
                     qg.search_accept(q, kk, ef, |v| !del.contains(v), &mut out);
                 } else {
                     qg.search_accept(q, kk, ef, |_| true, &mut out);
-                }
-                for &(_, v) in cand.iter() {
-                    crate::qg::prefetch_vector(&x[v as usize * dim..(v as usize + 1) * dim]);
                 }
                 qn.clear();
                 qn.extend_from_slice(q);
                 if metric.normalizes() {
                     crate::metric::normalize(qn);
                 }
-                for (d, v) in cand.iter_mut() {
-                    let xv = &x[*v as usize * dim..(*v as usize + 1) * dim];
-                    *d = metric.distance(kern, qn, xv);
+                if resid {
+                    // The rows' distances corrected by the residual codes (a quarter of the
+                    // f32 vectors' bytes; see `QgIndex::exact_l2sq`).
+                    for &(_, v) in cand.iter() {
+                        qg.prefetch_residual(v);
+                    }
+                    let q_sum: f32 = qn.iter().sum();
+                    let (to_l2, from_l2) = if metric.normalizes() { (2.0, 0.5) } else { (1.0, 1.0) };
+                    for (d, v) in cand.iter_mut() {
+                        *d = from_l2 * qg.exact_l2sq(qn, q_sum, *v, *d * to_l2).max(0.0);
+                    }
+                } else {
+                    for &(_, v) in cand.iter() {
+                        crate::qg::prefetch_vector(&x[v as usize * dim..(v as usize + 1) * dim]);
+                    }
+                    for (d, v) in cand.iter_mut() {
+                        let xv = &x[*v as usize * dim..(*v as usize + 1) * dim];
+                        *d = metric.distance(kern, qn, xv);
+                    }
                 }
                 cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 for (j, &(d, v)) in cand.iter().take(k).enumerate() {
