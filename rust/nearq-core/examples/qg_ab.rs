@@ -1,7 +1,7 @@
 //! Interleaved A/B timing of quantized-graph variants over one float graph (cosine, one query
-//! per call). Each variant is `BITS:HALF@EF[/LINES[/STRIDE]]` (neighbour code bits,
+//! per call). Each variant is `BITS:HALF@EF[/LINES[/STRIDE]][+la|-la]` (neighbour code bits,
 //! half-precision row vectors, beam width; optionally only the first LINES lines of a row
-//! prefetched ahead of its expansion, every STRIDE-th); its rows are rebuilt from the same float graph. Every round times each chunk of
+//! prefetched ahead of its expansion, every STRIDE-th; lookahead order on or off); its rows are rebuilt from the same float graph. Every round times each chunk of
 //! 100 queries on every variant in turn (order rotated), and the report gives each variant's
 //! recall@10 and the median and quartiles over rounds of its time relative to the first.
 //!
@@ -37,7 +37,13 @@ fn main() {
     let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
     let mut vars = Vec::new();
     for v in opt("--variants").expect("--variants").split(',') {
-        let (cfg, rest) = v.split_once('@').unwrap();
+        // a trailing `+la` / `-la`: lookahead order on / off (QgIndex::set_lookahead)
+        let (v0, la) = match (v.strip_suffix("+la"), v.strip_suffix("-la")) {
+            (Some(x), _) => (x, Some(true)),
+            (_, Some(x)) => (x, Some(false)),
+            _ => (v, None),
+        };
+        let (cfg, rest) = v0.split_once('@').unwrap();
         let (bits, half) = cfg.split_once(':').unwrap();
         let (bits, half) = (bits.parse().unwrap(), half == "1");
         // EF[/PREFETCH_LINES[/STRIDE]]
@@ -47,6 +53,9 @@ fn main() {
         let pf_stride = it.next().map_or(1, |x| x.parse().unwrap());
         let mut qg = QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap();
         qg.set_prefetch(pf_lines, pf_stride);
+        if let Some(la) = la {
+            qg.set_lookahead(la);
+        }
         vars.push((v.to_string(), qg, ef));
     }
     let nv = vars.len();

@@ -90,6 +90,9 @@ pub struct QgIndex {
     /// `pf_stride`-th line from the start (experiment switch, see [`QgIndex::set_prefetch`]).
     pf_lines: usize,
     pf_stride: usize,
+    /// The next expansion is chosen before the current one's neighbours are scored (see
+    /// `search_in`; on unless turned off for experiments).
+    lookahead: bool,
     /// With half-precision rows: per node, the f32 vector's rounding residual against its
     /// row copy as an 8-bit code ([`QgIndex::exact_l2sq`]); `resid_n` records are filled.
     /// Built by [`QgIndex::sync`] (from the f32 vectors), not saved.
@@ -221,6 +224,7 @@ impl QgIndex {
             k: kernels(),
             pf_lines: usize::MAX,
             pf_stride: 1,
+            lookahead: true,
             resid: Rows::default(),
             resid_n: 0,
         };
@@ -535,6 +539,7 @@ impl QgIndex {
             k: kernels(),
             pf_lines: usize::MAX,
             pf_stride: 1,
+            lookahead: true,
             resid: Rows::default(),
             resid_n: 0,
         };
@@ -616,6 +621,15 @@ impl QgIndex {
     pub fn set_prefetch(&mut self, lines: usize, stride: usize) {
         self.pf_lines = lines;
         self.pf_stride = stride.max(1);
+    }
+
+    #[doc(hidden)]
+    /// Experiment switch: choose each expansion one expansion ahead (the default: its row then
+    /// has a whole expansion's time to arrive, at the price of an order that lags one step) or
+    /// as late as possible (the nearest unexpanded candidate once the current expansion is
+    /// done, its row prefetched on a guess).
+    pub fn set_lookahead(&mut self, on: bool) {
+        self.lookahead = on;
     }
 
     /// Whether the rows hold the vectors in half precision.
@@ -840,6 +854,15 @@ impl QgIndex {
     /// all lie within the estimator's noise, e.g. random vectors, the beam then keeps admitting
     /// lucky estimates and the search nearly visits the whole graph.)
     ///
+    /// Lookahead order (the default): the node to expand after `v` is taken from the pool
+    /// when `v`'s expansion starts, before `v`'s neighbours are scored, and its row is
+    /// prefetched then, so it has a whole expansion's time to arrive; a neighbour of `v` that
+    /// would have come first waits one step. On the benchmark machine the 50k MiniLM graph
+    /// needs about 5% more expansions for recall 0.95 this way, each about 7% cheaper (no row
+    /// arrives late), 2.5% faster in all (`examples/qg_ab`). Without it, the next node is the
+    /// nearest unexpanded one once `v` is done, its row prefetched on a guess that is wrong
+    /// when a neighbour of `v` gets ahead.
+    ///
     /// Only nodes `accept` admits become results (the others still route the search).
     fn search_in<A: Fn(u32) -> bool>(
         &self,
@@ -869,21 +892,48 @@ impl QgIndex {
         s.pool.insert(0.0, self.entry);
         let mut expanded = 0;
         let mut est = [0f32; 32];
-        while let Some(v) = s.pool.pop() {
-            // A node can sit in the pool more than once (estimated from several parents).
-            if s.visited.mark(v) {
-                continue;
-            }
-            expanded += 1;
-            // The next expansion unless a neighbour of `v` gets ahead of it: fetched while
-            // `v` is processed, and re-fetched below if the guess proves wrong.
-            let (next, mut next_d) = match s.pool.peek(&s.visited) {
-                Some((i, d)) => (Some(i), d),
-                None => (None, f32::INFINITY),
+        let la = self.lookahead;
+        let mut pending: Option<u32> = None;
+        loop {
+            let v = match pending.take() {
+                Some(v) => v,
+                None => {
+                    let Some(v) = s.pool.pop() else { break };
+                    // A node can sit in the pool more than once (estimated from several
+                    // parents).
+                    if s.visited.mark(v) {
+                        continue;
+                    }
+                    v
+                }
             };
-            if let Some(nx) = next {
-                prefetch_row(nx);
-            }
+            expanded += 1;
+            let (next, mut next_d) = if la {
+                // Lookahead: the next expansion is fixed now, before `v`'s neighbours are
+                // known, so its row has a whole expansion's time to arrive.
+                pending = loop {
+                    match s.pool.pop() {
+                        None => break None,
+                        Some(u) if s.visited.mark(u) => continue,
+                        Some(u) => break Some(u),
+                    }
+                };
+                if let Some(u) = pending {
+                    prefetch_row(u);
+                }
+                (pending, f32::NEG_INFINITY)
+            } else {
+                // The next expansion unless a neighbour of `v` gets ahead of it: fetched while
+                // `v` is processed, and re-fetched below if the guess proves wrong.
+                let (next, next_d) = match s.pool.peek(&s.visited) {
+                    Some((i, d)) => (Some(i), d),
+                    None => (None, f32::INFINITY),
+                };
+                if let Some(nx) = next {
+                    prefetch_row(nx);
+                }
+                (next, next_d)
+            };
             let mut early = None;
             let row = self.row(v);
             let g_add = self.vec_l2sq(q, row);
@@ -933,7 +983,7 @@ impl QgIndex {
                 }
             }
             let nx = s.pool.peek(&s.visited).map(|p| p.0);
-            if nx != next && nx != early {
+            if !la && nx != next && nx != early {
                 if let Some(nx) = nx {
                     prefetch_row(nx);
                 }
@@ -1045,7 +1095,8 @@ impl QgIndex {
     pub(crate) fn exact_l2sq(&self, q: &[f32], q_sum: f32, v: u32, g: f32) -> f32 {
         let (dim, rr) = (self.dim, self.resid_bytes());
         let rec = &self.resid.bytes()[v as usize * rr..(v as usize + 1) * rr];
-        let f = |i: usize| f32::from_le_bytes(rec[dim + 4 * i..dim + 4 * i + 4].try_into().unwrap());
+        let f =
+            |i: usize| f32::from_le_bytes(rec[dim + 4 * i..dim + 4 * i + 4].try_into().unwrap());
         let (step, a, b) = (f(0), f(1), f(2));
         let qt = (self.k.dot_f32_u8)(q, &rec[..dim]) - 128.0 * q_sum;
         g - 2.0 * step * (qt - a) + b

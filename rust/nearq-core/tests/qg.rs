@@ -238,3 +238,57 @@ fn qg_estimates_are_unbiased_and_two_bits_err_about_half_as_much() {
     let ratio = mean_abs[1] / mean_abs[0];
     assert!((0.35..0.65).contains(&ratio), "2-bit / 1-bit error {ratio}");
 }
+
+/// With half-precision rows, the Index API re-ranks its final candidates from 8-bit codes of
+/// the f32 vectors' rounding residuals: the distances it reports must match the f32 vectors'
+/// to within f32 rounding (the f16 row copies alone err by about 1e-4 here).
+#[test]
+fn qg_half_rows_report_exact_distances() {
+    let (n, dim, k) = (2000, 96, 10);
+    let data = clustered(n, dim, 51);
+    let queries = clustered(50, dim, 52);
+    for metric in [Metric::L2, Metric::Cosine] {
+        let p = IndexParams {
+            metric,
+            encoding: EncodingSpec::RaBitQ { bits: 4 },
+            keep_vectors: true,
+            ..Default::default()
+        };
+        let index = Index::build(&data, dim, &p, Some(2), &|_, _| {}).unwrap();
+        assert!(index.quantized_graph().unwrap().half_vectors());
+        let unit = |v: &[f32]| -> Vec<f64> {
+            let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            if metric == Metric::Cosine {
+                let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            } else {
+                v
+            }
+        };
+        let sp = nearq_core::SearchParams {
+            k,
+            ef: Some(64),
+            rerank: None,
+        };
+        let (mut worst, mut scale) = (0f64, 0f64);
+        for q in queries.chunks_exact(dim) {
+            let (ids, dists) = index.search(q, &sp, Some(1)).unwrap();
+            let qv = unit(q);
+            for (&id, &d) in ids.iter().zip(&dists) {
+                let x = unit(&data[id as usize * dim..(id as usize + 1) * dim]);
+                let l2: f64 = qv.iter().zip(&x).map(|(a, b)| (a - b) * (a - b)).sum();
+                let want = if metric == Metric::Cosine {
+                    0.5 * l2
+                } else {
+                    l2
+                };
+                worst = worst.max((d as f64 - want).abs());
+                scale = scale.max(want);
+            }
+        }
+        assert!(
+            worst <= 2e-6 * scale.max(1.0),
+            "{metric:?}: distance error {worst} (largest distance {scale})"
+        );
+    }
+}

@@ -1678,6 +1678,14 @@ mod imp {
         if n < 16 {
             return crate::scalar::fwht_f32(x);
         }
+        // Up to 512 entries (a query rotation's block) all stages run in registers.
+        match n {
+            64 => return fwht_regs::<4>(x),
+            128 => return fwht_regs::<8>(x),
+            256 => return fwht_regs::<16>(x),
+            512 => return fwht_regs::<32>(x),
+            _ => {}
+        }
         let p = x.as_mut_ptr();
         let mut i = 0;
         while i < n {
@@ -1713,6 +1721,42 @@ mod imp {
                 b += 2 * h;
             }
             h *= 2;
+        }
+    }
+
+    /// Stages `h = 1..8` within each of the `R` registers, as in [`fwht_f32`]; then stage
+    /// `h = 16 r` between registers `i` and `i + r`, in the same stage order (bit-identical).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn fwht_regs<const R: usize>(x: &mut [f32]) {
+        debug_assert_eq!(x.len(), 16 * R);
+        let p = x.as_mut_ptr();
+        let mut v = [_mm512_setzero_ps(); R];
+        for (i, r) in v.iter_mut().enumerate() {
+            // SAFETY: 16 i + 16 <= 16 R = x.len().
+            let mut w = unsafe { _mm512_loadu_ps(p.add(16 * i)) };
+            let s = _mm512_permute_ps::<0b10_11_00_01>(w);
+            w = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_permute_ps::<0b01_00_11_10>(w);
+            w = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w);
+            w = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
+            *r = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+        }
+        let mut h = 1;
+        while h < R {
+            for i in 0..R {
+                if i & h == 0 {
+                    let (a, b) = (v[i], v[i + h]);
+                    v[i] = _mm512_add_ps(a, b);
+                    v[i + h] = _mm512_sub_ps(a, b);
+                }
+            }
+            h *= 2;
+        }
+        for (i, r) in v.iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(p.add(16 * i), *r) };
         }
     }
 

@@ -299,7 +299,11 @@ impl Index {
                         qg.prefetch_residual(v);
                     }
                     let q_sum: f32 = qn.iter().sum();
-                    let (to_l2, from_l2) = if metric.normalizes() { (2.0, 0.5) } else { (1.0, 1.0) };
+                    let (to_l2, from_l2) = if metric.normalizes() {
+                        (2.0, 0.5)
+                    } else {
+                        (1.0, 1.0)
+                    };
                     for (d, v) in cand.iter_mut() {
                         *d = from_l2 * qg.exact_l2sq(qn, q_sum, *v, *d * to_l2).max(0.0);
                     }
