@@ -1743,17 +1743,25 @@ mod imp {
             let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
             *r = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
         }
-        let mut h = 1;
-        while h < R {
-            for i in 0..R {
-                if i & h == 0 {
-                    let (a, b) = (v[i], v[i + h]);
-                    v[i] = _mm512_add_ps(a, b);
-                    v[i + h] = _mm512_sub_ps(a, b);
+        // constant strides, so that the loops unroll and `v` stays in registers
+        macro_rules! stage {
+            ($h:expr) => {
+                if $h < R {
+                    for i in 0..R {
+                        if i & $h == 0 {
+                            let (a, b) = (v[i], v[i + $h]);
+                            v[i] = _mm512_add_ps(a, b);
+                            v[i + $h] = _mm512_sub_ps(a, b);
+                        }
+                    }
                 }
-            }
-            h *= 2;
+            };
         }
+        stage!(1);
+        stage!(2);
+        stage!(4);
+        stage!(8);
+        stage!(16);
         for (i, r) in v.iter().enumerate() {
             // SAFETY: as above.
             unsafe { _mm512_storeu_ps(p.add(16 * i), *r) };
