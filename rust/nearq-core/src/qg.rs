@@ -32,8 +32,11 @@
 //! 2-bit grid index is `2 · sign bit + low bit`. Two bits halve the estimates' error (tested),
 //! which cut the expansions for recall@10 0.95 on 50k MiniLM vectors from 46.7 to 34.5.
 //! Squared L2 is searched; cosine indexes store unit vectors and report `||q - u||^2 / 2`.
-//! With f16 vectors in the rows, the caller re-ranks the final candidates with the f32
-//! vectors (`index/qg_glue.rs`), so reported distances stay exact.
+//! With f16 vectors in the rows, the caller re-ranks the final candidates exactly
+//! (`index/qg_glue.rs`): not from the f32 vectors (random reads of `4d` bytes each at the end
+//! of every query), but from a record per node holding the f32 vector's rounding residual
+//! `x - f16(x)` as 8-bit codes with one step (`d` bytes plus three factors; see
+//! [`QgIndex::exact_l2sq`]), which corrects the rows' f16 distance to within f32 rounding.
 //!
 //! # Search cost
 //! A query is rotated and tabled once (`fwht_f32` and `fastscan_lut_u8` kernels); then each
@@ -41,9 +44,9 @@
 //! one FastScan pass per plane, 32 estimates compared with the beam's threshold in one go, and
 //! insertions for the few that pass. The rows live in storage advised to use transparent huge
 //! pages (a row per 4 KiB page would cost a TLB miss per expansion), and the next expansion's
-//! row is prefetched into L2 while the current one is processed: the pool's next candidate at
-//! the start, the best new estimate as soon as it beats that, the actual next candidate at the
-//! end if both guesses missed. The candidate pool is a sorted array whose insertions count
+//! row is prefetched into L2 while the current one is processed: in lookahead order (the
+//! default) the next expansion is fixed when the current one starts, so its row has a whole
+//! expansion to arrive (see `search_in`). The candidate pool is a sorted array whose insertions count
 //! (vectorised) rather than binary-search and shift inline rather than call `memmove`.
 
 use crate::encoding::rotation::Rotation;

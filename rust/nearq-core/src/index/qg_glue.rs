@@ -46,11 +46,11 @@ const QG_ON: u8 = 2;
 
 /// Whether new rows hold their vectors in half precision: where f16 represents the data
 /// ([`QgIndex::half_fits`]; always for cosine) unless `NEARQ_QG_HALF=0` is in the environment
-/// when the rows are built (for A/B comparisons). It takes 768 bytes off each row at d = 384;
-/// searches re-rank the final candidates with the f32 vectors, so the reported distances are
-/// exact either way. With 1-bit rows this did not pay on the benchmark machine (2.6% slower:
-/// re-ranking from the f32 vectors cost more than the smaller rows saved); with 2-bit rows,
-/// a fifth larger, it did (see `QgIndex`).
+/// when the rows are built (for A/B comparisons). It takes 768 bytes off each row at d = 384
+/// and adds a 448-byte residual record per node, read only for the final candidates, whose
+/// distances it makes exact (see [`QgIndex::exact_l2sq`]). (Re-ranking from the f32 vectors
+/// instead, 1536 bytes per candidate, ate most of the smaller rows' gain on the benchmark
+/// machine: 2-bit f16 and f32 rows tied through the Index API.)
 fn half_rows(data: &[f32]) -> bool {
     let off = std::env::var("NEARQ_QG_HALF").is_ok_and(|v| v.trim() == "0");
     !off && QgIndex::half_fits(data)
@@ -69,7 +69,7 @@ fn qg_bits(enc_bits: u32) -> usize {
     }
 }
 
-/// Candidates re-ranked with the f32 vectors when the rows hold half-precision vectors: the
+/// Candidates re-ranked exactly when the rows hold half-precision vectors: the
 /// `k` best by the rows' distances plus a margin for near ties at the boundary (the rows'
 /// distances differ from the exact ones by about 2^-11 of the vectors' scale).
 fn rerank_count(k: usize) -> usize {
@@ -243,7 +243,8 @@ impl Index {
         let k = p.k;
         let ef = p.ef.unwrap_or(64).max(k).max(p.rerank.unwrap_or(0));
         // Rows in half precision: the final candidates get their exact distances from the
-        // f32 vectors (normalised for cosine, as the rows' are).
+        // residual records (or, without them, the f32 vectors, normalised for cosine as the
+        // rows' are).
         let exact = match (&self.inner, qg.half_vectors()) {
             (super::Inner::RaBitQ(g), true) => g.vectors.as_ref().map(|v| v.as_slice()),
             _ => None,
