@@ -1166,8 +1166,8 @@ fn prefetch_l2(p: *const u8) {
 }
 
 /// The query-side copy of [`Rotation`], bit-identical to [`Rotation::apply`] (the same
-/// operations in the same order) but faster: the sign flips are XOR masks and the
-/// Walsh–Hadamard transforms run in the `fwht_f32` kernel.
+/// operations in the same order) but faster: the sign flips are XOR masks and the rounds run
+/// in the `rotate_rounds_f32` kernel (in registers with AVX-512 up to 512 dimensions).
 struct QueryRot {
     pad: usize,
     /// `ROUNDS · pad` masks, `0x8000_0000` where the coordinate is negated.
@@ -1192,31 +1192,7 @@ impl QueryRot {
         let out = &mut out[..d];
         let t = 1usize << (usize::BITS - 1 - d.leading_zeros());
         let scale = 1.0 / (t as f32).sqrt();
-        for (r, masks) in self.masks.chunks_exact(d).enumerate() {
-            for (o, &m) in out.iter_mut().zip(masks) {
-                *o = f32::from_bits(o.to_bits() ^ m);
-            }
-            let start = if r % 2 == 0 { 0 } else { d - t };
-            let block = &mut out[start..start + t];
-            (k.fwht_f32)(block);
-            for v in block.iter_mut() {
-                *v *= scale;
-            }
-            if t < d {
-                let (a, b) = out.split_at_mut(d / 2);
-                butterflies(a, b, std::f32::consts::FRAC_1_SQRT_2);
-            }
-        }
-    }
-}
-
-/// `(a, b) <- ((a + b) s, (a - b) s)`, elementwise.
-#[inline(never)]
-fn butterflies(a: &mut [f32], b: &mut [f32], s: f32) {
-    for (u, v) in a.iter_mut().zip(b.iter_mut()) {
-        let (p, q) = (*u, *v);
-        *u = (p + q) * s;
-        *v = (p - q) * s;
+        (k.rotate_rounds_f32)(out, &self.masks, t, scale);
     }
 }
 

@@ -53,6 +53,7 @@ static TABLE: Kernels = Kernels {
     and_popcount_u64,
     fastscan_u16,
     fwht_f32,
+    rotate_rounds_f32,
     fastscan_lut_u8,
     nearest_centroid_t,
     fastscan_pack_u4,
@@ -159,6 +160,10 @@ fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
 fn fwht_f32(x: &mut [f32]) {
     // SAFETY: only reachable through TABLE, handed out after detecting neon.
     unsafe { imp::fwht_f32(x) }
+}
+
+fn rotate_rounds_f32(x: &mut [f32], masks: &[u32], t: usize, scale: f32) {
+    crate::scalar::rotate_rounds_with(x, masks, t, scale, fwht_f32);
 }
 
 fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {

@@ -159,6 +159,9 @@ pub struct Kernels {
     /// In-place unnormalised Walsh–Hadamard transform (length a power of two); bit-identical
     /// to [`scalar::fwht_f32`].
     pub fwht_f32: fn(x: &mut [f32]),
+    /// Rounds of a structured random rotation (sign flips, Walsh–Hadamard transforms, half
+    /// mixing); bit-identical to [`scalar::rotate_rounds_f32`].
+    pub rotate_rounds_f32: fn(x: &mut [f32], masks: &[u32], t: usize, scale: f32),
     /// The u8 FastScan tables of 4-dimension groups of float weights; bit-identical to
     /// [`scalar::fastscan_lut_u8`].
     pub fastscan_lut_u8: fn(w: &[f32], scale: f32, out: &mut [u8]),
@@ -203,6 +206,7 @@ static SCALAR: Kernels = Kernels {
     and_popcount_u64: scalar::and_popcount_u64,
     fastscan_u16: scalar::fastscan_u16,
     fwht_f32: scalar::fwht_f32,
+    rotate_rounds_f32: scalar::rotate_rounds_f32,
     fastscan_lut_u8: scalar::fastscan_lut_u8,
     nearest_centroid_t: scalar::nearest_centroid_t,
     fastscan_pack_u4: scalar::fastscan_pack_u4,

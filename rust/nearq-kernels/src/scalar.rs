@@ -453,6 +453,52 @@ pub fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
     }
 }
 
+/// Rounds of a structured random rotation of `x` (length `d`, a multiple of 64), in place:
+/// round `r` flips signs (`x_i ^= masks[r d + i]`, sign-bit masks), applies the unnormalised
+/// Walsh–Hadamard transform to the block of `t` entries (the largest power of two <= `d`)
+/// starting at 0 (even rounds) or `d - t` (odd rounds) and multiplies that block by `scale`,
+/// then, when `t < d`, mixes the halves: `(a, b) <- ((a + b) s, (a - b) s)` with
+/// `s = 1/sqrt(2)`. `masks.len()` is a multiple of `d` (the number of rounds).
+pub fn rotate_rounds_f32(x: &mut [f32], masks: &[u32], t: usize, scale: f32) {
+    rotate_rounds_with(x, masks, t, scale, fwht_f32);
+}
+
+/// [`rotate_rounds_f32`] with the given transform (each instruction set's `fwht_f32`, which is
+/// bit-identical to the scalar one, so the results are too).
+pub(crate) fn rotate_rounds_with(
+    x: &mut [f32],
+    masks: &[u32],
+    t: usize,
+    scale: f32,
+    fwht: impl Fn(&mut [f32]),
+) {
+    let d = x.len();
+    assert!(
+        d > 0 && d % 64 == 0 && masks.len() % d == 0 && t.is_power_of_two() && t <= d && 2 * t > d,
+        "rotate_rounds_f32: bad sizes"
+    );
+    for (r, m) in masks.chunks_exact(d).enumerate() {
+        for (o, &m) in x.iter_mut().zip(m) {
+            *o = f32::from_bits(o.to_bits() ^ m);
+        }
+        let start = if r % 2 == 0 { 0 } else { d - t };
+        let block = &mut x[start..start + t];
+        fwht(block);
+        for v in block.iter_mut() {
+            *v *= scale;
+        }
+        if t < d {
+            let (a, b) = x.split_at_mut(d / 2);
+            let s = std::f32::consts::FRAC_1_SQRT_2;
+            for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+                let (p, q) = (*u, *v);
+                *u = (p + q) * s;
+                *v = (p - q) * s;
+            }
+        }
+    }
+}
+
 /// In-place unnormalised Walsh–Hadamard transform, `x <- H x`; `x.len()` must be a power of
 /// two (or 0).
 ///

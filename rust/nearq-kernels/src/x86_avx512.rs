@@ -117,6 +117,7 @@ fn table(vnni: bool, vpopcntdq: bool) -> Option<&'static Kernels> {
         },
         fastscan_u16,
         fwht_f32,
+        rotate_rounds_f32,
         fastscan_lut_u8,
         nearest_centroid_t,
         fastscan_pack_u4,
@@ -274,6 +275,11 @@ fn fastscan_u16(codes: &[u8], luts: &[u8], out: &mut [u16; 32]) {
 fn fwht_f32(x: &mut [f32]) {
     // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
     unsafe { imp::fwht_f32(x) }
+}
+
+fn rotate_rounds_f32(x: &mut [f32], masks: &[u32], t: usize, scale: f32) {
+    // SAFETY: only reachable through a table built after detecting avx512f/bw/vl.
+    unsafe { imp::rotate_rounds_f32(x, masks, t, scale) }
 }
 
 fn fastscan_lut_u8(w: &[f32], scale: f32, out: &mut [u8]) {
@@ -1721,6 +1727,102 @@ mod imp {
                 b += 2 * h;
             }
             h *= 2;
+        }
+    }
+
+    /// Up to 512 entries the whole rotation runs in registers (`R = d / 16` of them, the
+    /// transform's block `T = t / 16`), with the scalar reference's operations in its order;
+    /// other sizes go through [`fwht_f32`] (bit-identical either way).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn rotate_rounds_f32(x: &mut [f32], masks: &[u32], t: usize, scale: f32) {
+        let d = x.len();
+        let fits = d > 0 && d % 64 == 0 && masks.len() % d == 0 && t.is_power_of_two();
+        match (fits, d, t) {
+            (true, 64, 64) => rotate_regs::<4, 4>(x, masks, scale),
+            (true, 128, 128) => rotate_regs::<8, 8>(x, masks, scale),
+            (true, 192, 128) => rotate_regs::<12, 8>(x, masks, scale),
+            (true, 256, 256) => rotate_regs::<16, 16>(x, masks, scale),
+            (true, 320, 256) => rotate_regs::<20, 16>(x, masks, scale),
+            (true, 384, 256) => rotate_regs::<24, 16>(x, masks, scale),
+            (true, 448, 256) => rotate_regs::<28, 16>(x, masks, scale),
+            (true, 512, 512) => rotate_regs::<32, 32>(x, masks, scale),
+            _ => crate::scalar::rotate_rounds_with(x, masks, t, scale, |b| fwht_f32(b)),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn rotate_regs<const R: usize, const T: usize>(x: &mut [f32], masks: &[u32], scale: f32) {
+        debug_assert!(x.len() == 16 * R && masks.len() % (16 * R) == 0);
+        let p = x.as_mut_ptr();
+        let mut v = [_mm512_setzero_ps(); R];
+        for (i, r) in v.iter_mut().enumerate() {
+            // SAFETY: 16 i + 16 <= 16 R = x.len().
+            *r = unsafe { _mm512_loadu_ps(p.add(16 * i)) };
+        }
+        let sc = _mm512_set1_ps(scale);
+        let hs = _mm512_set1_ps(core::f32::consts::FRAC_1_SQRT_2);
+        // One round's transform and scaling of registers `$start .. $start + T`: the four
+        // in-register stages of `fwht_f32`, then the stages between registers with constant
+        // strides (macros rather than functions, so that `v` stays in registers).
+        macro_rules! stage {
+            ($start:expr, $h:expr) => {
+                if $h < T {
+                    for i in 0..T {
+                        if i & $h == 0 {
+                            let (a, b) = (v[$start + i], v[$start + i + $h]);
+                            v[$start + i] = _mm512_add_ps(a, b);
+                            v[$start + i + $h] = _mm512_sub_ps(a, b);
+                        }
+                    }
+                }
+            };
+        }
+        macro_rules! block {
+            ($start:expr) => {
+                for r in v[$start..$start + T].iter_mut() {
+                    let mut w = *r;
+                    let s = _mm512_permute_ps::<0b10_11_00_01>(w);
+                    w = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+                    let s = _mm512_permute_ps::<0b01_00_11_10>(w);
+                    w = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+                    let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w);
+                    w = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+                    let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
+                    *r = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+                }
+                stage!($start, 1);
+                stage!($start, 2);
+                stage!($start, 4);
+                stage!($start, 8);
+                stage!($start, 16);
+                for r in v[$start..$start + T].iter_mut() {
+                    *r = _mm512_mul_ps(*r, sc);
+                }
+            };
+        }
+        for (round, m) in masks.chunks_exact(16 * R).enumerate() {
+            let pm = m.as_ptr();
+            for (i, r) in v.iter_mut().enumerate() {
+                // SAFETY: 16 i + 16 <= 16 R = m.len().
+                let mk = unsafe { _mm512_loadu_si512(pm.add(16 * i).cast()) };
+                *r = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(*r), mk));
+            }
+            if round % 2 == 0 {
+                block!(0);
+            } else {
+                block!(R - T);
+            }
+            if T < R {
+                for i in 0..R / 2 {
+                    let (a, b) = (v[i], v[i + R / 2]);
+                    v[i] = _mm512_mul_ps(_mm512_add_ps(a, b), hs);
+                    v[i + R / 2] = _mm512_mul_ps(_mm512_sub_ps(a, b), hs);
+                }
+            }
+        }
+        for (i, r) in v.iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(p.add(16 * i), *r) };
         }
     }
 

@@ -1560,3 +1560,32 @@ fn fastscan_pack_rejects_more_than_32_codes() {
     let mut out = vec![0u8; 32 * 4];
     (nearq_kernels::kernels().fastscan_pack_u4)(&base, 4, &[0; 33], 4, &mut out);
 }
+
+#[test]
+fn rotate_rounds_match_scalar_bit_for_bit() {
+    for d in [64usize, 128, 192, 256, 320, 384, 448, 512, 576, 1024] {
+        let t = 1usize << (usize::BITS - 1 - d.leading_zeros());
+        let scale = 1.0 / (t as f32).sqrt();
+        for rounds in 1..=4 {
+            let x = uniform(7 + d as u64 + rounds as u64, d);
+            let signs = uniform(11 + d as u64 * rounds as u64, d * rounds);
+            let masks: Vec<u32> = signs
+                .iter()
+                .map(|&s| if s < 0.0 { 1 << 31 } else { 0 })
+                .collect();
+            let mut want = x.clone();
+            scalar::rotate_rounds_f32(&mut want, &masks, t, scale);
+            // a rotation: the norm is kept
+            let (n0, n1): (f64, f64) = (
+                x.iter().map(|&v| (v as f64).powi(2)).sum(),
+                want.iter().map(|&v| (v as f64).powi(2)).sum(),
+            );
+            assert!((n0 - n1).abs() <= 1e-4 * n0, "d={d}: norm {n0} -> {n1}");
+            for k in simd_tables() {
+                let mut got = x.clone();
+                (k.rotate_rounds_f32)(&mut got, &masks, t, scale);
+                assert_eq!(bits(&got), bits(&want), "{} d={d} rounds={rounds}", k.isa);
+            }
+        }
+    }
+}
