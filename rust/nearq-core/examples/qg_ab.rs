@@ -1,7 +1,7 @@
 //! Interleaved A/B timing of quantized-graph variants over one float graph (cosine, one query
-//! per call). Each variant is `BITS:HALF@EF[/LINES[/STRIDE]][+la|-la]` (neighbour code bits,
+//! per call). Each variant is `BITS:HALF@EF[/LINES[/STRIDE[/CHUNKS]]][+la|-la]` (neighbour code bits,
 //! half-precision row vectors, beam width; optionally only the first LINES lines of a row
-//! prefetched ahead of its expansion, every STRIDE-th; lookahead order on or off); its rows are rebuilt from the same float graph. Every round times each chunk of
+//! prefetched ahead of its expansion, every STRIDE-th, in CHUNKS parts; lookahead order on or off); its rows are rebuilt from the same float graph. Every round times each chunk of
 //! 100 queries on every variant in turn (order rotated), and the report gives each variant's
 //! recall@10 and the median and quartiles over rounds of its time relative to the first.
 //!
@@ -51,8 +51,12 @@ fn main() {
         let ef = it.next().unwrap().parse::<usize>().unwrap();
         let pf_lines = it.next().map_or(usize::MAX, |x| x.parse().unwrap());
         let pf_stride = it.next().map_or(1, |x| x.parse().unwrap());
+        let pf_chunks: Option<usize> = it.next().map(|x| x.parse().unwrap());
         let mut qg = QgIndex::from_graph(&index, &data, build.seed, bits, half).unwrap();
         qg.set_prefetch(pf_lines, pf_stride);
+        if let Some(c) = pf_chunks {
+            qg.set_prefetch_chunks(c);
+        }
         if let Some(la) = la {
             qg.set_lookahead(la);
         }

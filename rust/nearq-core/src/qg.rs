@@ -46,7 +46,7 @@
 //! pages (a row per 4 KiB page would cost a TLB miss per expansion), and the next expansion's
 //! row is prefetched into L2 while the current one is processed: in lookahead order (the
 //! default) the next expansion is fixed when the current one starts, so its row has a whole
-//! expansion to arrive (see `search_in`). The candidate pool is a sorted array whose insertions count
+//! expansion to arrive, its prefetches spread over the expansion (see `search_in`). The candidate pool is a sorted array whose insertions count
 //! (vectorised) rather than binary-search and shift inline rather than call `memmove`.
 
 use crate::encoding::rotation::Rotation;
@@ -93,6 +93,8 @@ pub struct QgIndex {
     /// `pf_stride`-th line from the start (experiment switch, see [`QgIndex::set_prefetch`]).
     pf_lines: usize,
     pf_stride: usize,
+    /// Parts the next row's prefetches are issued in (lookahead order): 3, or 1 (experiments).
+    pf_chunks: usize,
     /// The next expansion is chosen before the current one's neighbours are scored (see
     /// `search_in`; on unless turned off for experiments).
     lookahead: bool,
@@ -227,6 +229,7 @@ impl QgIndex {
             k: kernels(),
             pf_lines: usize::MAX,
             pf_stride: 1,
+            pf_chunks: 3,
             lookahead: true,
             resid: Rows::default(),
             resid_n: 0,
@@ -542,6 +545,7 @@ impl QgIndex {
             k: kernels(),
             pf_lines: usize::MAX,
             pf_stride: 1,
+            pf_chunks: 3,
             lookahead: true,
             resid: Rows::default(),
             resid_n: 0,
@@ -624,6 +628,14 @@ impl QgIndex {
     pub fn set_prefetch(&mut self, lines: usize, stride: usize) {
         self.pf_lines = lines;
         self.pf_stride = stride.max(1);
+    }
+
+    #[doc(hidden)]
+    /// Experiment switch: in lookahead order, issue the next row's prefetches in three parts
+    /// (at the start of an expansion, after the node's distance, after the first block's
+    /// estimates) when `chunks` is 3, the default, or all at the start (any other value).
+    pub fn set_prefetch_chunks(&mut self, chunks: usize) {
+        self.pf_chunks = if chunks == 3 { 3 } else { 1 };
     }
 
     #[doc(hidden)]
@@ -864,12 +876,16 @@ impl QgIndex {
     ///
     /// Lookahead order (the default): the node to expand after `v` is taken from the pool
     /// when `v`'s expansion starts, before `v`'s neighbours are scored, and its row is
-    /// prefetched then, so it has a whole expansion's time to arrive; a neighbour of `v` that
-    /// would have come first waits one step. On the benchmark machine the 50k MiniLM graph
-    /// needs about 5% more expansions for recall 0.95 this way, each about 7% cheaper (no row
-    /// arrives late), 2.5% faster in all (`examples/qg_ab`). Without it, the next node is the
-    /// nearest unexpanded one once `v` is done, its row prefetched on a guess that is wrong
-    /// when a neighbour of `v` gets ahead.
+    /// prefetched during `v`'s expansion, so it has a whole expansion's time to arrive; a
+    /// neighbour of `v` that would have come first waits one step. The row's prefetches are
+    /// issued in three parts (at the start, after `v`'s distance, after its first block of
+    /// estimates): a row is 66 lines, more than the core's line-fill buffers, and prefetches
+    /// issued in one burst stall the core until buffers free up. On the benchmark machine the
+    /// 50k MiniLM graph needs about 5% more expansions for recall 0.95 in this order; each is
+    /// cheaper, and with the prefetches spread the bare graph ran 1.15x-1.22x the earlier
+    /// order (`examples/qg_ab`, `bench/results/device-2026-11-25-session8`). Without it, the
+    /// next node is the nearest unexpanded one once `v` is done, its row prefetched on a
+    /// guess that is wrong when a neighbour of `v` gets ahead.
     ///
     /// Only nodes `accept` admits become results (the others still route the search).
     fn search_in<A: Fn(u32) -> bool>(
@@ -907,6 +923,15 @@ impl QgIndex {
         let mut expanded = 0;
         let mut est = [0f32; 32];
         let la = self.lookahead;
+        // in lookahead order, the next row's prefetches are spread over three points of the
+        // expansion (`chunks` 3; 1 for experiments: all at the start)
+        let chunks = if la { self.pf_chunks.max(1) } else { 1 };
+        let prefetch_part = |v: u32, a: usize, b: usize| {
+            let p = self.row(v).as_ptr();
+            for l in a..b {
+                prefetch_l2(p.wrapping_add(64 * l));
+            }
+        };
         let mut pending: Option<u32> = None;
         loop {
             let v = match pending.take() {
@@ -933,7 +958,11 @@ impl QgIndex {
                     }
                 };
                 if let Some(u) = pending {
-                    prefetch_row(u);
+                    if chunks > 1 {
+                        prefetch_part(u, 0, lines / chunks);
+                    } else {
+                        prefetch_row(u);
+                    }
                 }
                 (pending, f32::NEG_INFINITY)
             } else {
@@ -951,6 +980,11 @@ impl QgIndex {
             let mut early = None;
             let row = self.row(v);
             let g_add = self.vec_l2sq(q, row);
+            if chunks > 1 {
+                if let Some(u) = pending {
+                    prefetch_part(u, lines / chunks, 2 * lines / chunks);
+                }
+            }
             if (s.res.len() < k || g_add < s.res[s.res.len() - 1].0) && accept(v) {
                 if s.res.len() < k {
                     s.res.push((g_add, v));
@@ -963,6 +997,11 @@ impl QgIndex {
             let ids: &[u32] = bytemuck::cast_slice(&row[oid..oid + deg * 4]);
             for blk in 0..deg / 32 {
                 self.block_estimates(row, blk, g_add, (a_mul, b_add), lut, &mut est);
+                if chunks > 1 && blk == 0 {
+                    if let Some(u) = pending {
+                        prefetch_part(u, 2 * lines / chunks, lines);
+                    }
+                }
                 let ids: &[u32; 32] = ids[blk * 32..blk * 32 + 32].try_into().unwrap();
                 // Only the lanes inside the beam are looked at (empty slots have f_add = +inf).
                 let thr = s.pool.threshold();
