@@ -474,7 +474,12 @@ pub(crate) fn rotate_rounds_with(
 ) {
     let d = x.len();
     assert!(
-        d > 0 && d % 64 == 0 && masks.len() % d == 0 && t.is_power_of_two() && t <= d && 2 * t > d,
+        d > 0
+            && d.is_multiple_of(64)
+            && masks.len().is_multiple_of(d)
+            && t.is_power_of_two()
+            && t <= d
+            && 2 * t > d,
         "rotate_rounds_f32: bad sizes"
     );
     for (r, m) in masks.chunks_exact(d).enumerate() {

@@ -1736,7 +1736,8 @@ mod imp {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) fn rotate_rounds_f32(x: &mut [f32], masks: &[u32], t: usize, scale: f32) {
         let d = x.len();
-        let fits = d > 0 && d % 64 == 0 && masks.len() % d == 0 && t.is_power_of_two();
+        let fits =
+            d > 0 && d.is_multiple_of(64) && masks.len().is_multiple_of(d) && t.is_power_of_two();
         match (fits, d, t) {
             (true, 64, 64) => rotate_regs::<4, 4>(x, masks, scale),
             (true, 128, 128) => rotate_regs::<8, 8>(x, masks, scale),
@@ -1752,7 +1753,7 @@ mod imp {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     fn rotate_regs<const R: usize, const T: usize>(x: &mut [f32], masks: &[u32], scale: f32) {
-        debug_assert!(x.len() == 16 * R && masks.len() % (16 * R) == 0);
+        debug_assert!(x.len() == 16 * R && masks.len().is_multiple_of(16 * R));
         let p = x.as_mut_ptr();
         let mut v = [_mm512_setzero_ps(); R];
         for (i, r) in v.iter_mut().enumerate() {
