@@ -89,20 +89,43 @@ pub struct QgIndex {
     entry: u32,
     n: usize,
     k: &'static Kernels,
+    /// How the search orders expansions and prefetches rows (defaults; experiment switches).
+    knobs: SearchKnobs,
+    /// With half-precision rows: per node, the f32 vector's rounding residual against its
+    /// row copy as an 8-bit code ([`QgIndex::exact_l2sq`]). Built by [`QgIndex::sync`] (from
+    /// the f32 vectors), not saved.
+    resid: Residuals,
+}
+
+/// Search settings of a [`QgIndex`]: the defaults, changed only by experiment switches.
+struct SearchKnobs {
     /// Lines of a row prefetched ahead of its expansion (at most the row's), every
-    /// `pf_stride`-th line from the start (experiment switch, see [`QgIndex::set_prefetch`]).
+    /// `pf_stride`-th line from the start (see [`QgIndex::set_prefetch`]).
     pf_lines: usize,
     pf_stride: usize,
-    /// Parts the next row's prefetches are issued in (lookahead order): 3, or 1 (experiments).
+    /// Parts the next row's prefetches are issued in (lookahead order): 3, or 1.
     pf_chunks: usize,
     /// The next expansion is chosen before the current one's neighbours are scored (see
-    /// `search_in`; on unless turned off for experiments).
+    /// `search_in`).
     lookahead: bool,
-    /// With half-precision rows: per node, the f32 vector's rounding residual against its
-    /// row copy as an 8-bit code ([`QgIndex::exact_l2sq`]); `resid_n` records are filled.
-    /// Built by [`QgIndex::sync`] (from the f32 vectors), not saved.
-    resid: Rows,
-    resid_n: usize,
+}
+
+impl Default for SearchKnobs {
+    fn default() -> Self {
+        SearchKnobs {
+            pf_lines: usize::MAX,
+            pf_stride: 1,
+            pf_chunks: 3,
+            lookahead: true,
+        }
+    }
+}
+
+/// Residual records (see [`QgIndex::exact_l2sq`]): `n` of them filled.
+#[derive(Default)]
+struct Residuals {
+    rows: Rows,
+    n: usize,
 }
 
 #[derive(Default)]
@@ -227,12 +250,8 @@ impl QgIndex {
             entry,
             n: 0,
             k: kernels(),
-            pf_lines: usize::MAX,
-            pf_stride: 1,
-            pf_chunks: 3,
-            lookahead: true,
-            resid: Rows::default(),
-            resid_n: 0,
+            knobs: SearchKnobs::default(),
+            resid: Residuals::default(),
         };
         q.row_bytes = (q.off_ids() + degree * 4).div_ceil(64) * 64;
         q.sync(g, entry, data, None);
@@ -543,12 +562,8 @@ impl QgIndex {
             entry,
             n,
             k: kernels(),
-            pf_lines: usize::MAX,
-            pf_stride: 1,
-            pf_chunks: 3,
-            lookahead: true,
-            resid: Rows::default(),
-            resid_n: 0,
+            knobs: SearchKnobs::default(),
+            resid: Residuals::default(),
         };
         if row_bytes != (q.off_ids() + degree * 4).div_ceil(64) * 64 {
             return Err(bad("row size does not match the header"));
@@ -608,7 +623,7 @@ impl QgIndex {
     }
     /// Bytes held in RAM.
     pub fn memory_bytes(&self) -> usize {
-        self.rows.allocated() + self.resid.allocated() + self.rot.memory_bytes()
+        self.rows.allocated() + self.resid.rows.allocated() + self.rot.memory_bytes()
     }
 
     /// Squared L2 from `q` to the vector at the start of `row` (in half precision: to the
@@ -626,8 +641,8 @@ impl QgIndex {
     /// Experiment switch: prefetch only the first `lines` lines of a row ahead of its
     /// expansion (`usize::MAX`: all), every `stride`-th of them.
     pub fn set_prefetch(&mut self, lines: usize, stride: usize) {
-        self.pf_lines = lines;
-        self.pf_stride = stride.max(1);
+        self.knobs.pf_lines = lines;
+        self.knobs.pf_stride = stride.max(1);
     }
 
     #[doc(hidden)]
@@ -635,7 +650,7 @@ impl QgIndex {
     /// (at the start of an expansion, after the node's distance, after the first block's
     /// estimates) when `chunks` is 3, the default, or all at the start (any other value).
     pub fn set_prefetch_chunks(&mut self, chunks: usize) {
-        self.pf_chunks = if chunks == 3 { 3 } else { 1 };
+        self.knobs.pf_chunks = if chunks == 3 { 3 } else { 1 };
     }
 
     #[doc(hidden)]
@@ -644,7 +659,7 @@ impl QgIndex {
     /// as late as possible (the nearest unexpanded candidate once the current expansion is
     /// done, its row prefetched on a guess).
     pub fn set_lookahead(&mut self, on: bool) {
-        self.lookahead = on;
+        self.knobs.lookahead = on;
     }
 
     /// Whether the rows hold the vectors in half precision.
@@ -710,6 +725,43 @@ impl QgIndex {
             self.search_in(query, k, ef, s, accept);
             let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
             for (j, &(d, id)) in s.res.iter().enumerate() {
+                out(j, id, d * scale);
+            }
+        });
+    }
+
+    /// [`QgIndex::search_accept`] for half-precision rows with residual records (see
+    /// [`QgIndex::has_residuals`]): the `kk >= k` best by the rows' distances get their exact
+    /// distances ([`QgIndex::exact_l2sq`], with the query as the search normalised it), and the
+    /// `k` nearest of them are written through `out`.
+    pub(crate) fn search_exact<A: Fn(u32) -> bool>(
+        &self,
+        query: &[f32],
+        k: usize,
+        kk: usize,
+        ef: usize,
+        accept: A,
+        out: &mut dyn FnMut(usize, u32, f32),
+    ) {
+        debug_assert!(self.has_residuals() && kk >= k);
+        if self.n == 0 {
+            return;
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.search_in(query, kk, ef, s, accept);
+            for &(_, v) in &s.res {
+                self.prefetch_residual(v);
+            }
+            let q = &s.q[..self.dim];
+            let q_sum: f32 = q.iter().sum();
+            for r in s.res.iter_mut() {
+                r.0 = self.exact_l2sq(q, q_sum, r.1, r.0).max(0.0);
+            }
+            s.res
+                .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let scale = if self.metric.normalizes() { 0.5 } else { 1.0 };
+            for (j, &(d, id)) in s.res.iter().take(k).enumerate() {
                 out(j, id, d * scale);
             }
         });
@@ -898,8 +950,8 @@ impl QgIndex {
     ) -> usize {
         let (a_mul, b_add) = self.prepare(query, s);
         let (dim, deg, oid) = (self.dim, self.degree, self.off_ids());
-        let lines = (self.row_bytes / 64).min(self.pf_lines);
-        let stride = self.pf_stride;
+        let lines = (self.row_bytes / 64).min(self.knobs.pf_lines);
+        let stride = self.knobs.pf_stride;
         s.visited.reset(self.n);
         s.pool.reset(ef.max(k));
         s.res.clear();
@@ -922,10 +974,10 @@ impl QgIndex {
         s.pool.insert(0.0, self.entry);
         let mut expanded = 0;
         let mut est = [0f32; 32];
-        let la = self.lookahead;
+        let la = self.knobs.lookahead;
         // in lookahead order, the next row's prefetches are spread over three points of the
         // expansion (`chunks` 3; 1 for experiments: all at the start)
-        let chunks = if la { self.pf_chunks.max(1) } else { 1 };
+        let chunks = if la { self.knobs.pf_chunks } else { 1 };
         let prefetch_part = |v: u32, a: usize, b: usize| {
             let p = self.row(v).as_ptr();
             for l in a..b {
@@ -1101,35 +1153,34 @@ impl QgIndex {
             return;
         }
         if renumbered {
-            self.resid = Rows::default();
-            self.resid_n = 0;
+            self.resid = Residuals::default();
         }
-        let (dim, rr, n, start) = (self.dim, self.resid_bytes(), self.n, self.resid_n);
+        let (dim, rr, n, start) = (self.dim, self.resid_bytes(), self.n, self.resid.n);
         if start >= n {
             return;
         }
-        self.resid.grow(rr * n);
-        self.resid.bytes_mut()[start * rr..]
+        self.resid.rows.grow(rr * n);
+        self.resid.rows.bytes_mut()[start * rr..]
             .par_chunks_mut(rr)
             .enumerate()
             .for_each(|(i, rec)| {
                 let v = start + i;
                 encode_residual(&data[v * dim..(v + 1) * dim], rec);
             });
-        self.resid_n = n;
+        self.resid.n = n;
     }
 
     /// Whether [`QgIndex::exact_l2sq`] applies (half-precision rows whose residual records
     /// were built from the f32 vectors: always after `sync`, not for a graph loaded alone).
     pub(crate) fn has_residuals(&self) -> bool {
-        self.half && self.n > 0 && self.resid_n == self.n
+        self.half && self.n > 0 && self.resid.n == self.n
     }
 
     /// Prefetches node `v`'s residual record (ahead of [`QgIndex::exact_l2sq`]).
     #[inline]
     pub(crate) fn prefetch_residual(&self, v: u32) {
         let rr = self.resid_bytes();
-        let p = self.resid.bytes()[v as usize * rr..].as_ptr();
+        let p = self.resid.rows.bytes()[v as usize * rr..].as_ptr();
         for l in 0..rr / 64 {
             prefetch_l2(p.wrapping_add(64 * l));
         }
@@ -1149,7 +1200,7 @@ impl QgIndex {
     #[inline]
     pub(crate) fn exact_l2sq(&self, q: &[f32], q_sum: f32, v: u32, g: f32) -> f32 {
         let (dim, rr) = (self.dim, self.resid_bytes());
-        let rec = &self.resid.bytes()[v as usize * rr..(v as usize + 1) * rr];
+        let rec = &self.resid.rows.bytes()[v as usize * rr..(v as usize + 1) * rr];
         let f =
             |i: usize| f32::from_le_bytes(rec[dim + 4 * i..dim + 4 * i + 4].try_into().unwrap());
         let (step, a, b) = (f(0), f(1), f(2));

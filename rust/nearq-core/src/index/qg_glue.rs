@@ -267,11 +267,21 @@ impl Index {
                 Some(ext) => ext[v as usize],
             };
             let del = &self.deleted;
+            let mut out = |j: usize, v: u32, d: f32| {
+                oi[j] = ext(v);
+                od[j] = d;
+            };
+            if resid {
+                // the rows' distances of the `kk` best corrected by the residual records (a
+                // quarter of the f32 vectors' bytes; see `QgIndex::exact_l2sq`)
+                if del.count > 0 {
+                    qg.search_exact(q, k, kk, ef, |v| !del.contains(v), &mut out);
+                } else {
+                    qg.search_exact(q, k, kk, ef, |_| true, &mut out);
+                }
+                return;
+            }
             let Some(x) = exact else {
-                let mut out = |j: usize, v: u32, d: f32| {
-                    oi[j] = ext(v);
-                    od[j] = d;
-                };
                 if del.count > 0 {
                     qg.search_accept(q, k, ef, |v| !del.contains(v), &mut out);
                 } else {
@@ -279,48 +289,32 @@ impl Index {
                 }
                 return;
             };
+            // half-precision rows without residual records (or with `NEARQ_QG_RESID=0`): the
+            // `kk` best re-ranked from the f32 vectors
             RERANK.with(|c| {
                 let (cand, qn) = &mut *c.borrow_mut();
                 cand.clear();
-                let mut out = |_: usize, v: u32, d: f32| cand.push((d, v));
+                let mut push = |_: usize, v: u32, _: f32| cand.push((0.0, v));
                 if del.count > 0 {
-                    qg.search_accept(q, kk, ef, |v| !del.contains(v), &mut out);
+                    qg.search_accept(q, kk, ef, |v| !del.contains(v), &mut push);
                 } else {
-                    qg.search_accept(q, kk, ef, |_| true, &mut out);
+                    qg.search_accept(q, kk, ef, |_| true, &mut push);
                 }
                 qn.clear();
                 qn.extend_from_slice(q);
                 if metric.normalizes() {
                     crate::metric::normalize(qn);
                 }
-                if resid {
-                    // The rows' distances corrected by the residual codes (a quarter of the
-                    // f32 vectors' bytes; see `QgIndex::exact_l2sq`).
-                    for &(_, v) in cand.iter() {
-                        qg.prefetch_residual(v);
-                    }
-                    let q_sum: f32 = qn.iter().sum();
-                    let (to_l2, from_l2) = if metric.normalizes() {
-                        (2.0, 0.5)
-                    } else {
-                        (1.0, 1.0)
-                    };
-                    for (d, v) in cand.iter_mut() {
-                        *d = from_l2 * qg.exact_l2sq(qn, q_sum, *v, *d * to_l2).max(0.0);
-                    }
-                } else {
-                    for &(_, v) in cand.iter() {
-                        crate::qg::prefetch_vector(&x[v as usize * dim..(v as usize + 1) * dim]);
-                    }
-                    for (d, v) in cand.iter_mut() {
-                        let xv = &x[*v as usize * dim..(*v as usize + 1) * dim];
-                        *d = metric.distance(kern, qn, xv);
-                    }
+                for &(_, v) in cand.iter() {
+                    crate::qg::prefetch_vector(&x[v as usize * dim..(v as usize + 1) * dim]);
+                }
+                for (d, v) in cand.iter_mut() {
+                    let xv = &x[*v as usize * dim..(*v as usize + 1) * dim];
+                    *d = metric.distance(kern, qn, xv);
                 }
                 cand.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 for (j, &(d, v)) in cand.iter().take(k).enumerate() {
-                    oi[j] = ext(v);
-                    od[j] = d;
+                    out(j, v, d);
                 }
             });
         };
