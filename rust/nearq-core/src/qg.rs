@@ -103,7 +103,7 @@ struct SearchKnobs {
     /// `pf_stride`-th line from the start (see [`QgIndex::set_prefetch`]).
     pf_lines: usize,
     pf_stride: usize,
-    /// Parts the next row's prefetches are issued in (lookahead order): 3, or 1.
+    /// Parts the next row's prefetches are issued in: 3, or 1.
     pf_chunks: usize,
     /// The next expansion is chosen before the current one's neighbours are scored (see
     /// `search_in`).
@@ -646,9 +646,9 @@ impl QgIndex {
     }
 
     #[doc(hidden)]
-    /// Experiment switch: in lookahead order, issue the next row's prefetches in three parts
-    /// (at the start of an expansion, after the node's distance, after the first block's
-    /// estimates) when `chunks` is 3, the default, or all at the start (any other value).
+    /// Experiment switch: issue the next row's prefetches in three parts (at the start of an
+    /// expansion, after the node's distance, after the first block's estimates) when `chunks`
+    /// is 3, the default, or all at the start (any other value).
     pub fn set_prefetch_chunks(&mut self, chunks: usize) {
         self.knobs.pf_chunks = if chunks == 3 { 3 } else { 1 };
     }
@@ -975,9 +975,11 @@ impl QgIndex {
         let mut expanded = 0;
         let mut est = [0f32; 32];
         let la = self.knobs.lookahead;
-        // in lookahead order, the next row's prefetches are spread over three points of the
-        // expansion (`chunks` 3; 1 for experiments: all at the start)
-        let chunks = if la { self.knobs.pf_chunks } else { 1 };
+        // the next row's prefetches are spread over three points of the expansion (`chunks` 3;
+        // 1 for experiments: all at the start)
+        let chunks = self.knobs.pf_chunks;
+        // the row whose prefetches are being spread
+        let mut target: Option<u32>;
         let prefetch_part = |v: u32, a: usize, b: usize| {
             let p = self.row(v).as_ptr();
             for l in a..b {
@@ -1009,13 +1011,7 @@ impl QgIndex {
                         Some(u) => break Some(u),
                     }
                 };
-                if let Some(u) = pending {
-                    if chunks > 1 {
-                        prefetch_part(u, 0, lines / chunks);
-                    } else {
-                        prefetch_row(u);
-                    }
-                }
+                target = pending;
                 (pending, f32::NEG_INFINITY)
             } else {
                 // The next expansion unless a neighbour of `v` gets ahead of it: fetched while
@@ -1024,16 +1020,21 @@ impl QgIndex {
                     Some((i, d)) => (Some(i), d),
                     None => (None, f32::INFINITY),
                 };
-                if let Some(nx) = next {
-                    prefetch_row(nx);
-                }
+                target = next;
                 (next, next_d)
             };
+            if let Some(u) = target {
+                if chunks > 1 {
+                    prefetch_part(u, 0, lines / chunks);
+                } else {
+                    prefetch_row(u);
+                }
+            }
             let mut early = None;
             let row = self.row(v);
             let g_add = self.vec_l2sq(q, row);
             if chunks > 1 {
-                if let Some(u) = pending {
+                if let Some(u) = target {
                     prefetch_part(u, lines / chunks, 2 * lines / chunks);
                 }
             }
@@ -1050,7 +1051,7 @@ impl QgIndex {
             for blk in 0..deg / 32 {
                 self.block_estimates(row, blk, g_add, (a_mul, b_add), lut, &mut est);
                 if chunks > 1 && blk == 0 {
-                    if let Some(u) = pending {
+                    if let Some(u) = target {
                         prefetch_part(u, 2 * lines / chunks, lines);
                     }
                 }
