@@ -251,6 +251,14 @@ def test_index_quantized_graph_half_precision_rows(real_data, real_truth, metric
     a = idx.search(q, k=10, ef=64)
     assert not np.isin(a.ids, np.arange(0, 300, 7)).any()
     assert (a.ids[:50, 0] == np.arange(len(x), len(x) + 50)).all()
+    # the residual records follow the adds (and a consolidation's renumbering)
+    allv = np.vstack([x, q[:50]]).astype(np.float64)
+    np.testing.assert_allclose(a.distances, _dist(metric, q.astype(np.float64), allv, a.ids), atol=3e-6, rtol=0)
+    idx.save(tmp_path / "c.nearq")
+    c = nearq.Index.load(tmp_path / "c.nearq")
+    c.consolidate()
+    cr = c.search(q, k=10, ef=64)
+    np.testing.assert_allclose(cr.distances, _dist(metric, q.astype(np.float64), allv, cr.ids), atol=3e-6, rtol=0)
     path = tmp_path / "half.nearq"
     idx.save(path)
     for other in (nearq.Index.load(path), nearq.Index.load(path, mmap=True)):
