@@ -2,6 +2,11 @@
 
     python bench/device_data.py pack FILE.hdf5 DIR      # here: DIR/train.npy.xz + DIR/test.npy (float16)
     python bench/device_data.py unpack DIR OUT.hdf5     # there: float32 HDF5, exact ground truth recomputed
+    python bench/device_data.py raw DIR OUTDIR          # there: OUTDIR/m.hdf5 as `unpack`, and raw
+                                                        # files for the Rust examples (below)
+
+`raw` writes OUTDIR/tr.f32 (train), OUTDIR/te.f32 (the first 1000 queries) and OUTDIR/gt.i32
+(their 10 nearest ids), little-endian, for `examples/qg_ab`, `qg_bench` and `qg_path`.
 
 float16 keeps ~3 significant digits of each component; the ground truth of the unpacked file is
 recomputed exactly (float64) on the unpacked vectors, so recall is measured correctly for them.
@@ -52,5 +57,17 @@ def unpack(src: str, dst: str, k: int = 100) -> None:
         f.attrs["dimension"] = train.shape[1]
 
 
+def raw(src: str, dst: str) -> None:
+    import h5py
+
+    out = Path(dst)
+    out.mkdir(parents=True, exist_ok=True)
+    unpack(src, str(out / "m.hdf5"))
+    with h5py.File(out / "m.hdf5", "r") as f:
+        np.ascontiguousarray(f["train"][:], dtype=np.float32).tofile(out / "tr.f32")
+        np.ascontiguousarray(f["test"][:1000], dtype=np.float32).tofile(out / "te.f32")
+        np.ascontiguousarray(f["neighbors"][:1000, :10], dtype=np.int32).tofile(out / "gt.i32")
+
+
 if __name__ == "__main__":
-    {"pack": pack, "unpack": unpack}[sys.argv[1]](*sys.argv[2:4])
+    {"pack": pack, "unpack": unpack, "raw": raw}[sys.argv[1]](*sys.argv[2:4])
