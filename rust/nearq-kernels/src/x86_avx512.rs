@@ -306,6 +306,24 @@ fn fastscan_pack_u4(base: &[u8], stride: usize, ids: &[u32], nbytes: usize, out:
 mod imp {
     use core::arch::x86_64::*;
 
+    /// Stages `h = 1, 2, 4, 8` of [`fwht_f32`] within one register of 16 floats (lanes with
+    /// bit `h` clear keep the sum, the others the difference), as in the scalar reference. A
+    /// macro so that callers keep their registers (a `target_feature` function cannot be
+    /// forced inline).
+    macro_rules! fwht16 {
+        ($w:expr) => {{
+            let mut w = $w;
+            let s = _mm512_permute_ps::<0b10_11_00_01>(w);
+            w = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_permute_ps::<0b01_00_11_10>(w);
+            w = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w);
+            w = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+            let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
+            _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w))
+        }};
+    }
+
     /// Mask with the low `r` bits set, `r < 16`.
     fn mask16(r: usize) -> __mmask16 {
         debug_assert!(r < 16);
@@ -1684,27 +1702,11 @@ mod imp {
         if n < 16 {
             return crate::scalar::fwht_f32(x);
         }
-        // Up to 512 entries (a query rotation's block) all stages run in registers.
-        match n {
-            64 => return fwht_regs::<4>(x),
-            128 => return fwht_regs::<8>(x),
-            256 => return fwht_regs::<16>(x),
-            512 => return fwht_regs::<32>(x),
-            _ => {}
-        }
         let p = x.as_mut_ptr();
         let mut i = 0;
         while i < n {
             // SAFETY: i + 16 <= n, as n is a multiple of 16.
-            let mut v = unsafe { _mm512_loadu_ps(p.add(i)) };
-            let s = _mm512_permute_ps::<0b10_11_00_01>(v);
-            v = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
-            let s = _mm512_permute_ps::<0b01_00_11_10>(v);
-            v = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
-            let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(v, v);
-            v = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
-            let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v);
-            v = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(v, s), _mm512_sub_ps(s, v));
+            let v = fwht16!(unsafe { _mm512_loadu_ps(p.add(i)) });
             // SAFETY: as above.
             unsafe { _mm512_storeu_ps(p.add(i), v) };
             i += 16;
@@ -1781,15 +1783,7 @@ mod imp {
         macro_rules! block {
             ($start:expr) => {
                 for r in v[$start..$start + T].iter_mut() {
-                    let mut w = *r;
-                    let s = _mm512_permute_ps::<0b10_11_00_01>(w);
-                    w = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-                    let s = _mm512_permute_ps::<0b01_00_11_10>(w);
-                    w = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-                    let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w);
-                    w = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-                    let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
-                    *r = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
+                    *r = fwht16!(*r);
                 }
                 stage!($start, 1);
                 stage!($start, 2);
@@ -1821,50 +1815,6 @@ mod imp {
                 }
             }
         }
-        for (i, r) in v.iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { _mm512_storeu_ps(p.add(16 * i), *r) };
-        }
-    }
-
-    /// Stages `h = 1..8` within each of the `R` registers, as in [`fwht_f32`]; then stage
-    /// `h = 16 r` between registers `i` and `i + r`, in the same stage order (bit-identical).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    fn fwht_regs<const R: usize>(x: &mut [f32]) {
-        debug_assert_eq!(x.len(), 16 * R);
-        let p = x.as_mut_ptr();
-        let mut v = [_mm512_setzero_ps(); R];
-        for (i, r) in v.iter_mut().enumerate() {
-            // SAFETY: 16 i + 16 <= 16 R = x.len().
-            let mut w = unsafe { _mm512_loadu_ps(p.add(16 * i)) };
-            let s = _mm512_permute_ps::<0b10_11_00_01>(w);
-            w = _mm512_mask_blend_ps(0xAAAA, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-            let s = _mm512_permute_ps::<0b01_00_11_10>(w);
-            w = _mm512_mask_blend_ps(0xCCCC, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-            let s = _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w);
-            w = _mm512_mask_blend_ps(0xF0F0, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-            let s = _mm512_shuffle_f32x4::<0b01_00_11_10>(w, w);
-            *r = _mm512_mask_blend_ps(0xFF00, _mm512_add_ps(w, s), _mm512_sub_ps(s, w));
-        }
-        // constant strides, so that the loops unroll and `v` stays in registers
-        macro_rules! stage {
-            ($h:expr) => {
-                if $h < R {
-                    for i in 0..R {
-                        if i & $h == 0 {
-                            let (a, b) = (v[i], v[i + $h]);
-                            v[i] = _mm512_add_ps(a, b);
-                            v[i + $h] = _mm512_sub_ps(a, b);
-                        }
-                    }
-                }
-            };
-        }
-        stage!(1);
-        stage!(2);
-        stage!(4);
-        stage!(8);
-        stage!(16);
         for (i, r) in v.iter().enumerate() {
             // SAFETY: as above.
             unsafe { _mm512_storeu_ps(p.add(16 * i), *r) };
