@@ -8,11 +8,11 @@
 //! `qg_ab VECTORS QUERIES DIM --gt GT.i32 --index-cache FILE [--build-ef L] [--rounds N]
 //!  --variants 1:0@56,2:1@44`
 use nearq_core::qg::QgIndex;
-use nearq_core::{BuildParams, EncodingSpec, IndexParams, Metric};
+use nearq_core::BuildParams;
 use std::time::Instant;
 
 mod common;
-use common::{cached_index, read_f32, read_i32};
+use common::{cached_index, flat_cosine, read_f32, read_i32};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -28,13 +28,12 @@ fn main() {
         build.build_ef = x.parse().unwrap();
     }
     let p = opt("--index-cache").expect("--index-cache");
-    let ip = IndexParams {
-        metric: Metric::Cosine,
-        encoding: EncodingSpec::Flat,
-        build: build.clone(),
-        ..Default::default()
-    };
-    let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
+    let index = cached_index(
+        std::path::Path::new(&p),
+        &data,
+        dim,
+        &flat_cosine(build.clone()),
+    );
     let mut vars = Vec::new();
     for v in opt("--variants").expect("--variants").split(',') {
         // a trailing `+la` / `-la`: lookahead order on / off (QgIndex::set_lookahead)

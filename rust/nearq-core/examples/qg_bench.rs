@@ -14,13 +14,11 @@
 //! and look-up tables) alone. Each line reports the best of `--rounds` passes, the
 //! recall (id overlap with GT), and the mean number of nodes expanded per query.
 use nearq_core::qg::QgIndex;
-use nearq_core::{
-    exact_search, BuildParams, EncodingSpec, Index, IndexParams, Metric, SearchParams,
-};
+use nearq_core::{exact_search, BuildParams, Index, Metric, SearchParams};
 use std::time::Instant;
 
 mod common;
-use common::{cached_index, read_f32, read_i32};
+use common::{cached_index, flat_cosine, read_f32, read_i32};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -63,12 +61,7 @@ fn main() {
         None if opt("--index-cache").is_some() => {
             // the float graph from (or to) a file, the quantized rows rebuilt
             let p = opt("--index-cache").unwrap();
-            let ip = IndexParams {
-                metric: Metric::Cosine,
-                encoding: EncodingSpec::Flat,
-                build: build.clone(),
-                ..Default::default()
-            };
+            let ip = flat_cosine(build.clone());
             let index = cached_index(std::path::Path::new(&p), &data, dim, &ip);
             let bits = opt("--bits").map_or(nearq_core::qg::DEFAULT_BITS, |b| b.parse().unwrap());
             let half = a.iter().any(|x| x == "--half");
@@ -96,15 +89,10 @@ fn main() {
             println!("{l}");
         }
     }
-    let flat = a.iter().any(|x| x == "--flat").then(|| {
-        let p = IndexParams {
-            metric: Metric::Cosine,
-            encoding: EncodingSpec::Flat,
-            build,
-            ..Default::default()
-        };
-        Index::build(&data, dim, &p, None, &|_, _| {}).unwrap()
-    });
+    let flat = a
+        .iter()
+        .any(|x| x == "--flat")
+        .then(|| Index::build(&data, dim, &flat_cosine(build), None, &|_, _| {}).unwrap());
     let hits = |ids: &[i64]| -> f64 {
         ids.chunks(k)
             .zip(truth.chunks(k))

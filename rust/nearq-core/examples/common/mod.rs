@@ -1,7 +1,7 @@
 //! Helpers shared by the quantized-graph examples (`qg_bench`, `qg_ab`, `qg_path`).
 #![allow(dead_code)] // each example uses some of them
 
-use nearq_core::{Index, IndexParams};
+use nearq_core::{BuildParams, EncodingSpec, Index, IndexParams, Metric};
 use std::path::Path;
 
 /// A raw little-endian f32 file.
@@ -31,4 +31,15 @@ pub fn cached_index(path: &Path, data: &[f32], dim: usize, params: &IndexParams)
     let index = Index::build(data, dim, params, None, &|_, _| {}).unwrap();
     index.save(path).unwrap();
     index
+}
+
+/// A float (flat) cosine index's parameters with the given graph build: the float graph the
+/// quantized rows are built from.
+pub fn flat_cosine(build: BuildParams) -> IndexParams {
+    IndexParams {
+        metric: Metric::Cosine,
+        encoding: EncodingSpec::Flat,
+        build,
+        ..Default::default()
+    }
 }
