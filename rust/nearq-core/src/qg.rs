@@ -959,13 +959,18 @@ impl QgIndex {
         let lut = &s.lut[..];
         // Rows are prefetched into L2 (software prefetches into L1 would hold the few L1
         // miss buffers for a whole row and stall the pipeline).
-        let prefetch_row = |v: u32| {
+        // lines `a..b` of node `v`'s row
+        let prefetch_part = |v: u32, a: usize, b: usize| {
             let p = self.row(v).as_ptr();
+            for l in a..b {
+                prefetch_l2(p.wrapping_add(64 * l));
+            }
+        };
+        let prefetch_row = |v: u32| {
             if stride == 1 {
-                for l in 0..lines {
-                    prefetch_l2(p.wrapping_add(64 * l));
-                }
+                prefetch_part(v, 0, lines);
             } else {
+                let p = self.row(v).as_ptr();
                 for l in (0..lines).step_by(stride) {
                     prefetch_l2(p.wrapping_add(64 * l));
                 }
@@ -980,12 +985,6 @@ impl QgIndex {
         let chunks = self.knobs.pf_chunks;
         // the row whose prefetches are being spread
         let mut target: Option<u32>;
-        let prefetch_part = |v: u32, a: usize, b: usize| {
-            let p = self.row(v).as_ptr();
-            for l in a..b {
-                prefetch_l2(p.wrapping_add(64 * l));
-            }
-        };
         let mut pending: Option<u32> = None;
         loop {
             let v = match pending.take() {
